@@ -1,0 +1,198 @@
+"""The error tree of sandbox_sessions.
+
+Every error the library raises is a `SandboxSessionsError`. Each carries a stable `code` (the
+same string crosses HTTP later) and `retryable`, which says whether the same call may succeed
+if tried again unchanged. Each class also subclasses the nearest builtin, so
+`except LookupError` or `except TimeoutError` keep working.
+
+    SandboxSessionsError
+    ├── InvalidArgument            (ValueError)        invalid_argument
+    ├── SessionError
+    │   ├── SessionNotFound        (LookupError)       session_not_found
+    │   └── SessionEnded           (RuntimeError)      session_ended
+    ├── SandboxError
+    │   ├── SandboxUnavailable     (ConnectionError)   sandbox_unavailable   retryable
+    │   ├── ContainerGone          (RuntimeError)      container_gone
+    │   │   └── ContainerDied                          container_died
+    │   ├── ImageNotFound          (LookupError)       image_not_found
+    │   ├── ImageBuildError        (RuntimeError)      image_build_failed
+    │   ├── SandboxFileNotFound    (FileNotFoundError) file_not_found
+    │   ├── SandboxPermissionError (PermissionError)   permission_denied
+    │   ├── FileTooLarge           (ValueError)        file_too_large
+    │   ├── FileDecodeError        (ValueError)        file_not_text
+    │   ├── UnsafeArchive          (ValueError)        unsafe_archive
+    │   ├── OperationTimeout       (TimeoutError)      operation_timeout     retryable
+    │   └── ProtocolError          (RuntimeError)      protocol_error
+    └── StoreError                 (RuntimeError)      store_error
+
+`docker`, `requests` and `sqlite3` errors are wrapped where they are caught, with the original
+as `__cause__`; none of them reaches the user.
+
+A shell command that runs past its timeout is not an error: `shell()` returns a `ShellResult`
+with `timed_out=True`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ContainerDied",
+    "ContainerGone",
+    "FileDecodeError",
+    "FileTooLarge",
+    "ImageBuildError",
+    "ImageNotFound",
+    "InvalidArgument",
+    "OperationTimeout",
+    "ProtocolError",
+    "SandboxError",
+    "SandboxFileNotFound",
+    "SandboxPermissionError",
+    "SandboxSessionsError",
+    "SandboxUnavailable",
+    "SessionEnded",
+    "SessionError",
+    "SessionNotFound",
+    "StoreError",
+    "UnsafeArchive",
+]
+
+
+class SandboxSessionsError(Exception):
+    """The base of every error this library raises."""
+
+    code: str = "error"
+    """A stable, machine-readable name for the error."""
+    retryable: bool = False
+    """Whether the same call may succeed if made again unchanged."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidArgument(SandboxSessionsError, ValueError):
+    """An argument is malformed or out of range. Nothing was changed."""
+
+    code = "invalid_argument"
+
+
+class SessionError(SandboxSessionsError):
+    """Base of the errors about a session as a whole."""
+
+
+class SessionNotFound(SessionError, LookupError):
+    """No session with that id exists in the store."""
+
+    code = "session_not_found"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"no session with id {session_id!r}")
+        self.session_id = session_id
+
+
+class SessionEnded(SessionError, RuntimeError):
+    """The session was ended; its container is gone and it takes no more calls."""
+
+    code = "session_ended"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} has ended")
+        self.session_id = session_id
+
+
+class SandboxError(SandboxSessionsError):
+    """Base of the errors raised by the sandbox (container) layer."""
+
+
+class SandboxUnavailable(SandboxError, ConnectionError):
+    """The container engine does not answer (not running, or not reachable)."""
+
+    code = "sandbox_unavailable"
+    retryable = True
+
+
+class ContainerGone(SandboxError, RuntimeError):
+    """The session's container no longer exists, though the session was not ended."""
+
+    code = "container_gone"
+
+
+class ContainerDied(ContainerGone):
+    """The session's container stopped: killed, out of memory, or its main process exited.
+
+    `reason` says which, as far as the engine knows (`"oom-killed"`, `"exited with code 137"`).
+    """
+
+    code = "container_died"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ImageNotFound(SandboxError, LookupError):
+    """The sandbox image does not exist locally (build it with `sandbox-sessions images build`)."""
+
+    code = "image_not_found"
+
+
+class ImageBuildError(SandboxError, RuntimeError):
+    """Building or bootstrapping an image failed; the message carries the builder's words."""
+
+    code = "image_build_failed"
+
+
+class SandboxFileNotFound(SandboxError, FileNotFoundError):
+    """The path does not exist in the sandbox (or is not a regular file)."""
+
+    code = "file_not_found"
+
+    def __init__(self, path: str, detail: str = "no such file") -> None:
+        super().__init__(f"{path}: {detail}")
+        self.path = path
+
+
+class SandboxPermissionError(SandboxError, PermissionError):
+    """The sandbox user may not read or write that path."""
+
+    code = "permission_denied"
+
+
+class FileTooLarge(SandboxError, ValueError):
+    """A file or a download is larger than the cap that was asked for."""
+
+    code = "file_too_large"
+
+
+class FileDecodeError(SandboxError, ValueError):
+    """A file read as text is not valid in that encoding; read it as bytes instead."""
+
+    code = "file_not_text"
+
+
+class UnsafeArchive(SandboxError, ValueError):
+    """Content read out of a container tried to escape its destination or broke a cap."""
+
+    code = "unsafe_archive"
+
+
+class OperationTimeout(SandboxError, TimeoutError):
+    """An operation on the sandbox (not a shell command) did not finish in time."""
+
+    code = "operation_timeout"
+    retryable = True
+
+
+class ProtocolError(SandboxError, RuntimeError):
+    """The in-container helper sent something that does not follow the protocol."""
+
+    code = "protocol_error"
+
+
+class StoreError(SandboxSessionsError, RuntimeError):
+    """The session store could not be read or written."""
+
+    code = "store_error"

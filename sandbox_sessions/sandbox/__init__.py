@@ -1,0 +1,5 @@
+"""The sandbox layer: isolated machines that run a session's commands and hold its files."""
+
+from .base import FileEntry, OutputCallback, Sandbox, SandboxBackend
+
+__all__ = ["FileEntry", "OutputCallback", "Sandbox", "SandboxBackend"]

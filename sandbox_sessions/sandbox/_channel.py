@@ -1,0 +1,202 @@
+"""The host side of the helper protocol (see `_helper.py` for the frame format).
+
+One `HelperChannel` wraps the socket of one attached `docker exec` running the helper. A reader
+task demultiplexes Docker's stdout/stderr framing, then our frames, and routes each frame to the
+call that owns its request id. Calls run concurrently over the one socket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import struct
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .._exceptions import ProtocolError
+
+log = logging.getLogger("sandbox_sessions.helper")
+
+HEADER = struct.Struct(">BII")
+DOCKER_HEADER = struct.Struct(">BxxxI")
+REQ, DATA_IN, END_IN, CANCEL = 1, 2, 3, 4
+OUT, ERR, DATA_OUT, DONE, FAIL, HELLO = 10, 11, 12, 13, 14, 15
+TERMINAL = (DONE, FAIL)
+UPLOAD_CHUNK = 256 * 1024
+
+Frame = tuple[int, bytes]
+
+
+class ChannelClosed(Exception):
+    """The helper's connection ended (the container stopped, or the helper died)."""
+
+
+class Call:
+    """One request in flight: frames arrive in order until a DONE or FAIL frame."""
+
+    def __init__(self, channel: HelperChannel, rid: int, inbox: MemoryObjectReceiveStream[Frame]):
+        self._channel = channel
+        self.rid = rid
+        self._inbox = inbox
+        self.finished = False
+
+    async def receive(self) -> Frame:
+        """The next frame; raises `ChannelClosed` if the connection ends first."""
+        try:
+            kind, payload = await self._inbox.receive()
+        except anyio.EndOfStream:
+            raise ChannelClosed() from None
+        if kind in TERMINAL:
+            self.finished = True
+        return kind, payload
+
+    async def send_data(self, data: bytes) -> None:
+        """Send `data` as the request's upload, in chunks; then mark its end."""
+        view = memoryview(data)
+        for start in range(0, len(view), UPLOAD_CHUNK):
+            await self._channel.send_frame(DATA_IN, self.rid, view[start : start + UPLOAD_CHUNK])
+        await self._channel.send_frame(END_IN, self.rid, b"")
+
+
+def decode_json(payload: bytes) -> dict[str, Any]:
+    """Parse a JSON frame; anything but an object is a protocol error."""
+    try:
+        value = json.loads(payload)
+    except ValueError as exc:
+        raise ProtocolError(f"helper sent malformed JSON: {payload[:80]!r}") from exc
+    if not isinstance(value, dict):
+        raise ProtocolError(f"helper sent {type(value).__name__}, expected an object")
+    return value
+
+
+class HelperChannel:
+    """A framed, multiplexed connection to one helper process in a container."""
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self._stream = stream
+        self._send_lock = anyio.Lock()
+        self._inboxes: dict[int, MemoryObjectSendStream[Frame]] = {}
+        self._next_rid = 1
+        self._hello = anyio.Event()
+        self.closed = False
+        self.info: dict[str, Any] = {}
+
+    async def run(self) -> None:
+        """Read frames until the connection ends; then fail every call still waiting."""
+        try:
+            await self._read_loop()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            log.debug("helper connection broke: %s", exc)
+        finally:
+            self.closed = True
+            self._hello.set()
+            for inbox in self._inboxes.values():
+                inbox.close()
+            self._inboxes.clear()
+
+    async def wait_ready(self) -> dict[str, Any]:
+        """Wait for the helper's greeting; raises `ChannelClosed` if it never comes."""
+        await self._hello.wait()
+        if self.closed:
+            raise ChannelClosed()
+        return self.info
+
+    async def _read_loop(self) -> None:
+        mux, frames = bytearray(), bytearray()
+        while True:
+            try:
+                chunk = await self._stream.receive(1 << 18)
+            except anyio.EndOfStream:
+                return
+            mux += chunk
+            self._demux(mux, frames)
+            self._dispatch(frames)
+
+    @staticmethod
+    def _demux(mux: bytearray, frames: bytearray) -> None:
+        """Move complete Docker frames out of `mux`: stdout into `frames`, stderr to the log."""
+        offset = 0
+        while len(mux) - offset >= DOCKER_HEADER.size:
+            stream_type, size = DOCKER_HEADER.unpack_from(mux, offset)
+            end = offset + DOCKER_HEADER.size + size
+            if end > len(mux):
+                break
+            body = mux[offset + DOCKER_HEADER.size : end]
+            if stream_type == 1:
+                frames += body
+            else:
+                log.warning("helper stderr: %s", bytes(body).decode(errors="replace").rstrip())
+            offset = end
+        del mux[:offset]
+
+    def _dispatch(self, frames: bytearray) -> None:
+        offset = 0
+        while len(frames) - offset >= HEADER.size:
+            kind, rid, length = HEADER.unpack_from(frames, offset)
+            end = offset + HEADER.size + length
+            if end > len(frames):
+                break
+            self._route(kind, rid, bytes(frames[offset + HEADER.size : end]))
+            offset = end
+        del frames[:offset]
+
+    def _route(self, kind: int, rid: int, payload: bytes) -> None:
+        if kind == HELLO:
+            self.info = decode_json(payload)
+            self._hello.set()
+            return
+        inbox = self._inboxes.get(rid)
+        if inbox is None:
+            return  # a call that was abandoned; its late frames are dropped
+        inbox.send_nowait((kind, payload))
+        if kind in TERMINAL:
+            inbox.close()
+            del self._inboxes[rid]
+
+    async def send_frame(self, kind: int, rid: int, payload: bytes | memoryview) -> None:
+        """Write one frame; frames of concurrent calls never interleave."""
+        if self.closed:
+            raise ChannelClosed()
+        header = HEADER.pack(kind, rid, len(payload))
+        async with self._send_lock:
+            try:
+                await self._stream.send(header + bytes(payload))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                raise ChannelClosed() from exc
+
+    @asynccontextmanager
+    async def call(self, request: Mapping[str, Any]) -> AsyncIterator[Call]:
+        """Send `request` and yield its `Call`.
+
+        Leaving the block before the call finished (an error, or cancellation) tells the helper
+        to cancel it, which kills a running command's process group.
+        """
+        rid = self._next_rid
+        self._next_rid += 1
+        send, receive = anyio.create_memory_object_stream[Frame](math.inf)
+        self._inboxes[rid] = send
+        call = Call(self, rid, receive)
+        try:
+            await self.send_frame(REQ, rid, json.dumps(request).encode())
+            yield call
+        finally:
+            self._inboxes.pop(rid, None)
+            receive.close()
+            send.close()
+            if not call.finished and not self.closed:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    try:
+                        await self.send_frame(CANCEL, rid, b"")
+                    except ChannelClosed:
+                        pass
+
+    async def aclose(self) -> None:
+        """Close the connection; the helper sees end of input and kills what it runs."""
+        self.closed = True
+        await self._stream.aclose()

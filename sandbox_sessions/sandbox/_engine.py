@@ -1,0 +1,239 @@
+"""The Docker engine adapter: the only module that imports the `docker` SDK.
+
+Every method is blocking and meant to run in a worker thread (`anyio.to_thread.run_sync`).
+Every `docker` and `requests` error is translated here into our own error tree.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from .._exceptions import (
+    ContainerGone,
+    ImageBuildError,
+    ImageNotFound,
+    SandboxError,
+    SandboxFileNotFound,
+    SandboxSessionsError,
+    SandboxUnavailable,
+)
+
+T = TypeVar("T")
+_UNAVAILABLE = (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError)
+
+
+@contextmanager
+def translate(not_found: Callable[[], SandboxSessionsError] | None = None) -> Iterator[None]:
+    """Turn docker and requests errors raised in the block into our own."""
+    try:
+        yield
+    except docker.errors.NotFound as exc:
+        if not_found is None:
+            raise SandboxError(_explain(exc)) from exc
+        raise not_found() from exc
+    except docker.errors.APIError as exc:
+        raise SandboxError(_explain(exc)) from exc
+    except _UNAVAILABLE as exc:
+        raise SandboxUnavailable(f"the Docker engine does not answer: {exc}") from exc
+    except docker.errors.DockerException as exc:
+        if "Connection" in str(exc) or "connect" in str(exc):
+            raise SandboxUnavailable(f"the Docker engine does not answer: {exc}") from exc
+        raise SandboxError(str(exc)) from exc
+    except requests.exceptions.RequestException as exc:
+        raise SandboxUnavailable(f"the Docker engine does not answer: {exc}") from exc
+
+
+def _explain(exc: docker.errors.APIError) -> str:
+    return str(exc.explanation or exc)
+
+
+class Engine:
+    """A thin, typed face of `docker.APIClient`. Connects lazily, on first use."""
+
+    def __init__(self, base_url: str | None = None, *, timeout: float = 60) -> None:
+        self._base_url = base_url
+        self._timeout = timeout
+        self._client: docker.APIClient | None = None
+
+    @property
+    def api(self) -> docker.APIClient:
+        if self._client is None:
+            with translate():
+                if self._base_url is None:
+                    kwargs = docker.utils.kwargs_from_env()
+                else:
+                    kwargs = {"base_url": self._base_url}
+                self._client = docker.APIClient(version="auto", timeout=self._timeout, **kwargs)
+        return self._client
+
+    def ping(self) -> None:
+        with translate():
+            self.api.ping()
+
+    def image_labels(self, image: str) -> dict[str, str] | None:
+        """The image's labels, or None when no such image exists locally."""
+        try:
+            with translate():
+                info = self.api.inspect_image(image)
+        except SandboxError as exc:
+            if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
+                return None
+            raise
+        return dict((info.get("Config") or {}).get("Labels") or {})
+
+    def image_id(self, image: str) -> str | None:
+        """The image's id (`sha256:...`), or None when no such image exists locally."""
+        try:
+            with translate():
+                info = self.api.inspect_image(image)
+        except SandboxError as exc:
+            if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
+                return None
+            raise
+        return str(info["Id"])
+
+    def create_container(
+        self, image: str, *, host_config: Mapping[str, Any], stdin_once: bool = False, **options: Any
+    ) -> str:
+        """Create (not start) a container; `stdin_once` closes its stdin when the attach ends."""
+
+        def missing() -> SandboxSessionsError:
+            return ImageNotFound(
+                f"image {image!r} does not exist locally; "
+                "build it with `sandbox-sessions images build`"
+            )
+
+        with translate(not_found=missing):
+            config = self.api.create_container_config(
+                image, host_config=self.api.create_host_config(**host_config), **options
+            )
+            config["StdinOnce"] = stdin_once
+            created = self.api.create_container_from_config(config)
+        return str(created["Id"])
+
+    def start(self, container: str) -> None:
+        with translate(not_found=lambda: ContainerGone(f"container {container[:12]} is gone")):
+            self.api.start(container)
+
+    def remove(self, container: str) -> None:
+        """Remove the container with force (no stop grace); a missing one is not an error."""
+        try:
+            with translate():
+                self.api.remove_container(container, force=True, v=True)
+        except SandboxError as exc:
+            if not isinstance(exc.__cause__, docker.errors.NotFound):
+                raise
+
+    def inspect(self, container: str) -> dict[str, Any] | None:
+        """The container's inspect document, or None when it no longer exists."""
+        try:
+            with translate():
+                return dict(self.api.inspect_container(container))
+        except SandboxError as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return None
+            raise
+
+    def list_containers(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Every container, running or not, that carries all of `labels`."""
+        filters = {"label": [f"{key}={value}" for key, value in labels.items()]}
+        with translate():
+            return list(self.api.containers(all=True, filters=filters))
+
+    def exec_socket(
+        self, container: str, cmd: list[str], *, user: str, workdir: str | None = None
+    ) -> socket.socket:
+        """Start `cmd` with stdin attached and return its raw, connected socket (ours to close)."""
+        gone = lambda: ContainerGone(f"container {container[:12]} is gone")  # noqa: E731
+        with translate(not_found=gone):
+            exec_id = self.api.exec_create(
+                container, cmd, stdin=True, stdout=True, stderr=True, user=user, workdir=workdir
+            )["Id"]
+            wrapper = self.api.exec_start(exec_id, socket=True)
+        return _own_socket(wrapper)
+
+    def attach_socket(self, container: str) -> socket.socket:
+        """Attach to the container's stdin, stdout and stderr (before it starts, to miss nothing)."""
+        gone = lambda: ContainerGone(f"container {container[:12]} is gone")  # noqa: E731
+        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        with translate(not_found=gone):
+            wrapper = self.api.attach_socket(container, params=params)
+        return _own_socket(wrapper)
+
+    def exec_stream(
+        self,
+        container: str,
+        cmd: list[str],
+        *,
+        user: str,
+        workdir: str | None,
+        env: Mapping[str, str],
+    ) -> tuple[str, Iterator[tuple[bytes | None, bytes | None]]]:
+        """Start `cmd` and return its exec id and a stream of (stdout, stderr) chunks."""
+        gone = lambda: ContainerGone(f"container {container[:12]} is gone")  # noqa: E731
+        with translate(not_found=gone):
+            exec_id = self.api.exec_create(
+                container, cmd, user=user, workdir=workdir, environment=dict(env)
+            )["Id"]
+            chunks = self.api.exec_start(exec_id, stream=True, demux=True)
+        return exec_id, _translated_iter(chunks)
+
+    def exec_exit_code(self, exec_id: str) -> int | None:
+        with translate():
+            code = self.api.exec_inspect(exec_id).get("ExitCode")
+        return None if code is None else int(code)
+
+    def get_archive(self, container: str, path: str) -> Iterator[bytes]:
+        """A tar stream of `path` in the container."""
+        with translate(not_found=lambda: SandboxFileNotFound(path)):
+            chunks, _stat = self.api.get_archive(container, path)
+        return _translated_iter(chunks)
+
+    def put_archive(self, container: str, path: str, data: bytes) -> None:
+        with translate(not_found=lambda: SandboxFileNotFound(path, "no such folder")):
+            self.api.put_archive(container, path, data)
+
+    def build(
+        self, context: str, *, tag: str, labels: Mapping[str, str], buildargs: Mapping[str, str]
+    ) -> Iterator[dict[str, Any]]:
+        """Build an image with no network, yielding the builder's JSON messages as they come."""
+        with translate():
+            stream = self.api.build(
+                path=context,
+                tag=tag,
+                labels=dict(labels),
+                buildargs=dict(buildargs),
+                network_mode="none",
+                rm=True,
+                forcerm=True,
+                decode=True,
+            )
+        for message in _translated_iter(stream):
+            if "error" in message:
+                raise ImageBuildError(str(message["error"]).strip())
+            yield message
+
+    def tag(self, image: str, repository: str, tag: str) -> None:
+        with translate():
+            self.api.tag(image, repository, tag)
+
+
+def _own_socket(wrapper: Any) -> socket.socket:
+    """A socket of our own for the connection docker-py hands back wrapped."""
+    raw: socket.socket = getattr(wrapper, "_sock", wrapper)
+    owned = socket.socket(fileno=os.dup(raw.fileno()))
+    wrapper.close()
+    return owned
+
+
+def _translated_iter(chunks: Iterator[T]) -> Iterator[T]:
+    with translate():
+        yield from chunks

@@ -1,0 +1,120 @@
+"""Commands and files through `docker exec` and the archive API.
+
+The fallback for images without python3, where the helper cannot run. It is slower (one exec
+or archive call per operation, ~40 ms each) and weaker: a timeout relies on the image's
+`timeout(1)`, which kills the command's process group, and cancelling a running command
+cannot stop it inside the container.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import shlex
+import tarfile
+from collections.abc import AsyncIterator, Mapping
+from functools import partial
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from .._exceptions import FileTooLarge, SandboxError, SandboxFileNotFound
+from .._types import SandboxOptions, ShellResult
+from ._archive import iter_tar_files
+from ._engine import Engine
+from ._runtime import OutputSink, shell_result
+from .base import FileEntry, OutputCallback
+
+class ExecRuntime:
+    """Runs commands with `docker exec` and moves files as tar archives."""
+
+    def __init__(self, engine: Engine, container: str, options: SandboxOptions) -> None:
+        self._engine = engine
+        self._container = container
+        self._options = options
+
+    async def shell(
+        self,
+        command: str,
+        *,
+        timeout: float | None,
+        cwd: str | None,
+        env: Mapping[str, str],
+        max_output: int,
+        on_stdout: OutputCallback | None,
+        on_stderr: OutputCallback | None,
+    ) -> ShellResult:
+        argv = ["sh", "-c", command]
+        if timeout is not None:
+            argv = ["timeout", "-k", "1", f"{timeout:g}", *argv]
+        out, err = OutputSink(on_stdout, max_output), OutputSink(on_stderr, max_output)
+        started = anyio.current_time()
+        exec_id, chunks = await anyio.to_thread.run_sync(
+            partial(self._engine.exec_stream, self._container, argv,
+                    user=self._options.user, workdir=cwd, env=env)  # fmt: skip
+        )
+
+        def pump() -> None:
+            for stdout, stderr in chunks:
+                if stdout:
+                    anyio.from_thread.run_sync(out.feed, stdout)
+                if stderr:
+                    anyio.from_thread.run_sync(err.feed, stderr)
+
+        await anyio.to_thread.run_sync(pump)
+        code = await anyio.to_thread.run_sync(self._engine.exec_exit_code, exec_id)
+        timed_out = timeout is not None and code == 124
+        done = {"exit_code": 124 if timed_out else (code if code is not None else -1),
+                "timed_out": timed_out, "duration": anyio.current_time() - started}  # fmt: skip
+        return shell_result(out, err, done)
+
+    def _read_whole(self, path: str, max_bytes: int | None) -> bytes:
+        chunks = self._engine.get_archive(self._container, path)
+        for _key, kind, member, handle in iter_tar_files(chunks):
+            if kind == "dir":
+                raise SandboxFileNotFound(path, "is a folder, not a file")
+            if handle is None:
+                raise SandboxFileNotFound(path, "not a regular file")
+            if max_bytes is not None and member.size > max_bytes:
+                raise FileTooLarge(f"{path} is {member.size} bytes, over the cap of {max_bytes}")
+            return handle.read()
+        raise SandboxError(f"{path}: the engine sent an empty archive")
+
+    async def stream_file(self, path: str, *, max_bytes: int | None) -> AsyncIterator[bytes]:
+        yield await anyio.to_thread.run_sync(self._read_whole, path, max_bytes)
+
+    async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None:
+        folder = posixpath.dirname(path) or "/"
+        await self.shell(f"mkdir -p {shlex.quote(folder)}", timeout=30, cwd=None, env={},
+                         max_output=4096, on_stdout=None, on_stderr=None)  # fmt: skip
+        member = tarfile.TarInfo(posixpath.basename(path))
+        member.size, member.mode = len(data), 0o644 if mode is None else mode
+        uid, _, gid = self._options.user.partition(":")
+        if uid.isdigit():
+            member.uid = member.gid = int(uid)
+        if gid.isdigit():
+            member.gid = int(gid)
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            archive.addfile(member, io.BytesIO(data))
+        await anyio.to_thread.run_sync(
+            self._engine.put_archive, self._container, folder, buffer.getvalue()
+        )
+
+    def _walk(self, root: str) -> list[FileEntry]:
+        try:
+            chunks = self._engine.get_archive(self._container, root)
+        except SandboxFileNotFound:
+            return []
+        return [
+            FileEntry(path=key, kind=kind, size=member.size)  # type: ignore[arg-type]
+            for key, kind, member, _handle in iter_tar_files(chunks, strip=1)
+            if key
+        ]
+
+    async def walk(self, root: str) -> list[FileEntry]:
+        return await anyio.to_thread.run_sync(self._walk, root)
+
+    async def aclose(self) -> None:
+        return None

@@ -1,0 +1,93 @@
+"""The `Sandbox` protocol: what the rest of the library needs of an isolated machine.
+
+It names no engine: a Kubernetes pod can implement it as well as a Docker container. Docker's
+implementation is `sandbox_sessions.sandbox.docker.DockerSandbox`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from .._types import SandboxOptions, ShellResult
+
+__all__ = ["FileEntry", "OutputCallback", "Sandbox", "SandboxBackend"]
+
+OutputCallback = Callable[[str], object]
+"""Receives decoded output as it arrives, in order. It runs on the event loop: keep it short."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """One entry of a folder walk, as the sandbox reports it (and so untrusted)."""
+
+    path: str
+    """Relative to the folder walked, `/`-separated."""
+    kind: Literal["file", "dir", "link", "other"]
+    size: int
+
+
+@runtime_checkable
+class Sandbox(Protocol):
+    """One running, isolated machine belonging to one session."""
+
+    @property
+    def id(self) -> str:
+        """The engine's id of the machine (a container id, a pod name)."""
+        ...
+
+    async def shell(
+        self,
+        command: str,
+        *,
+        timeout: float | None,
+        cwd: str | None,
+        env: Mapping[str, str],
+        max_output: int,
+        on_stdout: OutputCallback | None,
+        on_stderr: OutputCallback | None,
+    ) -> ShellResult:
+        """Run `command` with bash (or sh), stdin closed, in its own process group.
+
+        Output goes to the callbacks as it comes, and at most `max_output` bytes of each stream
+        are kept. At `timeout` seconds the whole process group is killed and the result says
+        `timed_out`. Cancelling the call kills the process group too.
+        """
+        ...
+
+    def stream_file(self, path: str, *, max_bytes: int | None) -> AsyncIterator[bytes]:
+        """The bytes of a regular file, in chunks; `FileTooLarge` past `max_bytes`."""
+        ...
+
+    async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None:
+        """Write `data` to `path` atomically, creating parent folders as needed."""
+        ...
+
+    async def walk(self, root: str) -> list[FileEntry]:
+        """Every entry below `root`, without following links; empty when `root` is missing."""
+        ...
+
+    async def aclose(self) -> None:
+        """Drop this process's connections to the machine; the machine keeps running."""
+        ...
+
+
+class SandboxBackend(Protocol):
+    """Makes, finds and removes sandboxes. Each resource carries the given labels."""
+
+    async def create(self, options: SandboxOptions, *, labels: Mapping[str, str]) -> Sandbox:
+        """Create and start a machine, ready for commands."""
+        ...
+
+    async def attach(self, sandbox_id: str, options: SandboxOptions) -> Sandbox:
+        """A handle on an existing machine; `ContainerGone` or `ContainerDied` if it is not up."""
+        ...
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Remove the machine at once, with no grace period; a missing one is not an error."""
+        ...
+
+    async def list_labelled(self, labels: Mapping[str, str]) -> list[dict[str, str]]:
+        """The labels of every machine that carries all of `labels` (key `id` added)."""
+        ...
