@@ -14,7 +14,7 @@ import stat
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from .._exceptions import UnsafeArchive
 
@@ -131,7 +131,7 @@ class _ChunkReader(io.RawIOBase):
 
 def iter_tar_files(
     chunks: Iterator[bytes], *, strip: int = 0
-) -> Iterator[tuple[str, str, tarfile.TarInfo, BinaryIO | None]]:
+) -> Iterator[tuple[str, str, tarfile.TarInfo, IO[bytes] | None]]:
     """Yield `(key, kind, member, file)` for each member of a tar stream, read once.
 
     `kind` is `file`, `dir`, `link` or `other`; `file` is readable only for regular files and

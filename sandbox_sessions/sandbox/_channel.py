@@ -12,7 +12,7 @@ import logging
 import math
 import struct
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -190,11 +190,8 @@ class HelperChannel:
             receive.close()
             send.close()
             if not call.finished and not self.closed:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                    try:
-                        await self.send_frame(CANCEL, rid, b"")
-                    except ChannelClosed:
-                        pass
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2), suppress(ChannelClosed):
+                    await self.send_frame(CANCEL, rid, b"")
 
     async def aclose(self) -> None:
         """Close the connection; the helper sees end of input and kills what it runs."""

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.utils
 import requests.exceptions
 
 from .._exceptions import (
@@ -58,7 +59,7 @@ def _explain(exc: docker.errors.APIError) -> str:
 class Engine:
     """A thin, typed face of `docker.APIClient`. Connects lazily, on first use."""
 
-    def __init__(self, base_url: str | None = None, *, timeout: float = 60) -> None:
+    def __init__(self, base_url: str | None = None, *, timeout: int = 60) -> None:
         self._base_url = base_url
         self._timeout = timeout
         self._client: docker.APIClient | None = None
@@ -82,7 +83,7 @@ class Engine:
         """The image's labels, or None when no such image exists locally."""
         try:
             with translate():
-                info = self.api.inspect_image(image)
+                info = self.api.inspect_image(image)  # type: ignore[no-untyped-call]
         except SandboxError as exc:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
                 return None
@@ -93,7 +94,7 @@ class Engine:
         """The image's id (`sha256:...`), or None when no such image exists locally."""
         try:
             with translate():
-                info = self.api.inspect_image(image)
+                info = self.api.inspect_image(image)  # type: ignore[no-untyped-call]
         except SandboxError as exc:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
                 return None
@@ -101,7 +102,12 @@ class Engine:
         return str(info["Id"])
 
     def create_container(
-        self, image: str, *, host_config: Mapping[str, Any], stdin_once: bool = False, **options: Any
+        self,
+        image: str,
+        *,
+        host_config: Mapping[str, Any],
+        stdin_once: bool = False,
+        **options: Any,
     ) -> str:
         """Create (not start) a container; `stdin_once` closes its stdin when the attach ends."""
 
@@ -116,7 +122,7 @@ class Engine:
                 image, host_config=self.api.create_host_config(**host_config), **options
             )
             config["StdinOnce"] = stdin_once
-            created = self.api.create_container_from_config(config)
+            created = self.api.create_container_from_config(config)  # type: ignore[no-untyped-call]
         return str(created["Id"])
 
     def start(self, container: str) -> None:
@@ -161,7 +167,7 @@ class Engine:
         return _own_socket(wrapper)
 
     def attach_socket(self, container: str) -> socket.socket:
-        """Attach to the container's stdin, stdout and stderr (before it starts, to miss nothing)."""
+        """Attach to the container's stdin, stdout and stderr; before its start, misses nothing."""
         gone = lambda: ContainerGone(f"container {container[:12]} is gone")  # noqa: E731
         params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
         with translate(not_found=gone):

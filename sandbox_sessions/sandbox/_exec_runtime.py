@@ -26,6 +26,7 @@ from ._engine import Engine
 from ._runtime import OutputSink, shell_result
 from .base import FileEntry, OutputCallback
 
+
 class ExecRuntime:
     """Runs commands with `docker exec` and moves files as tar archives."""
 
@@ -52,7 +53,7 @@ class ExecRuntime:
         started = anyio.current_time()
         exec_id, chunks = await anyio.to_thread.run_sync(
             partial(self._engine.exec_stream, self._container, argv,
-                    user=self._options.user, workdir=cwd, env=env)  # fmt: skip
+                    user=self._options.user, workdir=cwd, env=env)
         )
 
         def pump() -> None:
@@ -66,7 +67,7 @@ class ExecRuntime:
         code = await anyio.to_thread.run_sync(self._engine.exec_exit_code, exec_id)
         timed_out = timeout is not None and code == 124
         done = {"exit_code": 124 if timed_out else (code if code is not None else -1),
-                "timed_out": timed_out, "duration": anyio.current_time() - started}  # fmt: skip
+                "timed_out": timed_out, "duration": anyio.current_time() - started}
         return shell_result(out, err, done)
 
     def _read_whole(self, path: str, max_bytes: int | None) -> bytes:
@@ -87,7 +88,7 @@ class ExecRuntime:
     async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None:
         folder = posixpath.dirname(path) or "/"
         await self.shell(f"mkdir -p {shlex.quote(folder)}", timeout=30, cwd=None, env={},
-                         max_output=4096, on_stdout=None, on_stderr=None)  # fmt: skip
+                         max_output=4096, on_stdout=None, on_stderr=None)
         member = tarfile.TarInfo(posixpath.basename(path))
         member.size, member.mode = len(data), 0o644 if mode is None else mode
         uid, _, gid = self._options.user.partition(":")

@@ -95,7 +95,7 @@ class HelperRuntime:
     ) -> ShellResult:
         out, err = OutputSink(on_stdout, max_output), OutputSink(on_stderr, max_output)
         request = {"op": "exec", "cmd": command, "cwd": cwd, "env": dict(env),
-                   "timeout": timeout, "max_output": max_output}  # fmt: skip
+                   "timeout": timeout, "max_output": max_output}
         async with self.channel.call(request) as call:
             while True:
                 kind, payload = await call.receive()

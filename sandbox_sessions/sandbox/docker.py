@@ -38,11 +38,11 @@ log = logging.getLogger("sandbox_sessions.docker")
 
 HELPER_SOURCE = resources.files(__package__).joinpath("_helper.py").read_bytes()
 # A short command line that reads the helper's source from stdin, so `ps` stays readable.
-HELPER_ARGV = [
-    "python3", "-c",
-    "import os\nn=%d;s=b''\nwhile len(s)<n:s+=os.read(0,n-len(s)) or exit(1)\n"
-    "exec(compile(s,'sandbox-sessions-helper','exec'))" % len(HELPER_SOURCE),
-]  # fmt: skip
+_STUB = (
+    "import os\nn={size};s=b''\nwhile len(s)<n:s+=os.read(0,n-len(s)) or exit(1)\n"
+    "exec(compile(s,'sandbox-sessions-helper','exec'))"
+)
+HELPER_ARGV = ["python3", "-c", _STUB.format(size=len(HELPER_SOURCE))]
 IMAGE_LABEL = "sandbox-sessions.image"
 HELLO_TIMEOUT = 15.0
 
@@ -137,7 +137,7 @@ class DockerSandbox:
     async def _connect(self) -> _Runtime:
         sock = await anyio.to_thread.run_sync(
             partial(self._engine.exec_socket, self._container_id, HELPER_ARGV,
-                    user=self._options.user)  # fmt: skip
+                    user=self._options.user)
         )
         try:
             return HelperRuntime(await open_channel(sock, self._task_group))
@@ -181,7 +181,7 @@ class DockerSandbox:
             return await runtime.shell(
                 command, timeout=timeout, cwd=cwd or self._options.workdir, env=env,
                 max_output=max_output, on_stdout=on_stdout, on_stderr=on_stderr,
-            )  # fmt: skip
+            )
 
     async def stream_file(self, path: str, *, max_bytes: int | None) -> AsyncIterator[bytes]:
         async with self._guard() as runtime:
@@ -263,7 +263,7 @@ class DockerBackend:
                     command=[*HELPER_ARGV, "main"] if ours else ["sleep", "infinity"],
                     stdin_open=ours, stdin_once=ours, labels=dict(labels), user=options.user,
                     working_dir=options.workdir, environment=dict(options.env), detach=True,
-                    host_config=_host_config(options))  # fmt: skip
+                    host_config=_host_config(options))
         )
         try:
             channel = await self._start(container, options, attach=ours)

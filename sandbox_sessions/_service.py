@@ -1,0 +1,277 @@
+"""`SessionService`: sessions, their sandboxes and their files, over a store and a backend.
+
+Both transports call this one service: the in-process client directly, the HTTP bridge (later)
+through its routes. It holds no per-caller state beyond live sandbox connections.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ._exceptions import (
+    FileDecodeError,
+    InvalidArgument,
+    SandboxFileNotFound,
+    SessionEnded,
+    SessionNotFound,
+)
+from ._types import (
+    DEFAULT_MAX_OUTPUT,
+    ArtifactDownload,
+    ArtifactInfo,
+    SandboxOptions,
+    SessionInfo,
+    ShellResult,
+    SkippedArtifact,
+)
+from .sandbox._archive import Caps, SafeWriter, unsafe_key_reason
+from .sandbox.base import FileEntry, OutputCallback, Sandbox, SandboxBackend
+from .store.base import Store
+
+log = logging.getLogger("sandbox_sessions")
+
+LABEL = "sandbox-sessions"
+ARTIFACTS = "/artifacts"
+DownloadProgress = Callable[[str, int, int], object]
+"""Called as `(key, files_done, files_total)` after each artifact is written."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return "ses_" + secrets.token_hex(12)
+
+
+class SessionService:
+    """Creates, finds and ends sessions, and runs their shell and file calls."""
+
+    def __init__(self, store: Store, backend: SandboxBackend) -> None:
+        self.store = store
+        self.backend = backend
+        self._live: dict[str, Sandbox] = {}
+        self._attach_lock = anyio.Lock()
+
+    def labels(self, session_id: str) -> dict[str, str]:
+        return {
+            LABEL: "1",
+            f"{LABEL}.session": session_id,
+            f"{LABEL}.owner": self.store.owner_id,
+            f"{LABEL}.store": self.store.location,
+        }
+
+    async def create_session(
+        self, *, agent: str, title: str | None, options: SandboxOptions
+    ) -> SessionInfo:
+        """Record the session, then start its container; a failed start leaves no session."""
+        now, session_id = _now(), _new_id()
+        info = SessionInfo(id=session_id, title=title or f"Session {now:%Y-%m-%d %H:%M:%S}",
+                           agent=agent, status="idle", time_created=now, time_updated=now,
+                           sandbox=options)
+        # Recorded as ended until its container is up: a crash in between leaves an orphan
+        # container that the reaper removes, never a live session without a container.
+        await self.store.put_session(info.model_copy(update={"status": "ended"}))
+        try:
+            sandbox = await self.backend.create(options, labels=self.labels(session_id))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.store.delete_session(session_id)
+            raise
+        self._live[session_id] = sandbox
+        info = info.model_copy(update={"container_id": sandbox.id})
+        await self.store.put_session(info)
+        return info
+
+    async def get_info(self, session_id: str) -> SessionInfo:
+        info = await self.store.get_session(session_id)
+        if info is None:
+            raise SessionNotFound(session_id)
+        return info
+
+    async def _sandbox(self, session_id: str) -> Sandbox:
+        sandbox = self._live.get(session_id)
+        if sandbox is not None:
+            return sandbox
+        info = await self.get_info(session_id)
+        if info.status == "ended" or info.container_id is None:
+            raise SessionEnded(session_id)
+        async with self._attach_lock:
+            if session_id not in self._live:
+                sandbox = await self.backend.attach(info.container_id, info.sandbox)
+                self._live[session_id] = sandbox
+            return self._live[session_id]
+
+    async def shell(
+        self,
+        session_id: str,
+        command: str,
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> ShellResult:
+        if timeout is not None and timeout <= 0:
+            raise InvalidArgument(f"timeout must be positive, not {timeout}")
+        if max_output < 0:
+            raise InvalidArgument(f"max_output must be zero or more, not {max_output}")
+        sandbox = await self._sandbox(session_id)
+        return await sandbox.shell(command, timeout=timeout, cwd=cwd, env=dict(env or {}),
+                                   max_output=max_output, on_stdout=on_stdout,
+                                   on_stderr=on_stderr)
+
+    async def _absolute(self, session_id: str, path: str) -> str:
+        if not path or "\x00" in path:
+            raise InvalidArgument(f"not a usable path: {path!r}")
+        if posixpath.isabs(path):
+            return posixpath.normpath(path)
+        info = await self.get_info(session_id)
+        return posixpath.normpath(posixpath.join(info.sandbox.workdir, path))
+
+    async def put_file(
+        self, session_id: str, path: str, content: str | bytes, *, mode: int | None = None
+    ) -> None:
+        data = content.encode() if isinstance(content, str) else bytes(content)
+        target = await self._absolute(session_id, path)
+        await (await self._sandbox(session_id)).write_file(target, data, mode=mode)
+
+    async def read_bytes(
+        self, session_id: str, path: str, *, max_bytes: int | None = None
+    ) -> bytes:
+        target = await self._absolute(session_id, path)
+        sandbox = await self._sandbox(session_id)
+        return b"".join([chunk async for chunk in sandbox.stream_file(target, max_bytes=max_bytes)])
+
+    async def read_text(
+        self, session_id: str, path: str, *, encoding: str = "utf-8", max_bytes: int | None = None
+    ) -> str:
+        data = await self.read_bytes(session_id, path, max_bytes=max_bytes)
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as exc:
+            raise FileDecodeError(
+                f"{path} is not valid {encoding} (byte {exc.start}); read it with get_file_bytes()"
+            ) from exc
+        except LookupError as exc:
+            raise InvalidArgument(f"unknown encoding {encoding!r}") from exc
+
+    async def list_artifacts(self, session_id: str) -> list[ArtifactInfo]:
+        entries = await (await self._sandbox(session_id)).walk(ARTIFACTS)
+        return sorted(
+            (ArtifactInfo(key=e.path, size=e.size) for e in entries
+             if e.kind == "file" and unsafe_key_reason(e.path) is None),
+            key=lambda artifact: artifact.key,
+        )
+
+    def _artifact_path(self, key: str) -> str:
+        reason = unsafe_key_reason(key)
+        if reason is not None:
+            raise InvalidArgument(f"artifact key {key!r}: {reason}")
+        return f"{ARTIFACTS}/{key}"
+
+    async def read_artifact(self, session_id: str, key: str) -> bytes:
+        try:
+            return await self.read_bytes(session_id, self._artifact_path(key))
+        except SandboxFileNotFound:
+            raise SandboxFileNotFound(key, "no such artifact") from None
+
+    async def download_artifacts(
+        self,
+        session_id: str,
+        destination: str | Path,
+        *,
+        caps: Caps | None = None,
+        progress: DownloadProgress | None = None,
+    ) -> ArtifactDownload:
+        """Copy every artifact into `destination`; links and unsafe names are skipped."""
+        sandbox = await self._sandbox(session_id)
+        entries = await sandbox.walk(ARTIFACTS)
+        writer = await anyio.to_thread.run_sync(SafeWriter, Path(destination), caps or Caps())
+        files, skipped = [], []
+        total = sum(1 for entry in entries if entry.kind == "file")
+        for entry in entries:
+            reason = unsafe_key_reason(entry.path) or _refusal(entry)
+            if reason is not None:
+                skipped.append(SkippedArtifact(key=entry.path, reason=reason))
+                continue
+            if entry.kind == "dir":
+                await anyio.to_thread.run_sync(writer.mkdir, entry.path)
+                continue
+            await _copy_out(sandbox, entry.path, writer)
+            files.append(entry.path)
+            if progress is not None:
+                progress(entry.path, len(files), total)
+        return ArtifactDownload(destination=str(writer.destination), files=files,
+                                bytes=writer.bytes, skipped=skipped)
+
+    async def end(self, session_id: str) -> SessionInfo:
+        """Remove the container at once and mark the session ended. Ending twice is a no-op."""
+        info = await self.get_info(session_id)
+        if info.status == "ended":
+            return info
+        sandbox = self._live.pop(session_id, None)
+        if sandbox is not None:
+            await sandbox.aclose()
+        if info.container_id is not None:
+            await self.backend.destroy(info.container_id)
+        ended = info.model_copy(update={"status": "ended", "time_updated": _now()})
+        await self.store.put_session(ended)
+        return ended
+
+    async def reap_orphans(self) -> list[str]:
+        """Remove containers of this store whose session is ended or unknown, and containers of
+        stores whose file no longer exists. Returns the container ids removed."""
+        removed = []
+        for labels in await self.backend.list_labelled({LABEL: "1"}):
+            if await self._is_orphan(labels):
+                await self.backend.destroy(labels["id"])
+                removed.append(labels["id"])
+        return removed
+
+    async def _is_orphan(self, labels: Mapping[str, Any]) -> bool:
+        if labels.get(f"{LABEL}.owner") != self.store.owner_id:
+            store = labels.get(f"{LABEL}.store")
+            return isinstance(store, str) and bool(store) and not await anyio.Path(store).exists()
+        info = await self.store.get_session(labels.get(f"{LABEL}.session", ""))
+        return info is None or info.status == "ended" or info.container_id != labels["id"]
+
+    async def aclose(self) -> None:
+        """Drop every live connection; the containers keep running for later processes."""
+        live, self._live = self._live, {}
+        for sandbox in live.values():
+            with anyio.CancelScope(shield=True):
+                await sandbox.aclose()
+
+
+def _refusal(entry: FileEntry) -> str | None:
+    if entry.kind == "link":
+        return "a link; only regular files and folders are copied out"
+    if entry.kind == "other":
+        return "not a regular file or folder"
+    return None
+
+
+async def _copy_out(sandbox: Sandbox, key: str, writer: SafeWriter) -> None:
+    handle = await anyio.to_thread.run_sync(writer.open, key)
+    written = 0
+    try:
+        chunks: AsyncIterator[bytes] = sandbox.stream_file(
+            f"{ARTIFACTS}/{key}", max_bytes=writer.caps.max_file_bytes
+        )
+        async for chunk in chunks:
+            written += len(chunk)
+            writer.account(key, written, len(chunk))
+            await anyio.to_thread.run_sync(handle.write, chunk)
+    finally:
+        handle.close()

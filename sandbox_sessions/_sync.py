@@ -1,0 +1,187 @@
+"""The blocking facade: `SandboxClient`, `Agent` and `SessionHandle`.
+
+Each call runs the async core's method on an event loop in a background thread, through an
+anyio `BlockingPortal`. There is no second implementation: every method forwards.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractContextManager, ExitStack
+from types import TracebackType
+from typing import Any, Self, TypeVar, Unpack
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from ._client import AsyncAgent, AsyncSandboxClient, AsyncSessionHandle, SandboxKwargs
+from ._exceptions import InvalidArgument
+from ._service import DownloadProgress
+from ._types import (
+    DEFAULT_MAX_OUTPUT,
+    ArtifactDownload,
+    ArtifactInfo,
+    SandboxOptions,
+    SessionInfo,
+    ShellResult,
+)
+from .sandbox._archive import Caps
+from .sandbox.base import OutputCallback
+
+__all__ = ["Agent", "SandboxClient", "SessionHandle"]
+
+T = TypeVar("T")
+
+
+class SessionHandle:
+    """The blocking twin of `AsyncSessionHandle`; see there for each call's promises.
+
+    As a context manager it ends the session on exit.
+    """
+
+    def __init__(self, portal: BlockingPortal, handle: AsyncSessionHandle) -> None:
+        self._portal = portal
+        self._async = handle
+        self.id = handle.id
+
+    def __repr__(self) -> str:
+        return f"<SessionHandle {self.id}>"
+
+    def _call(self, fn: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
+        async def run() -> T:
+            return await fn(*args, **kwargs)
+
+        return self._portal.call(run)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.end()
+
+    def get_info(self) -> SessionInfo:
+        return self._call(self._async.get_info)
+
+    def shell(
+        self,
+        command: str,
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> ShellResult:
+        return self._call(self._async.shell, command, timeout=timeout, cwd=cwd, env=env,
+                          max_output=max_output, on_stdout=on_stdout,
+                          on_stderr=on_stderr)
+
+    def put_file(self, path: str, content: str | bytes, *, mode: int | None = None) -> None:
+        self._call(self._async.put_file, path, content, mode=mode)
+
+    def get_file(self, path: str, *, encoding: str = "utf-8", max_bytes: int | None = None) -> str:
+        return self._call(self._async.get_file, path, encoding=encoding, max_bytes=max_bytes)
+
+    def get_file_bytes(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        return self._call(self._async.get_file_bytes, path, max_bytes=max_bytes)
+
+    def list_artifacts(self) -> list[ArtifactInfo]:
+        return self._call(self._async.list_artifacts)
+
+    def get_artifact(self, key: str, *, encoding: str = "utf-8") -> str:
+        return self._call(self._async.get_artifact, key, encoding=encoding)
+
+    def get_artifact_bytes(self, key: str) -> bytes:
+        return self._call(self._async.get_artifact_bytes, key)
+
+    def download_artifacts(
+        self,
+        destination: str | os.PathLike[str],
+        *,
+        caps: Caps | None = None,
+        progress: DownloadProgress | None = None,
+    ) -> ArtifactDownload:
+        return self._call(self._async.download_artifacts, destination, caps=caps,
+                          progress=progress)
+
+    def end(self) -> SessionInfo:
+        return self._call(self._async.end)
+
+
+class Agent:
+    """The blocking twin of `AsyncAgent`."""
+
+    def __init__(self, portal: BlockingPortal, agent: AsyncAgent) -> None:
+        self._portal = portal
+        self._async = agent
+        self.name = agent.name
+        self.sandbox = agent.sandbox
+
+    def create_session(self, *, title: str | None = None) -> SessionHandle:
+        handle = self._portal.call(lambda: self._async.create_session(title=title))
+        return SessionHandle(self._portal, handle)
+
+
+class SandboxClient:
+    """The blocking twin of `AsyncSandboxClient`. Use it as a context manager:
+
+        with SandboxClient() as client:
+            session = client.agent("build").create_session(title="My Session")
+    """
+
+    def __init__(
+        self,
+        *,
+        store: str | os.PathLike[str] | None = None,
+        docker_url: str | None = None,
+        reap_orphans: bool = True,
+    ) -> None:
+        self._async = AsyncSandboxClient(
+            store=store, docker_url=docker_url, reap_orphans=reap_orphans
+        )
+        self._stack: ExitStack | None = None
+        self._portal: BlockingPortal | None = None
+
+    @property
+    def portal(self) -> BlockingPortal:
+        if self._portal is None:
+            raise InvalidArgument("the client is not open: use `with SandboxClient()`")
+        return self._portal
+
+    def __enter__(self) -> Self:
+        with ExitStack() as stack:
+            portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal()
+            self._portal = stack.enter_context(portal_cm)
+            stack.enter_context(self._portal.wrap_async_context_manager(self._async))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close connections, the store and the event loop thread. Sessions live on."""
+        stack, self._stack, self._portal = self._stack, None, None
+        if stack is not None:
+            stack.close()
+
+    def agent(
+        self, name: str, *, sandbox: SandboxOptions | None = None, **options: Unpack[SandboxKwargs]
+    ) -> Agent:
+        return Agent(self.portal, self._async.agent(name, sandbox=sandbox, **options))
+
+    def session(self, session_id: str) -> SessionHandle:
+        return SessionHandle(self.portal, self._async.session(session_id))
+
+    def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
+        return self.portal.call(lambda: self._async.list_sessions(include_ended=include_ended))
+
+    def gc(self) -> list[str]:
+        return self.portal.call(self._async.gc)

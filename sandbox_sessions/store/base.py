@@ -1,0 +1,43 @@
+"""The `Store` protocol: where sessions live between processes."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .._types import SessionInfo
+
+__all__ = ["Store"]
+
+
+class Store(Protocol):
+    """Durable session records. Every write is on disk before the call returns."""
+
+    @property
+    def owner_id(self) -> str:
+        """A stable id of this store, put on every container it owns."""
+        ...
+
+    @property
+    def location(self) -> str:
+        """Where the store lives (a file path), so orphans of a deleted store can be found."""
+        ...
+
+    async def put_session(self, info: SessionInfo) -> None:
+        """Insert or replace the record of `info.id`."""
+        ...
+
+    async def delete_session(self, session_id: str) -> None:
+        """Forget a session; a missing one is not an error."""
+        ...
+
+    async def get_session(self, session_id: str) -> SessionInfo | None:
+        """The record, or None when there is no such session."""
+        ...
+
+    async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
+        """Every session, newest first."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's resources; pending writes are already durable."""
+        ...
