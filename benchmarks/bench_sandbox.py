@@ -78,9 +78,12 @@ OPS: tuple[Op, ...] = (
     Op("get_1mb", "get 1 MiB file", "s"),
     Op("put_50mb", "put 50 MiB file", "s"),
     Op("get_50mb", "get 50 MiB file", "s"),
-    Op("output_50mb_wall", "50 MiB of command output: wall time", "s"),
-    Op("output_50mb_tracemalloc", "50 MiB of command output: tracemalloc peak", "bytes"),
-    Op("output_50mb_rss", "50 MiB of command output: RSS high-water growth", "bytes"),
+    Op("output_50mb_wall", "50 MiB output, as kept by default: wall time", "s"),
+    Op("output_50mb_tracemalloc", "50 MiB output, as kept by default: tracemalloc", "bytes"),
+    Op("output_50mb_rss", "50 MiB output, as kept by default: RSS growth", "bytes"),
+    Op("output_50mb_all_wall", "50 MiB output, all of it kept: wall time", "s"),
+    Op("output_50mb_all_tracemalloc", "50 MiB output, all of it kept: tracemalloc", "bytes"),
+    Op("output_50mb_all_rss", "50 MiB output, all of it kept: RSS growth", "bytes"),
     Op("end", "end (remove) latency", "s"),
     Op("concurrent_ready", "N sessions at once: all answered shell", "s"),
     Op("concurrent_end", "N sessions at once: all ended", "s"),
@@ -174,6 +177,13 @@ class Impl(ABC, Generic[H]):
     @abstractmethod
     def shell(self, handle: H, command: str) -> ShellOut: ...
 
+    always_keeps_all: ClassVar[bool] = False
+    """True when `shell` keeps all output anyway, so `shell_keep_all` is the same call."""
+
+    def shell_keep_all(self, handle: H, command: str) -> ShellOut:
+        """Like `shell`, but keeping every byte of stdout in this process."""
+        return self.shell(handle, command)
+
     @abstractmethod
     def put(self, handle: H, path: str, data: bytes) -> None: ...
 
@@ -242,6 +252,17 @@ class RawDocker(Impl[str]):
         exit_code = self.api.exec_inspect(exec_id)["ExitCode"]
         return ShellOut(exit_code=int(exit_code), stdout_bytes=received)
 
+    def shell_keep_all(self, handle: str, command: str) -> ShellOut:
+        exec_id: str = self.api.exec_create(handle, ["/bin/sh", "-c", command])["Id"]
+        chunks: list[bytes] = []
+        for stdout, _stderr in self.api.exec_start(exec_id, stream=True, demux=True):
+            if stdout:
+                chunks.append(stdout)
+        kept = b"".join(chunks)
+        del chunks
+        exit_code = self.api.exec_inspect(exec_id)["ExitCode"]
+        return ShellOut(exit_code=int(exit_code), stdout_bytes=len(kept))
+
     def put(self, handle: str, path: str, data: bytes) -> None:
         folder, _, name = path.rpartition("/")
         buffer = io.BytesIO()
@@ -275,6 +296,7 @@ class LlmSandbox(Impl[Any]):
     """llm-sandbox's Docker backend through its public API. A handle is its session object."""
 
     name = "llm_sandbox"
+    always_keeps_all = True
 
     def setup(self) -> None:
         # Offline: never let pip reach for an index, and never run llm-sandbox's environment
@@ -421,6 +443,15 @@ class Ours(Impl[Any]):
 
     def shell(self, handle: Any, command: str) -> ShellOut:
         result = handle.shell(command)
+        stdout: str = result.stdout
+        return ShellOut(
+            exit_code=int(result.exit_code),
+            stdout_bytes=len(stdout),
+            truncated=bool(result.truncated),
+        )
+
+    def shell_keep_all(self, handle: Any, command: str) -> ShellOut:
+        result = handle.shell(command, max_output=2 * BIG_OUTPUT_BYTES)
         stdout: str = result.stdout
         return ShellOut(
             exit_code=int(result.exit_code),
@@ -596,9 +627,17 @@ def bench_concurrent(impl: Impl[Any], stats: dict[str, Stat], count: int, rounds
 
 
 def bench_output_in_child(
-    impl_name: str, image: str, run_id: str, stats: dict[str, Stat], args: argparse.Namespace
+    impl_name: str,
+    image: str,
+    run_id: str,
+    stats: dict[str, Stat],
+    args: argparse.Namespace,
+    *,
+    keep_all: bool,
 ) -> None:
     """Run the 50 MiB output case in a fresh interpreter, so memory peaks stay separate."""
+    prefix = "output_50mb_all" if keep_all else "output_50mb"
+    keys = (f"{prefix}_wall", f"{prefix}_tracemalloc", f"{prefix}_rss")
     command = [
         sys.executable,
         os.path.abspath(__file__),
@@ -613,7 +652,8 @@ def bench_output_in_child(
         "--llm-sandbox-user",
         args.llm_sandbox_user,
     ]
-    keys = ("output_50mb_wall", "output_50mb_tracemalloc", "output_50mb_rss")
+    if keep_all:
+        command.append("--_keep-all")
     try:
         child = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     except subprocess.TimeoutExpired:
@@ -631,16 +671,32 @@ def bench_output_in_child(
         for key in keys:
             stats[key].error = str(report["error"])
         return
-    stats["output_50mb_wall"].samples.extend(report["wall_s"])
-    stats["output_50mb_rss"].samples.extend(report["hwm_growth_bytes"])
-    stats["output_50mb_tracemalloc"].samples.append(report["tracemalloc_peak_bytes"])
-    stats["output_50mb_wall"].extra.update(
+    wall, tracemalloc_peak, rss = (stats[key] for key in keys)
+    wall.samples.extend(report["wall_s"])
+    rss.samples.extend(report["hwm_growth_bytes"])
+    tracemalloc_peak.samples.append(report["tracemalloc_peak_bytes"])
+    wall.extra.update(
         stdout_kept=report["stdout_kept"],
         truncated=report["truncated"],
         ru_maxrss_bytes=report["ru_maxrss_bytes"],
         baseline_rss_bytes=report["baseline_rss_bytes"],
     )
-    stats["output_50mb_rss"].extra.update(hwm_reset=report["hwm_reset"])
+    rss.extra.update(hwm_reset=report["hwm_reset"])
+
+
+def bench_output(
+    impl: Impl[Any], image: str, run_id: str, stats: dict[str, Stat], args: argparse.Namespace
+) -> None:
+    bench_output_in_child(impl.name, image, run_id, stats, args, keep_all=False)
+    if not impl.always_keeps_all:
+        bench_output_in_child(impl.name, image, run_id, stats, args, keep_all=True)
+        return
+    # Keeping everything is what this implementation does anyway: one measurement, two rows.
+    for suffix in ("wall", "tracemalloc", "rss"):
+        source, target = stats[f"output_50mb_{suffix}"], stats[f"output_50mb_all_{suffix}"]
+        target.samples = list(source.samples)
+        target.error = source.error
+        target.extra = {**source.extra, "same_run_as": f"output_50mb_{suffix}"}
 
 
 def proc_status_bytes(field_name: str) -> int:
@@ -663,13 +719,14 @@ def reset_hwm() -> bool:
 
 def output_child(args: argparse.Namespace) -> int:
     """Child mode: one implementation, one session, `rounds` x 50 MiB of output, JSON on stdout."""
-    report: dict[str, Any] = {"impl": args.output_child}
+    report: dict[str, Any] = {"impl": args.output_child, "keep_all": args.keep_all}
     impl = IMPL_CLASSES[args.output_child](args.image, args.run_id, args)
     try:
         impl.setup()
         handle = impl.open()
         try:
             impl.shell(handle, "true")
+            shell = impl.shell_keep_all if args.keep_all else impl.shell
             walls: list[float] = []
             growths: list[int] = []
             hwm_reset = True
@@ -679,7 +736,7 @@ def output_child(args: argparse.Namespace) -> int:
                 hwm_reset = reset_hwm() and hwm_reset
                 baseline = proc_status_bytes("VmRSS")
                 start = time.perf_counter()
-                out = impl.shell(handle, BIG_OUTPUT_COMMAND)
+                out = shell(handle, BIG_OUTPUT_COMMAND)
                 walls.append(time.perf_counter() - start)
                 growths.append(proc_status_bytes("VmHWM") - baseline)
                 if out.exit_code != 0:
@@ -688,7 +745,7 @@ def output_child(args: argparse.Namespace) -> int:
             # One more round under tracemalloc, whose bookkeeping slows allocation: its wall
             # time is not reported.
             tracemalloc.start()
-            impl.shell(handle, BIG_OUTPUT_COMMAND)
+            shell(handle, BIG_OUTPUT_COMMAND)
             _current, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             report.update(
@@ -731,8 +788,8 @@ def run_impl(name: str, image: str, run_id: str, args: argparse.Namespace) -> di
         say(f"  {name}: shell x{args.shell_iters}, files 1 MiB / 50 MiB x{args.rounds}")
         with op_guard(stats, "shell_true", "put_1mb", "get_1mb", "put_50mb", "get_50mb"):
             bench_in_session(impl, stats, args.rounds, args.shell_iters)
-        say(f"  {name}: 50 MiB of output x{args.output_rounds} (child process)")
-        bench_output_in_child(name, image, run_id, stats, args)
+        say(f"  {name}: 50 MiB of output x{args.output_rounds} (child processes)")
+        bench_output(impl, image, run_id, stats, args)
         say(f"  {name}: {args.concurrency} sessions at once x{args.concurrency_rounds}")
         with op_guard(stats, "concurrent_ready", "concurrent_end"):
             bench_concurrent(impl, stats, args.concurrency, args.concurrency_rounds)
@@ -839,15 +896,17 @@ def print_report(results: dict[str, dict[str, Stat]], meta: dict[str, Any]) -> N
                 f"  {fmt_ratio(vs_llm if name != 'llm_sandbox' else None):>14}"
             )
             notes = []
-            if op.key == "output_50mb_wall" and stat.extra:
+            if op.key in ("output_50mb_wall", "output_50mb_all_wall") and stat.extra:
                 kept = stat.extra.get("stdout_kept")
-                if isinstance(kept, int) and name == "raw":
+                if isinstance(kept, int) and name == "raw" and op.key == "output_50mb_wall":
                     notes.append(f"received {kept / MIB:.1f} MiB, streamed and dropped")
                 elif isinstance(kept, int):
                     notes.append(f"kept {kept / MIB:.1f} MiB of stdout")
                 if stat.extra.get("truncated"):
                     notes.append("truncated")
-            if op.key == "output_50mb_rss" and stat.extra.get("hwm_reset") is False:
+            if "same_run_as" in stat.extra:
+                notes.append("same measurement as above")
+            if op.key.endswith("_rss") and stat.extra.get("hwm_reset") is False:
                 notes.append("VmHWM could not be reset")
             if stat.error:
                 notes.append(f"partial, error: {stat.error}")
@@ -944,6 +1003,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_output-child", dest="output_child", help=argparse.SUPPRESS)
+    parser.add_argument("--_keep-all", dest="keep_all", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in args.only if name not in IMPLS]

@@ -5,12 +5,12 @@ same string crosses HTTP later) and `retryable`, which says whether the same cal
 if tried again unchanged. Each class also subclasses the nearest builtin, so
 `except LookupError` or `except TimeoutError` keep working.
 
-    SandboxSessionsError
+    SandboxSessionsError                               error
     ├── InvalidArgument            (ValueError)        invalid_argument
-    ├── SessionError
+    ├── SessionError                                   session_error
     │   ├── SessionNotFound        (LookupError)       session_not_found
     │   └── SessionEnded           (RuntimeError)      session_ended
-    ├── SandboxError
+    ├── SandboxError                                   sandbox_error
     │   ├── SandboxUnavailable     (ConnectionError)   sandbox_unavailable   retryable
     │   ├── ContainerGone          (RuntimeError)      container_gone
     │   │   └── ContainerDied                          container_died
@@ -82,6 +82,8 @@ class InvalidArgument(SandboxSessionsError, ValueError):
 class SessionError(SandboxSessionsError):
     """Base of the errors about a session as a whole."""
 
+    code = "session_error"
+
 
 class SessionNotFound(SessionError, LookupError):
     """No session with that id exists in the store."""
@@ -104,7 +106,10 @@ class SessionEnded(SessionError, RuntimeError):
 
 
 class SandboxError(SandboxSessionsError):
-    """Base of the errors raised by the sandbox (container) layer."""
+    """Base of the errors raised by the sandbox (container) layer; raised as is for an engine
+    failure that no subclass names."""
+
+    code = "sandbox_error"
 
 
 class SandboxUnavailable(SandboxError, ConnectionError):

@@ -190,7 +190,8 @@ class HelperChannel:
             receive.close()
             send.close()
             if not call.finished and not self.closed:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(2), suppress(ChannelClosed):
+                shielded = anyio.CancelScope(shield=True)
+                with shielded, anyio.move_on_after(2), suppress(ChannelClosed):
                     await self.send_frame(CANCEL, rid, b"")
 
     async def aclose(self) -> None:

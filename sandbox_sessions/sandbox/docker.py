@@ -44,6 +44,8 @@ _STUB = (
 )
 HELPER_ARGV = ["python3", "-c", _STUB.format(size=len(HELPER_SOURCE))]
 IMAGE_LABEL = "sandbox-sessions.image"
+OWN_WORKDIR = "/workspace"
+"""The workdir our images make, owned by their sandbox user."""
 HELLO_TIMEOUT = 15.0
 
 
@@ -283,6 +285,9 @@ class DockerBackend:
             await anyio.to_thread.run_sync(self.engine.put_archive, container, "/", archive)
             await anyio.to_thread.run_sync(self.engine.start, container)
             return None
+        if options.workdir != OWN_WORKDIR:  # Docker would make it root-owned: unwritable
+            archive = _folders_archive(options.user, (options.workdir,))
+            await anyio.to_thread.run_sync(self.engine.put_archive, container, "/", archive)
         sock = await anyio.to_thread.run_sync(self.engine.attach_socket, container)
         try:
             await anyio.to_thread.run_sync(self.engine.start, container)
