@@ -34,7 +34,7 @@ from .store._sqlite import SQLiteStore
 
 __all__ = ["AsyncAgent", "AsyncSandboxClient", "AsyncSessionHandle", "SandboxKwargs"]
 
-log = logging.getLogger("sandbox_sessions")
+log: logging.Logger = logging.getLogger("sandbox_sessions")
 
 
 class SandboxKwargs(TypedDict, total=False):
@@ -67,7 +67,7 @@ class AsyncSessionHandle:
 
     def __init__(self, service: SessionService, session_id: str) -> None:
         self._service = service
-        self.id = session_id
+        self.id: str = session_id
 
     def __repr__(self) -> str:
         return f"<AsyncSessionHandle {self.id}>"
@@ -169,8 +169,8 @@ class AsyncAgent:
 
     def __init__(self, service: SessionService, name: str, options: SandboxOptions) -> None:
         self._service = service
-        self.name = name
-        self.sandbox = options
+        self.name: str = name
+        self.sandbox: SandboxOptions = options
 
     async def create_session(self, *, title: str | None = None) -> AsyncSessionHandle:
         """Create a session and start its container; returns when it takes commands."""
@@ -214,16 +214,20 @@ class AsyncSandboxClient:
         async with AsyncExitStack() as stack:
             store = await anyio.to_thread.run_sync(SQLiteStore, self._store_path)
             stack.push_async_callback(store.aclose)
+            engine = Engine(self._docker_url)
+            stack.callback(engine.close)  # after the task group: no call uses it any more
             task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(task_group.cancel_scope.cancel)  # stops the helper readers
-            backend = DockerBackend(Engine(self._docker_url), task_group=task_group)
+            backend = DockerBackend(engine, task_group=task_group)
             self._service = service = SessionService(store, backend)
             stack.push_async_callback(service.aclose)
             if self._reap_orphans:
                 try:
                     await self.gc()
                 except SandboxSessionsError as exc:
-                    log.warning("orphan reaping skipped: %s", exc)
+                    # The text only: a record that kept `exc` would keep its traceback's
+                    # frames (and docker-py's unclosed socket) alive in any handler.
+                    log.warning("orphan reaping skipped: %s", str(exc))
             self._stack = stack.pop_all()
         return self
 

@@ -36,7 +36,7 @@ from .sandbox._archive import Caps, SafeWriter, unsafe_key_reason
 from .sandbox.base import FileEntry, OutputCallback, Sandbox, SandboxBackend
 from .store.base import Store
 
-log = logging.getLogger("sandbox_sessions")
+log: logging.Logger = logging.getLogger("sandbox_sessions")
 
 LABEL = "sandbox-sessions"
 ARTIFACTS = "/artifacts"

@@ -42,7 +42,7 @@ class SessionHandle:
     def __init__(self, portal: BlockingPortal, handle: AsyncSessionHandle) -> None:
         self._portal = portal
         self._async = handle
-        self.id = handle.id
+        self.id: str = handle.id
 
     def __repr__(self) -> str:
         return f"<SessionHandle {self.id}>"
@@ -118,8 +118,8 @@ class Agent:
     def __init__(self, portal: BlockingPortal, agent: AsyncAgent) -> None:
         self._portal = portal
         self._async = agent
-        self.name = agent.name
-        self.sandbox = agent.sandbox
+        self.name: str = agent.name
+        self.sandbox: SandboxOptions = agent.sandbox
 
     def create_session(self, *, title: str | None = None) -> SessionHandle:
         handle = self._portal.call(lambda: self._async.create_session(title=title))

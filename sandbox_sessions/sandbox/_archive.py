@@ -21,6 +21,9 @@ from .._exceptions import UnsafeArchive
 __all__ = ["Caps", "SafeWriter", "iter_tar_files", "unsafe_key_reason"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+# A FIFO planted at a file's name would block a plain open() for ever; with O_NONBLOCK it
+# fails (no reader) or opens and is refused as not a regular file.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 class Caps:
@@ -80,7 +83,7 @@ class SafeWriter:
         if self.files >= self.caps.max_files:
             raise UnsafeArchive(f"more than {self.caps.max_files} files")
         target = self._folder_for(key) / key.rsplit("/", 1)[-1]
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NOFOLLOW | _NONBLOCK
         try:
             fd = os.open(target, flags, 0o644)
         except OSError as exc:
@@ -129,6 +132,24 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
+class _MemberReader(io.RawIOBase):
+    """A member's data, where a stream cut short raises `UnsafeArchive`, not `tarfile`'s error."""
+
+    def __init__(self, data: IO[bytes]) -> None:
+        self._data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        try:
+            chunk = self._data.read(len(buffer))
+        except tarfile.TarError as exc:
+            raise UnsafeArchive(f"malformed archive from the sandbox: {exc}") from exc
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
 def iter_tar_files(
     chunks: Iterator[bytes], *, strip: int = 0
 ) -> Iterator[tuple[str, str, tarfile.TarInfo, IO[bytes] | None]]:
@@ -143,7 +164,8 @@ def iter_tar_files(
             for member in archive:
                 key = "/".join(member.name.split("/")[strip:]).rstrip("/")
                 kind = _kind(member)
-                handle = archive.extractfile(member) if kind == "file" else None
+                data = archive.extractfile(member) if kind == "file" else None
+                handle = None if data is None else io.BufferedReader(_MemberReader(data))
                 yield key, kind, member, handle
     except tarfile.TarError as exc:
         raise UnsafeArchive(f"malformed archive from the sandbox: {exc}") from exc

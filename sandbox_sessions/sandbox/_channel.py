@@ -21,7 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._exceptions import ProtocolError
 
-log = logging.getLogger("sandbox_sessions.helper")
+log: logging.Logger = logging.getLogger("sandbox_sessions.helper")
 
 HEADER = struct.Struct(">BII")
 DOCKER_HEADER = struct.Struct(">BxxxI")
@@ -42,9 +42,9 @@ class Call:
 
     def __init__(self, channel: HelperChannel, rid: int, inbox: MemoryObjectReceiveStream[Frame]):
         self._channel = channel
-        self.rid = rid
+        self.rid: int = rid
         self._inbox = inbox
-        self.finished = False
+        self.finished: bool = False
 
     async def receive(self) -> Frame:
         """The next frame; raises `ChannelClosed` if the connection ends first."""
@@ -84,7 +84,7 @@ class HelperChannel:
         self._inboxes: dict[int, MemoryObjectSendStream[Frame]] = {}
         self._next_rid = 1
         self._hello = anyio.Event()
-        self.closed = False
+        self.closed: bool = False
         self.info: dict[str, Any] = {}
 
     async def run(self) -> None:

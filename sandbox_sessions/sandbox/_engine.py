@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import docker.utils
+import docker.utils.socket
 import requests.exceptions
 
 from .._exceptions import (
@@ -74,6 +75,12 @@ class Engine:
                     kwargs = {"base_url": self._base_url}
                 self._client = docker.APIClient(version="auto", timeout=self._timeout, **kwargs)
         return self._client
+
+    def close(self) -> None:
+        """Close the pooled connections to the engine; a later call connects again."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def ping(self) -> None:
         with translate():
@@ -135,7 +142,7 @@ class Engine:
             with translate():
                 self.api.remove_container(container, force=True, v=True)
         except SandboxError as exc:
-            if not isinstance(exc.__cause__, docker.errors.NotFound):
+            if not isinstance(exc.__cause__, docker.errors.NotFound) and not _removing(exc):
                 raise
 
     def inspect(self, container: str) -> dict[str, Any] | None:
@@ -189,8 +196,9 @@ class Engine:
             exec_id = self.api.exec_create(
                 container, cmd, user=user, workdir=workdir, environment=dict(env)
             )["Id"]
-            chunks = self.api.exec_start(exec_id, stream=True, demux=True)
-        return exec_id, _translated_iter(chunks)
+            # The raw socket, made ours: docker-py's stream would leave its socket unclosed.
+            sock = _own_socket(self.api.exec_start(exec_id, socket=True))
+        return exec_id, _demuxed(sock)
 
     def exec_exit_code(self, exec_id: str) -> int | None:
         with translate():
@@ -232,12 +240,32 @@ class Engine:
             self.api.tag(image, repository, tag)
 
 
+def _removing(exc: SandboxError) -> bool:
+    """Whether the engine refused a removal because another one (another reaper) is under way."""
+    cause = exc.__cause__
+    return (isinstance(cause, docker.errors.APIError) and cause.status_code == 409
+            and "already in progress" in str(cause.explanation))
+
+
 def _own_socket(wrapper: Any) -> socket.socket:
     """A socket of our own for the connection docker-py hands back wrapped."""
     raw: socket.socket = getattr(wrapper, "_sock", wrapper)
     owned = socket.socket(fileno=os.dup(raw.fileno()))
     wrapper.close()
+    # Closing the wrapper leaves docker-py's socket open (and warned about when collected).
+    raw.close()
     return owned
+
+
+def _demuxed(sock: socket.socket) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """(stdout, stderr) chunks of an exec's multiplexed output; closes `sock` at the end."""
+    try:
+        with translate():
+            frames = docker.utils.socket.frames_iter(sock, tty=False)  # type: ignore[no-untyped-call]
+            for stream, data in frames:
+                yield (data, None) if stream == docker.utils.socket.STDOUT else (None, data)
+    finally:
+        sock.close()
 
 
 def _translated_iter(chunks: Iterator[T]) -> Iterator[T]:

@@ -34,7 +34,7 @@ from .base import FileEntry, OutputCallback
 
 __all__ = ["DockerBackend", "DockerSandbox"]
 
-log = logging.getLogger("sandbox_sessions.docker")
+log: logging.Logger = logging.getLogger("sandbox_sessions.docker")
 
 HELPER_SOURCE = resources.files(__package__).joinpath("_helper.py").read_bytes()
 # A short command line that reads the helper's source from stdin, so `ps` stays readable.
@@ -160,13 +160,22 @@ class DockerSandbox:
     @asynccontextmanager
     async def _guard(self) -> AsyncIterator[_Runtime]:
         """Yield the runtime; turn a dropped connection into the reason the container died."""
-        runtime = await self._ensure_runtime()
         try:
-            yield runtime
+            yield await self._ensure_runtime()
         except ChannelClosed:
-            self._runtime = None
+            await self.aclose()  # the dropped connection's socket is still ours to close
             await self._raise_if_dead()
             raise ProtocolError("the connection to the sandbox helper dropped") from None
+        except SandboxError as exc:
+            if type(exc) is not SandboxError:  # a subclass already names what went wrong
+                raise
+            # An unnamed engine error (an exec into a stopped container is a 409 "is not
+            # running"): say that the container died, where it did.
+            state = await anyio.to_thread.run_sync(self._engine.inspect, self._container_id)
+            error = death_of(state)
+            if error is None:
+                raise
+            raise error from exc
 
     async def shell(
         self,
@@ -259,16 +268,30 @@ class DockerBackend:
         start, so the first command costs no `docker exec`. Other images run `sleep infinity`
         and get their helper (or the exec fallback) on first use.
         """
-        ours = IMAGE_LABEL in await self._labels_of(options.image)
+        # Only the sandbox image itself: the base image carries the label too (`base`), and
+        # so does every image built FROM it, python3, user and folders or not.
+        ours = (await self._labels_of(options.image)).get(IMAGE_LABEL) == "sandbox"
+        if ours:
+            try:
+                return await self._create(options, labels, attach=True)
+            except ContainerDied as exc:
+                # An image derived from ours without python3: its helper cannot be the main
+                # process. Start it plainly; its commands then take the exec fallback.
+                log.info("built-in helper did not start (%s); retrying without it", exc.reason)
+        return await self._create(options, labels, attach=False)
+
+    async def _create(
+        self, options: SandboxOptions, labels: Mapping[str, str], *, attach: bool
+    ) -> DockerSandbox:
         container = await anyio.to_thread.run_sync(
             partial(self.engine.create_container, options.image,
-                    command=[*HELPER_ARGV, "main"] if ours else ["sleep", "infinity"],
-                    stdin_open=ours, stdin_once=ours, labels=dict(labels), user=options.user,
+                    command=[*HELPER_ARGV, "main"] if attach else ["sleep", "infinity"],
+                    stdin_open=attach, stdin_once=attach, labels=dict(labels), user=options.user,
                     working_dir=options.workdir, environment=dict(options.env), detach=True,
                     host_config=_host_config(options))
         )
         try:
-            channel = await self._start(container, options, attach=ours)
+            channel = await self._start(container, options, attach=attach)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.engine.remove, container)
