@@ -62,6 +62,7 @@ class SessionService:
         self._attach_lock = anyio.Lock()
 
     def labels(self, session_id: str) -> dict[str, str]:
+        """The labels every container of `session_id` carries."""
         return {
             LABEL: "1",
             f"{LABEL}.session": session_id,
@@ -92,6 +93,7 @@ class SessionService:
         return info
 
     async def get_info(self, session_id: str) -> SessionInfo:
+        """The session's record; `SessionNotFound` for an unknown id."""
         info = await self.store.get_session(session_id)
         if info is None:
             raise SessionNotFound(session_id)
@@ -122,6 +124,7 @@ class SessionService:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> ShellResult:
+        """Run a command in the session's sandbox; see `Sandbox.shell`."""
         if timeout is not None and timeout <= 0:
             raise InvalidArgument(f"timeout must be positive, not {timeout}")
         if max_output < 0:
@@ -142,6 +145,7 @@ class SessionService:
     async def put_file(
         self, session_id: str, path: str, content: str | bytes, *, mode: int | None = None
     ) -> None:
+        """Write a file (relative paths from the workdir), atomically."""
         data = content.encode() if isinstance(content, str) else bytes(content)
         target = await self._absolute(session_id, path)
         await (await self._sandbox(session_id)).write_file(target, data, mode=mode)
@@ -149,6 +153,7 @@ class SessionService:
     async def read_bytes(
         self, session_id: str, path: str, *, max_bytes: int | None = None
     ) -> bytes:
+        """A file's bytes; `FileTooLarge` past `max_bytes`."""
         target = await self._absolute(session_id, path)
         sandbox = await self._sandbox(session_id)
         return b"".join([chunk async for chunk in sandbox.stream_file(target, max_bytes=max_bytes)])
@@ -156,6 +161,7 @@ class SessionService:
     async def read_text(
         self, session_id: str, path: str, *, encoding: str = "utf-8", max_bytes: int | None = None
     ) -> str:
+        """A file's text; `FileDecodeError` when not valid in `encoding`."""
         data = await self.read_bytes(session_id, path, max_bytes=max_bytes)
         try:
             return data.decode(encoding)
@@ -167,6 +173,7 @@ class SessionService:
             raise InvalidArgument(f"unknown encoding {encoding!r}") from exc
 
     async def list_artifacts(self, session_id: str) -> list[ArtifactInfo]:
+        """Regular files under `/artifacts` with safe keys, sorted by key."""
         entries = await (await self._sandbox(session_id)).walk(ARTIFACTS)
         return sorted(
             (ArtifactInfo(key=e.path, size=e.size) for e in entries
@@ -181,6 +188,7 @@ class SessionService:
         return f"{ARTIFACTS}/{key}"
 
     async def read_artifact(self, session_id: str, key: str) -> bytes:
+        """The bytes of the artifact `key`; `InvalidArgument` for an unsafe key."""
         try:
             return await self.read_bytes(session_id, self._artifact_path(key))
         except SandboxFileNotFound:

@@ -63,6 +63,7 @@ class SessionHandle:
         self.end()
 
     def get_info(self) -> SessionInfo:
+        """The session's record; see `AsyncSessionHandle.get_info`."""
         return self._call(self._async.get_info)
 
     def shell(
@@ -76,26 +77,33 @@ class SessionHandle:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> ShellResult:
+        """Run a command in the container and wait; see `AsyncSessionHandle.shell`."""
         return self._call(self._async.shell, command, timeout=timeout, cwd=cwd, env=env,
                           max_output=max_output, on_stdout=on_stdout,
                           on_stderr=on_stderr)
 
     def put_file(self, path: str, content: str | bytes, *, mode: int | None = None) -> None:
+        """Write a file atomically; see `AsyncSessionHandle.put_file`."""
         self._call(self._async.put_file, path, content, mode=mode)
 
     def get_file(self, path: str, *, encoding: str = "utf-8", max_bytes: int | None = None) -> str:
+        """A file's text; see `AsyncSessionHandle.get_file`."""
         return self._call(self._async.get_file, path, encoding=encoding, max_bytes=max_bytes)
 
     def get_file_bytes(self, path: str, *, max_bytes: int | None = None) -> bytes:
+        """A file's bytes; see `AsyncSessionHandle.get_file_bytes`."""
         return self._call(self._async.get_file_bytes, path, max_bytes=max_bytes)
 
     def list_artifacts(self) -> list[ArtifactInfo]:
+        """Every artifact, sorted by key; see `AsyncSessionHandle.list_artifacts`."""
         return self._call(self._async.list_artifacts)
 
     def get_artifact(self, key: str, *, encoding: str = "utf-8") -> str:
+        """An artifact's text; see `AsyncSessionHandle.get_artifact`."""
         return self._call(self._async.get_artifact, key, encoding=encoding)
 
     def get_artifact_bytes(self, key: str) -> bytes:
+        """An artifact's bytes; see `AsyncSessionHandle.get_artifact_bytes`."""
         return self._call(self._async.get_artifact_bytes, key)
 
     def download_artifacts(
@@ -105,10 +113,12 @@ class SessionHandle:
         caps: Caps | None = None,
         progress: DownloadProgress | None = None,
     ) -> ArtifactDownload:
+        """Copy every artifact to a host folder; see `AsyncSessionHandle.download_artifacts`."""
         return self._call(self._async.download_artifacts, destination, caps=caps,
                           progress=progress)
 
     def end(self) -> SessionInfo:
+        """Remove the container and mark the session ended; see `AsyncSessionHandle.end`."""
         return self._call(self._async.end)
 
 
@@ -122,6 +132,7 @@ class Agent:
         self.sandbox: SandboxOptions = agent.sandbox
 
     def create_session(self, *, title: str | None = None) -> SessionHandle:
+        """Create a session and start its container; see `AsyncAgent.create_session`."""
         handle = self._portal.call(lambda: self._async.create_session(title=title))
         return SessionHandle(self._portal, handle)
 
@@ -148,6 +159,7 @@ class SandboxClient:
 
     @property
     def portal(self) -> BlockingPortal:
+        """The portal to the event loop thread; `InvalidArgument` when the client is closed."""
         if self._portal is None:
             raise InvalidArgument("the client is not open: use `with SandboxClient()`")
         return self._portal
@@ -175,13 +187,17 @@ class SandboxClient:
     def agent(
         self, name: str, *, sandbox: SandboxOptions | None = None, **options: Unpack[SandboxKwargs]
     ) -> Agent:
+        """An agent configuration; see `AsyncSandboxClient.agent`."""
         return Agent(self.portal, self._async.agent(name, sandbox=sandbox, **options))
 
     def session(self, session_id: str) -> SessionHandle:
+        """A handle on an existing session by id, with no I/O until used."""
         return SessionHandle(self.portal, self._async.session(session_id))
 
     def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
+        """The sessions of this store, newest first."""
         return self.portal.call(lambda: self._async.list_sessions(include_ended=include_ended))
 
     def gc(self) -> list[str]:
+        """Remove orphaned containers; returns their ids."""
         return self.portal.call(self._async.gc)

@@ -31,6 +31,8 @@ DEFAULT_MAX_OUTPUT = 1024 * 1024
 
 
 class _Frozen(BaseModel):
+    """Immutable, and refusing unknown fields: what we emit."""
+
     model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, extra="forbid")
 
 

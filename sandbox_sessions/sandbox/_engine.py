@@ -83,6 +83,7 @@ class Engine:
             client.close()
 
     def ping(self) -> None:
+        """Raise `SandboxUnavailable` unless the engine answers."""
         with translate():
             self.api.ping()
 
@@ -133,6 +134,7 @@ class Engine:
         return str(created["Id"])
 
     def start(self, container: str) -> None:
+        """Start a created container."""
         with translate(not_found=lambda: ContainerGone(f"container {container[:12]} is gone")):
             self.api.start(container)
 
@@ -201,6 +203,7 @@ class Engine:
         return exec_id, _demuxed(sock)
 
     def exec_exit_code(self, exec_id: str) -> int | None:
+        """The exit code of a finished exec, or None while it runs."""
         with translate():
             code = self.api.exec_inspect(exec_id).get("ExitCode")
         return None if code is None else int(code)
@@ -212,6 +215,7 @@ class Engine:
         return _translated_iter(chunks)
 
     def put_archive(self, container: str, path: str, data: bytes) -> None:
+        """Unpack a tar archive into `path` in the container."""
         with translate(not_found=lambda: SandboxFileNotFound(path, "no such folder")):
             self.api.put_archive(container, path, data)
 
@@ -236,6 +240,7 @@ class Engine:
             yield message
 
     def tag(self, image: str, repository: str, tag: str) -> None:
+        """Give `image` the name `repository:tag`."""
         with translate():
             self.api.tag(image, repository, tag)
 

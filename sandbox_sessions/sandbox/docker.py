@@ -188,6 +188,7 @@ class DockerSandbox:
         on_stdout: OutputCallback | None,
         on_stderr: OutputCallback | None,
     ) -> ShellResult:
+        """See `Sandbox.shell`."""
         async with self._guard() as runtime:
             return await runtime.shell(
                 command, timeout=timeout, cwd=cwd or self._options.workdir, env=env,
@@ -195,19 +196,23 @@ class DockerSandbox:
             )
 
     async def stream_file(self, path: str, *, max_bytes: int | None) -> AsyncIterator[bytes]:
+        """See `Sandbox.stream_file`."""
         async with self._guard() as runtime:
             async for chunk in runtime.stream_file(path, max_bytes=max_bytes):
                 yield chunk
 
     async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None:
+        """See `Sandbox.write_file`."""
         async with self._guard() as runtime:
             await runtime.write_file(path, data, mode=mode)
 
     async def walk(self, root: str) -> list[FileEntry]:
+        """See `Sandbox.walk`."""
         async with self._guard() as runtime:
             return await runtime.walk(root)
 
     async def aclose(self) -> None:
+        """See `Sandbox.aclose`."""
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
             await runtime.aclose()
@@ -324,6 +329,7 @@ class DockerBackend:
             raise death_of(state) or ProtocolError("the sandbox helper did not start") from None
 
     async def attach(self, sandbox_id: str, options: SandboxOptions) -> DockerSandbox:
+        """See `SandboxBackend.attach`."""
         state = await anyio.to_thread.run_sync(self.engine.inspect, sandbox_id)
         error = death_of(state)
         if error is not None:
@@ -331,8 +337,10 @@ class DockerBackend:
         return DockerSandbox(self.engine, sandbox_id, options, task_group=self._task_group)
 
     async def destroy(self, sandbox_id: str) -> None:
+        """See `SandboxBackend.destroy`."""
         await anyio.to_thread.run_sync(self.engine.remove, sandbox_id)
 
     async def list_labelled(self, labels: Mapping[str, str]) -> list[dict[str, str]]:
+        """See `SandboxBackend.list_labelled`."""
         found = await anyio.to_thread.run_sync(self.engine.list_containers, labels)
         return [{**(c.get("Labels") or {}), "id": str(c["Id"])} for c in found]

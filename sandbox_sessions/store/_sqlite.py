@@ -80,6 +80,7 @@ class SQLiteStore:
         return await anyio.to_thread.run_sync(self._locked, work)
 
     async def put_session(self, info: SessionInfo) -> None:
+        """See `Store.put_session`."""
         def put(db: sqlite3.Connection) -> None:
             with db:
                 db.execute(
@@ -91,6 +92,7 @@ class SQLiteStore:
         await self._run(put)
 
     async def delete_session(self, session_id: str) -> None:
+        """See `Store.delete_session`."""
         def delete(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
@@ -98,6 +100,7 @@ class SQLiteStore:
         await self._run(delete)
 
     async def get_session(self, session_id: str) -> SessionInfo | None:
+        """See `Store.get_session`."""
         def get(db: sqlite3.Connection) -> str | None:
             row = db.execute("SELECT info FROM sessions WHERE id=?", (session_id,)).fetchone()
             return None if row is None else str(row[0])
@@ -106,6 +109,7 @@ class SQLiteStore:
         return None if raw is None else SessionInfo.model_validate_json(raw)
 
     async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
+        """See `Store.list_sessions`."""
         query = "SELECT info FROM sessions"
         if not include_ended:
             query += " WHERE status != 'ended'"
@@ -114,4 +118,5 @@ class SQLiteStore:
         return [SessionInfo.model_validate_json(row[0]) for row in rows]
 
     async def aclose(self) -> None:
+        """See `Store.aclose`."""
         await self._run(lambda db: db.close())
