@@ -806,6 +806,42 @@ def run_impl(name: str, image: str, run_id: str, args: argparse.Namespace) -> di
     return stats
 
 
+def run_impl_isolated(
+    name: str, image: str, run_id: str, args: argparse.Namespace
+) -> dict[str, Stat]:
+    """`run_impl` in a fresh interpreter: no implementation inherits another's process state
+    (threads, pools, heap), so running them one after another stays fair."""
+    forwarded = ["--rounds", str(args.rounds), "--shell-iters", str(args.shell_iters),
+                 "--output-rounds", str(args.output_rounds),
+                 "--concurrency", str(args.concurrency),
+                 "--concurrency-rounds", str(args.concurrency_rounds),
+                 "--warmup", str(args.warmup), "--llm-sandbox-user", args.llm_sandbox_user]
+    with tempfile.TemporaryDirectory() as folder:
+        out = os.path.join(folder, "stats.json")
+        command = [sys.executable, os.path.abspath(__file__), "--_impl-child", name,
+                   "--_impl-out", out, "--image", image, "--run-id", run_id, *forwarded]
+        child = subprocess.run(command, check=False, timeout=1800)
+        if child.returncode != 0 or not os.path.exists(out):
+            failed = {op.key: Stat() for op in OPS}
+            for stat in failed.values():
+                stat.error = f"child process exited {child.returncode}"
+            return failed
+        with open(out) as source:
+            raw = json.load(source)
+    return {
+        key: Stat(samples=list(v["samples"]), error=v["error"], extra=dict(v.get("extra", {})))
+        for key, v in raw.items()
+    }
+
+
+def impl_child(args: argparse.Namespace) -> int:
+    """The child side of `run_impl_isolated`: measure one implementation, write its stats."""
+    stats = run_impl(args.impl_child, args.image, args.run_id, args)
+    with open(args.impl_out, "w") as out:
+        json.dump({key: stat.as_json() for key, stat in stats.items()}, out)
+    return 0
+
+
 def remove_labelled(run_id: str | None) -> int:
     """Force-remove this run's labelled containers (every run's when run_id is None)."""
     selector = LABEL if run_id is None else f"{LABEL}={run_id}"
@@ -1016,6 +1052,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_output-child", dest="output_child", help=argparse.SUPPRESS)
     parser.add_argument("--_keep-all", dest="keep_all", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--_impl-child", dest="impl_child", help=argparse.SUPPRESS)
+    parser.add_argument("--_impl-out", dest="impl_out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in args.only if name not in IMPLS]
@@ -1031,6 +1069,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.output_child:
         return output_child(args)
+    if args.impl_child:
+        return impl_child(args)
     image = pick_image(args.image)
     run_id = args.run_id or uuid.uuid4().hex[:12]
     if args.cleanup_stale:
@@ -1056,7 +1096,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.only:
             say(f"{name}:")
             impl_started = time.perf_counter()
-            results[name] = run_impl(name, image, run_id, args)
+            results[name] = run_impl_isolated(name, image, run_id, args)
             say(f"  {name}: done in {time.perf_counter() - impl_started:.1f} s")
     finally:
         leftover = remove_labelled(run_id)
