@@ -33,7 +33,7 @@ from ._types import (
     SkippedArtifact,
 )
 from .sandbox._archive import Caps, SafeWriter, unsafe_key_reason
-from .sandbox.base import FileEntry, OutputCallback, Sandbox, SandboxBackend
+from .sandbox.base import FileEntry, OutputCallback, Sandbox, SandboxBackend, ShellRequest
 from .store.base import Store
 
 log: logging.Logger = logging.getLogger("sandbox_sessions")
@@ -130,9 +130,9 @@ class SessionService:
         if max_output < 0:
             raise InvalidArgument(f"max_output must be zero or more, not {max_output}")
         sandbox = await self._sandbox(session_id)
-        return await sandbox.shell(command, timeout=timeout, cwd=cwd, env=dict(env or {}),
-                                   max_output=max_output, on_stdout=on_stdout,
-                                   on_stderr=on_stderr)
+        return await sandbox.shell(ShellRequest(
+            command=command, timeout=timeout, cwd=cwd, env=dict(env or {}),
+            max_output=max_output, on_stdout=on_stdout, on_stderr=on_stderr))
 
     async def _absolute(self, session_id: str, path: str) -> str:
         if not path or "\x00" in path:

@@ -87,27 +87,24 @@ class Engine:
         with translate():
             self.api.ping()
 
-    def image_labels(self, image: str) -> dict[str, str] | None:
-        """The image's labels, or None when no such image exists locally."""
+    def _inspect_image(self, image: str) -> dict[str, Any] | None:
         try:
             with translate():
-                info = self.api.inspect_image(image)  # type: ignore[no-untyped-call]
+                return dict(self.api.inspect_image(image))  # type: ignore[no-untyped-call]
         except SandboxError as exc:
             if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
                 return None
             raise
-        return dict((info.get("Config") or {}).get("Labels") or {})
+
+    def image_labels(self, image: str) -> dict[str, str] | None:
+        """The image's labels, or None when no such image exists locally."""
+        info = self._inspect_image(image)
+        return None if info is None else dict((info.get("Config") or {}).get("Labels") or {})
 
     def image_id(self, image: str) -> str | None:
         """The image's id (`sha256:...`), or None when no such image exists locally."""
-        try:
-            with translate():
-                info = self.api.inspect_image(image)  # type: ignore[no-untyped-call]
-        except SandboxError as exc:
-            if isinstance(exc.__cause__, docker.errors.ImageNotFound | docker.errors.NotFound):
-                return None
-            raise
-        return str(info["Id"])
+        info = self._inspect_image(image)
+        return None if info is None else str(info["Id"])
 
     def create_container(
         self,

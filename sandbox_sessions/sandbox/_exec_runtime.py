@@ -12,7 +12,7 @@ import io
 import posixpath
 import shlex
 import tarfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from functools import partial
 
 import anyio
@@ -23,8 +23,8 @@ from .._exceptions import FileTooLarge, SandboxError, SandboxFileNotFound
 from .._types import SandboxOptions, ShellResult
 from ._archive import iter_tar_files
 from ._engine import Engine
-from ._runtime import OutputSink, shell_result
-from .base import FileEntry, OutputCallback
+from ._runtime import shell_result, sinks
+from .base import FileEntry, ShellRequest
 
 
 class ExecRuntime:
@@ -35,25 +35,16 @@ class ExecRuntime:
         self._container = container
         self._options = options
 
-    async def shell(
-        self,
-        command: str,
-        *,
-        timeout: float | None,
-        cwd: str | None,
-        env: Mapping[str, str],
-        max_output: int,
-        on_stdout: OutputCallback | None,
-        on_stderr: OutputCallback | None,
-    ) -> ShellResult:
-        argv = ["sh", "-c", command]
+    async def shell(self, request: ShellRequest) -> ShellResult:
+        timeout = request.timeout
+        argv = ["sh", "-c", request.command]
         if timeout is not None:
             argv = ["timeout", "-k", "1", f"{timeout:g}", *argv]
-        out, err = OutputSink(on_stdout, max_output), OutputSink(on_stderr, max_output)
+        out, err = sinks(request)
         started = anyio.current_time()
         exec_id, chunks = await anyio.to_thread.run_sync(
             partial(self._engine.exec_stream, self._container, argv,
-                    user=self._options.user, workdir=cwd, env=env)
+                    user=self._options.user, workdir=request.cwd, env=request.env)
         )
 
         def pump() -> None:
@@ -87,8 +78,7 @@ class ExecRuntime:
 
     async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None:
         folder = posixpath.dirname(path) or "/"
-        await self.shell(f"mkdir -p {shlex.quote(folder)}", timeout=30, cwd=None, env={},
-                         max_output=4096, on_stdout=None, on_stderr=None)
+        await self.shell(ShellRequest(command=f"mkdir -p {shlex.quote(folder)}", timeout=30))
         member = tarfile.TarInfo(posixpath.basename(path))
         member.size, member.mode = len(data), 0o644 if mode is None else mode
         uid, _, gid = self._options.user.partition(":")

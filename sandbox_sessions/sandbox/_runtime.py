@@ -15,7 +15,7 @@ from .._exceptions import (
 )
 from .._types import ShellResult
 from ._channel import DATA_OUT, DONE, ERR, FAIL, OUT, HelperChannel, decode_json
-from .base import FileEntry, OutputCallback
+from .base import FileEntry, OutputCallback, ShellRequest
 
 _KINDS: Mapping[str, Any] = {"f": "file", "d": "dir", "l": "link", "o": "other"}
 
@@ -45,6 +45,12 @@ class OutputSink:
     def finish(self) -> str:
         self._emit(self._decoder.decode(b"", final=True))
         return "".join(self._parts)
+
+
+def sinks(request: ShellRequest) -> tuple[OutputSink, OutputSink]:
+    """The stdout and stderr sinks of one command."""
+    return (OutputSink(request.on_stdout, request.max_output),
+            OutputSink(request.on_stderr, request.max_output))
 
 
 def failure(payload: bytes, path: str) -> SandboxError:
@@ -82,21 +88,12 @@ class HelperRuntime:
     def __init__(self, channel: HelperChannel) -> None:
         self.channel = channel
 
-    async def shell(
-        self,
-        command: str,
-        *,
-        timeout: float | None,
-        cwd: str | None,
-        env: Mapping[str, str],
-        max_output: int,
-        on_stdout: OutputCallback | None,
-        on_stderr: OutputCallback | None,
-    ) -> ShellResult:
-        out, err = OutputSink(on_stdout, max_output), OutputSink(on_stderr, max_output)
-        request = {"op": "exec", "cmd": command, "cwd": cwd, "env": dict(env),
-                   "timeout": timeout, "max_output": max_output}
-        async with self.channel.call(request) as call:
+    async def shell(self, request: ShellRequest) -> ShellResult:
+        out, err = sinks(request)
+        cwd = request.cwd
+        message = {"op": "exec", "cmd": request.command, "cwd": cwd, "env": dict(request.env),
+                   "timeout": request.timeout, "max_output": request.max_output}
+        async with self.channel.call(message) as call:
             while True:
                 kind, payload = await call.receive()
                 if kind == OUT:

@@ -7,15 +7,31 @@ implementation is `sandbox_sessions.sandbox.docker.DockerSandbox`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-from .._types import SandboxOptions, ShellResult
+from .._types import DEFAULT_MAX_OUTPUT, SandboxOptions, ShellResult
 
-__all__ = ["FileEntry", "OutputCallback", "Sandbox", "SandboxBackend"]
+__all__ = ["FileEntry", "OutputCallback", "Sandbox", "SandboxBackend", "ShellRequest"]
 
 OutputCallback = Callable[[str], object]
 """Receives decoded output as it arrives, in order. It runs on the event loop: keep it short."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShellRequest:
+    """One shell command and how to run it; passed unchanged down the layers."""
+
+    command: str
+    timeout: float | None = None
+    """Seconds before the process group is killed; None waits for ever."""
+    cwd: str | None = None
+    """Working folder; None is the sandbox's workdir."""
+    env: Mapping[str, str] = field(default_factory=dict)
+    max_output: int = DEFAULT_MAX_OUTPUT
+    """Bytes kept of stdout, and separately of stderr."""
+    on_stdout: OutputCallback | None = None
+    on_stderr: OutputCallback | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,18 +53,8 @@ class Sandbox(Protocol):
         """The engine's id of the machine (a container id, a pod name)."""
         ...
 
-    async def shell(
-        self,
-        command: str,
-        *,
-        timeout: float | None,
-        cwd: str | None,
-        env: Mapping[str, str],
-        max_output: int,
-        on_stdout: OutputCallback | None,
-        on_stderr: OutputCallback | None,
-    ) -> ShellResult:
-        """Run `command` with bash (or sh), stdin closed, in its own process group.
+    async def shell(self, request: ShellRequest) -> ShellResult:
+        """Run `request.command` with bash (or sh), stdin closed, in its own process group.
 
         Output goes to the callbacks as it comes, and at most `max_output` bytes of each stream
         are kept. At `timeout` seconds the whole process group is killed and the result says

@@ -10,6 +10,7 @@ archive API.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import socket
@@ -30,7 +31,7 @@ from ._channel import ChannelClosed, HelperChannel
 from ._engine import Engine
 from ._exec_runtime import ExecRuntime
 from ._runtime import HelperRuntime
-from .base import FileEntry, OutputCallback
+from .base import FileEntry, ShellRequest
 
 __all__ = ["DockerBackend", "DockerSandbox"]
 
@@ -50,17 +51,7 @@ HELLO_TIMEOUT = 15.0
 
 
 class _Runtime(Protocol):
-    async def shell(
-        self,
-        command: str,
-        *,
-        timeout: float | None,
-        cwd: str | None,
-        env: Mapping[str, str],
-        max_output: int,
-        on_stdout: OutputCallback | None,
-        on_stderr: OutputCallback | None,
-    ) -> ShellResult: ...
+    async def shell(self, request: ShellRequest) -> ShellResult: ...
 
     def stream_file(self, path: str, *, max_bytes: int | None) -> AsyncIterator[bytes]: ...
 
@@ -177,23 +168,12 @@ class DockerSandbox:
                 raise
             raise error from exc
 
-    async def shell(
-        self,
-        command: str,
-        *,
-        timeout: float | None,
-        cwd: str | None,
-        env: Mapping[str, str],
-        max_output: int,
-        on_stdout: OutputCallback | None,
-        on_stderr: OutputCallback | None,
-    ) -> ShellResult:
+    async def shell(self, request: ShellRequest) -> ShellResult:
         """See `Sandbox.shell`."""
+        if request.cwd is None:
+            request = dataclasses.replace(request, cwd=self._options.workdir)
         async with self._guard() as runtime:
-            return await runtime.shell(
-                command, timeout=timeout, cwd=cwd or self._options.workdir, env=env,
-                max_output=max_output, on_stdout=on_stdout, on_stderr=on_stderr,
-            )
+            return await runtime.shell(request)
 
     async def stream_file(self, path: str, *, max_bytes: int | None) -> AsyncIterator[bytes]:
         """See `Sandbox.stream_file`."""
