@@ -1,38 +1,34 @@
-"""The async client: `AsyncSandboxClient`, `AsyncAgent` and `AsyncSessionHandle`.
+"""The async client, `AsyncSandboxClient`: the store, the engine, the event log, the agents.
 
-This is the one implementation; `SandboxClient` and friends in `_sync.py` are a thin blocking
-facade over it.
+This is the one implementation; `SandboxClient` in `_sync.py` is a blocking facade over it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
-from pathlib import Path
 from types import TracebackType
-from typing import Self, TypedDict, Unpack
+from typing import Any, Self, TypedDict, Unpack
 
 import anyio
+import httpx
 from pydantic import ValidationError
 
-from ._exceptions import FileDecodeError, InvalidArgument, SandboxSessionsError
-from ._service import DownloadProgress, SessionService
-from ._types import (
-    DEFAULT_MAX_OUTPUT,
-    ArtifactDownload,
-    ArtifactInfo,
-    SandboxOptions,
-    SessionInfo,
-    ShellResult,
-)
-from .sandbox._archive import Caps
+from ._conversation import Conversations
+from ._eventlog import EventLog
+from ._exceptions import InvalidArgument, SandboxSessionsError
+from ._service import SessionService
+from ._session import AsyncAgent, AsyncSessionHandle
+from ._types import AgentConfig, PermissionRules, SandboxOptions, SessionInfo
+from .agent._pricing import DEFAULT_PRICES, Price
+from .agent.base import Tool
 from .sandbox._engine import Engine
-from .sandbox.base import OutputCallback
 from .sandbox.docker import DockerBackend
 from .store._sqlite import SQLiteStore
 
-__all__ = ["AsyncAgent", "AsyncSandboxClient", "AsyncSessionHandle", "SandboxKwargs"]
+__all__ = ["AsyncSandboxClient", "SandboxKwargs"]
 
 log: logging.Logger = logging.getLogger("sandbox_sessions")
 
@@ -52,131 +48,17 @@ class SandboxKwargs(TypedDict, total=False):
 
 def sandbox_options(base: SandboxOptions | None, overrides: SandboxKwargs) -> SandboxOptions:
     """`base` (or the defaults) with `overrides` applied; `InvalidArgument` when invalid."""
-    fields = {**(base or SandboxOptions()).model_dump(), **overrides}
+    options: SandboxOptions = _validated(SandboxOptions, base or SandboxOptions(),
+                                         dict(overrides), "sandbox options")
+    return options
+
+
+def _validated(kind: Any, base: Any, overrides: dict[str, Any], what: str) -> Any:
+    fields = {**base.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        return SandboxOptions.model_validate(fields)
+        return kind.model_validate(fields)
     except ValidationError as exc:
-        raise InvalidArgument(f"invalid sandbox options: {exc}") from exc
-
-
-class AsyncSessionHandle:
-    """One session. Cheap to make: it does no I/O until a call needs it.
-
-    As an async context manager it ends the session on exit.
-    """
-
-    def __init__(self, service: SessionService, session_id: str) -> None:
-        self._service = service
-        self.id: str = session_id
-
-    def __repr__(self) -> str:
-        return f"<AsyncSessionHandle {self.id}>"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        with anyio.CancelScope(shield=True):
-            await self.end()
-
-    async def get_info(self) -> SessionInfo:
-        """The session's record: id, title, status, times, container and sandbox options."""
-        return await self._service.get_info(self.id)
-
-    async def shell(
-        self,
-        command: str,
-        *,
-        timeout: float | None = None,
-        cwd: str | None = None,
-        env: dict[str, str] | None = None,
-        max_output: int = DEFAULT_MAX_OUTPUT,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
-    ) -> ShellResult:
-        """Run `command` with bash in the container, stdin closed, and wait for it.
-
-        `cwd` defaults to the session's workdir (`/workspace`). Output reaches the callbacks
-        as it comes; at most `max_output` bytes of each stream are kept (`truncated` says so).
-        At `timeout` seconds the command's whole process group is killed: `timed_out` is set
-        and `exit_code` is 124. Cancelling the call kills the process group too.
-        """
-        return await self._service.shell(self.id, command, timeout=timeout, cwd=cwd, env=env,
-                                         max_output=max_output, on_stdout=on_stdout,
-                                         on_stderr=on_stderr)
-
-    async def put_file(self, path: str, content: str | bytes, *, mode: int | None = None) -> None:
-        """Write `content` (text is UTF-8 encoded) to `path` atomically, making folders.
-
-        A relative `path` is taken from the session's workdir.
-        """
-        await self._service.put_file(self.id, path, content, mode=mode)
-
-    async def get_file(
-        self, path: str, *, encoding: str = "utf-8", max_bytes: int | None = None
-    ) -> str:
-        """A file's text; `FileDecodeError` when it is not valid in `encoding`."""
-        return await self._service.read_text(self.id, path, encoding=encoding, max_bytes=max_bytes)
-
-    async def get_file_bytes(self, path: str, *, max_bytes: int | None = None) -> bytes:
-        """A file's bytes; `FileTooLarge` when it is larger than `max_bytes`."""
-        return await self._service.read_bytes(self.id, path, max_bytes=max_bytes)
-
-    async def list_artifacts(self) -> list[ArtifactInfo]:
-        """Every regular file under `/artifacts`, keyed by its path relative to it, sorted."""
-        return await self._service.list_artifacts(self.id)
-
-    async def get_artifact(self, key: str, *, encoding: str = "utf-8") -> str:
-        """The text of the artifact `key`."""
-        data = await self._service.read_artifact(self.id, key)
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError as exc:
-            raise FileDecodeError(f"artifact {key} is not valid {encoding}") from exc
-
-    async def get_artifact_bytes(self, key: str) -> bytes:
-        """The bytes of the artifact `key`."""
-        return await self._service.read_artifact(self.id, key)
-
-    async def download_artifacts(
-        self,
-        destination: str | os.PathLike[str],
-        *,
-        caps: Caps | None = None,
-        progress: DownloadProgress | None = None,
-    ) -> ArtifactDownload:
-        """Copy every artifact into the host folder `destination`, safely.
-
-        Only regular files and folders are written, never outside `destination` nor through a
-        link; links, special files and unsafe names are listed in `skipped`. Counts and sizes
-        are capped (`caps`); past a cap, `UnsafeArchive` is raised.
-        """
-        return await self._service.download_artifacts(
-            self.id, Path(destination), caps=caps, progress=progress
-        )
-
-    async def end(self) -> SessionInfo:
-        """Remove the container at once and mark the session ended. Later calls raise
-        `SessionEnded`; ending again is a no-op."""
-        return await self._service.end(self.id)
-
-
-class AsyncAgent:
-    """A named configuration from which sessions are made. For now: sandbox options."""
-
-    def __init__(self, service: SessionService, name: str, options: SandboxOptions) -> None:
-        self._service = service
-        self.name: str = name
-        self.sandbox: SandboxOptions = options
-
-    async def create_session(self, *, title: str | None = None) -> AsyncSessionHandle:
-        """Create a session and start its container; returns when it takes commands."""
-        info = await self._service.create_session(agent=self.name, title=title,
-                                                  options=self.sandbox)
-        return AsyncSessionHandle(self._service, info.id)
+        raise InvalidArgument(f"invalid {what}: {exc}") from exc
 
 
 class AsyncSandboxClient:
@@ -197,18 +79,26 @@ class AsyncSandboxClient:
         store: str | os.PathLike[str] | None = None,
         docker_url: str | None = None,
         reap_orphans: bool = True,
+        api_keys: Mapping[str, str] | None = None,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         self._store_path = store
         self._docker_url = docker_url
         self._reap_orphans = reap_orphans
-        self._service: SessionService | None = None
+        self._api_keys = dict(api_keys or {})
+        self._prices = {**DEFAULT_PRICES, **(prices or {})}
+        self._tools: dict[str, Tool] = {}
+        self._conversations: Conversations | None = None
         self._stack: AsyncExitStack | None = None
+
+    def _opened(self) -> Conversations:
+        if self._conversations is None:
+            raise InvalidArgument("the client is not open: use `async with AsyncSandboxClient()`")
+        return self._conversations
 
     @property
     def service(self) -> SessionService:
-        if self._service is None:
-            raise InvalidArgument("the client is not open: use `async with AsyncSandboxClient()`")
-        return self._service
+        return self._opened().sessions
 
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
@@ -218,9 +108,16 @@ class AsyncSandboxClient:
             stack.callback(engine.close)  # after the task group: no call uses it any more
             task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(task_group.cancel_scope.cancel)  # stops the helper readers
+            http = await stack.enter_async_context(httpx.AsyncClient(timeout=httpx.Timeout(
+                600, connect=10)))
+            events = EventLog(store, task_group)
+            stack.push_async_callback(events.flush)  # last events on disk before closing
             backend = DockerBackend(engine, task_group=task_group)
-            self._service = service = SessionService(store, backend)
+            service = SessionService(store, backend, events)
             stack.push_async_callback(service.aclose)
+            self._conversations = Conversations(service, events, task_group, prices=self._prices,
+                                                api_keys=self._api_keys, http=http,
+                                                extra_tools=self._tools)
             if self._reap_orphans:
                 try:
                     await self.gc()
@@ -242,20 +139,48 @@ class AsyncSandboxClient:
 
         Call it from the task that opened the client (`async with` does).
         """
-        stack, self._stack, self._service = self._stack, None, None
+        stack, self._stack, self._conversations = self._stack, None, None
         if stack is not None:
             await stack.aclose()
 
     def agent(
-        self, name: str, *, sandbox: SandboxOptions | None = None, **options: Unpack[SandboxKwargs]
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        tools: Sequence[str | Tool] | None = None,
+        permissions: PermissionRules | None = None,
+        script: list[dict[str, Any]] | str | None = None,
+        config: AgentConfig | None = None,
+        sandbox: SandboxOptions | None = None,
+        **options: Unpack[SandboxKwargs],
     ) -> AsyncAgent:
-        """An agent configuration named `name`; keyword options override `sandbox`'s fields."""
-        return AsyncAgent(self.service, name, sandbox_options(sandbox, options))
+        """An agent named `name`: its model (`provider/model`), system prompt, tools (names of
+        built-in tools, or `Tool` objects), permission rules and, for `scripted`, its script.
+        `config` gives every `AgentConfig` field at once; the keywords override it. Keyword
+        sandbox options (`image`, `network`, `memory`, ...) override `sandbox`'s fields."""
+        names = None if tools is None else [self._register(tool) for tool in tools]
+        overrides = {"model": model, "system": system, "tools": names,
+                     "permissions": permissions, "script": script}
+        agent_config = _validated(AgentConfig, config or AgentConfig(), overrides, "agent")
+        if agent_config.permissions:
+            from .agent._permissions import validate_rules
+
+            validate_rules(agent_config.permissions)
+        return AsyncAgent(self._opened(), name, sandbox_options(sandbox, options),
+                          agent_config)
+
+    def _register(self, tool: str | Tool) -> str:
+        if isinstance(tool, str):
+            return tool
+        self._tools[tool.name] = tool
+        return tool.name
 
     def session(self, session_id: str) -> AsyncSessionHandle:
         """A handle on an existing session by id. No I/O until it is used; an unknown id then
         raises `SessionNotFound`."""
-        return AsyncSessionHandle(self.service, session_id)
+        return AsyncSessionHandle(self._opened(), session_id)
 
     async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
         """The sessions of this store, newest first."""

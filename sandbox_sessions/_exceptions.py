@@ -9,7 +9,9 @@ if tried again unchanged. Each class also subclasses the nearest builtin, so
     ├── InvalidArgument            (ValueError)        invalid_argument
     ├── SessionError                                   session_error
     │   ├── SessionNotFound        (LookupError)       session_not_found
-    │   └── SessionEnded           (RuntimeError)      session_ended
+    │   ├── SessionEnded           (RuntimeError)      session_ended
+    │   ├── SessionBusy            (RuntimeError)      session_busy          retryable
+    │   └── PermissionNotFound     (LookupError)       permission_not_found
     ├── SandboxError                                   sandbox_error
     │   ├── SandboxUnavailable     (ConnectionError)   sandbox_unavailable   retryable
     │   ├── ContainerGone          (RuntimeError)      container_gone
@@ -23,10 +25,16 @@ if tried again unchanged. Each class also subclasses the nearest builtin, so
     │   ├── UnsafeArchive          (ValueError)        unsafe_archive
     │   ├── OperationTimeout       (TimeoutError)      operation_timeout     retryable
     │   └── ProtocolError          (RuntimeError)      protocol_error
+    ├── ProviderError              (RuntimeError)      provider_error        (per call)
+    ├── ToolError                  (ValueError)        tool_error
     └── StoreError                 (RuntimeError)      store_error
 
 `docker`, `requests` and `sqlite3` errors are wrapped where they are caught, with the original
 as `__cause__`; none of them reaches the user.
+
+Expected endings of a turn (an abort, a rejection, a provider failure) are `turn-end` events,
+not exceptions: `ProviderError` and `ToolError` reach the user only where a provider or tool
+is called directly.
 
 A shell command that runs past its timeout is not an error: `shell()` returns a `ShellResult`
 with `timed_out=True`.
@@ -43,16 +51,20 @@ __all__ = [
     "ImageNotFound",
     "InvalidArgument",
     "OperationTimeout",
+    "PermissionNotFound",
     "ProtocolError",
+    "ProviderError",
     "SandboxError",
     "SandboxFileNotFound",
     "SandboxPermissionError",
     "SandboxSessionsError",
     "SandboxUnavailable",
+    "SessionBusy",
     "SessionEnded",
     "SessionError",
     "SessionNotFound",
     "StoreError",
+    "ToolError",
     "UnsafeArchive",
 ]
 
@@ -103,6 +115,53 @@ class SessionEnded(SessionError, RuntimeError):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"session {session_id!r} has ended")
         self.session_id = session_id
+
+
+class SessionBusy(SessionError, RuntimeError):
+    """A turn is already running in the session; wait for its `turn-end`, or abort it."""
+
+    code = "session_busy"
+    retryable = True
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} is busy with a turn")
+        self.session_id = session_id
+
+
+class PermissionNotFound(SessionError, LookupError):
+    """No pending permission request has that id (unknown, or already answered)."""
+
+    code = "permission_not_found"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"no pending permission request {request_id!r}")
+        self.request_id = request_id
+
+
+class ProviderError(SandboxSessionsError, RuntimeError):
+    """The model's API failed or answered something we cannot read.
+
+    `status` is the HTTP status when there was one. `retryable` is true for 429, 5xx and
+    connection failures: the agent loop retries those with backoff before any output arrived.
+    """
+
+    code = "provider_error"
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retryable: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+
+
+class ToolError(SandboxSessionsError, ValueError):
+    """A tool call that cannot be carried out as asked (bad input, no unique match, ...).
+
+    Its message goes back to the model as the tool's error output; the turn goes on.
+    """
+
+    code = "tool_error"
 
 
 class SandboxError(SandboxSessionsError):

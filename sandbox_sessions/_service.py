@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from ._eventlog import EventLog
 from ._exceptions import (
     FileDecodeError,
     InvalidArgument,
@@ -25,11 +26,13 @@ from ._exceptions import (
 )
 from ._types import (
     DEFAULT_MAX_OUTPUT,
+    AgentConfig,
     ArtifactDownload,
     ArtifactInfo,
     SandboxOptions,
     SessionInfo,
     ShellResult,
+    ShellRunEvent,
     SkippedArtifact,
 )
 from .sandbox._archive import Caps, SafeWriter, unsafe_key_reason
@@ -55,9 +58,10 @@ def _new_id() -> str:
 class SessionService:
     """Creates, finds and ends sessions, and runs their shell and file calls."""
 
-    def __init__(self, store: Store, backend: SandboxBackend) -> None:
+    def __init__(self, store: Store, backend: SandboxBackend, events: EventLog) -> None:
         self.store = store
         self.backend = backend
+        self.events = events
         self._live: dict[str, Sandbox] = {}
         self._attach_lock = anyio.Lock()
 
@@ -71,13 +75,13 @@ class SessionService:
         }
 
     async def create_session(
-        self, *, agent: str, title: str | None, options: SandboxOptions
+        self, *, agent: str, title: str | None, options: SandboxOptions, config: AgentConfig
     ) -> SessionInfo:
         """Record the session, then start its container; a failed start leaves no session."""
         now, session_id = _now(), _new_id()
         info = SessionInfo(id=session_id, title=title or f"Session {now:%Y-%m-%d %H:%M:%S}",
                            agent=agent, status="idle", time_created=now, time_updated=now,
-                           sandbox=options)
+                           sandbox=options, config=config)
         # Recorded as ended until its container is up: a crash in between leaves an orphan
         # container that the reaper removes, never a live session without a container.
         await self.store.put_session(info.model_copy(update={"status": "ended"}))
@@ -98,6 +102,26 @@ class SessionService:
         if info is None:
             raise SessionNotFound(session_id)
         return info
+
+    async def update_info(
+        self, session_id: str, *, title: str | None = None, config: AgentConfig | None = None
+    ) -> SessionInfo:
+        """Store a new title or agent config; `SessionEnded` once the session has ended."""
+        info = await self.get_info(session_id)
+        if info.status == "ended":
+            raise SessionEnded(session_id)
+        changes: dict[str, object] = {"time_updated": _now()}
+        if title is not None:
+            changes["title"] = title
+        if config is not None:
+            changes["config"] = config
+        info = info.model_copy(update=changes)
+        await self.store.put_session(info)
+        return info
+
+    async def sandbox(self, session_id: str) -> Sandbox:
+        """The session's live sandbox, connecting to it on first use."""
+        return await self._sandbox(session_id)
 
     async def _sandbox(self, session_id: str) -> Sandbox:
         sandbox = self._live.get(session_id)
@@ -130,9 +154,13 @@ class SessionService:
         if max_output < 0:
             raise InvalidArgument(f"max_output must be zero or more, not {max_output}")
         sandbox = await self._sandbox(session_id)
-        return await sandbox.shell(ShellRequest(
+        result = await sandbox.shell(ShellRequest(
             command=command, timeout=timeout, cwd=cwd, env=dict(env or {}),
             max_output=max_output, on_stdout=on_stdout, on_stderr=on_stderr))
+        await self.events.open(session_id)
+        self.events.emit(session_id, ShellRunEvent, command=command, exit_code=result.exit_code,
+                         timed_out=result.timed_out, duration=result.duration)
+        return result
 
     async def _absolute(self, session_id: str, path: str) -> str:
         if not path or "\x00" in path:

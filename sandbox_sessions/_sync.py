@@ -7,28 +7,60 @@ anyio `BlockingPortal`. There is no second implementation: every method forwards
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._client import AsyncAgent, AsyncSandboxClient, AsyncSessionHandle, SandboxKwargs
+from ._client import AsyncSandboxClient, SandboxKwargs
 from ._exceptions import InvalidArgument
 from ._service import DownloadProgress
+from ._session import (
+    AsyncAgent,
+    AsyncSessionHandle,
+    EventCallback,
+    PartCallback,
+    PermissionCallback,
+    TextCallback,
+)
 from ._types import (
     DEFAULT_MAX_OUTPUT,
+    AgentConfig,
     ArtifactDownload,
     ArtifactInfo,
+    Event,
+    Message,
+    Metrics,
+    PermissionReply,
+    PermissionRules,
     SandboxOptions,
+    SendResult,
     SessionInfo,
     ShellResult,
+    Todo,
 )
+from .agent._pricing import Price
+from .agent.base import Tool
 from .sandbox._archive import Caps
 from .sandbox.base import OutputCallback
 
 __all__ = ["Agent", "SandboxClient", "SessionHandle"]
+
+
+def _blocking_iter(portal: BlockingPortal, events: AsyncIterator[T]) -> Iterator[T]:
+    """Iterate an async iterator of the event loop thread from this thread, item by item."""
+    try:
+        while True:
+            try:
+                yield portal.call(events.__anext__)
+            except StopAsyncIteration:
+                return
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            portal.call(close)
 
 T = TypeVar("T")
 
@@ -117,6 +149,58 @@ class SessionHandle:
         return self._call(self._async.download_artifacts, destination, caps=caps,
                           progress=progress)
 
+    def send(
+        self,
+        prompt: str,
+        *,
+        on_text: TextCallback | None = None,
+        on_reasoning: TextCallback | None = None,
+        on_tool_start: PartCallback | None = None,
+        on_tool_end: PartCallback | None = None,
+        on_permission: PermissionCallback | None = None,
+        on_event: EventCallback | None = None,
+    ) -> SendResult:
+        """Run one turn and return its outcome; see `AsyncSessionHandle.send`."""
+        return self._call(self._async.send, prompt, on_text=on_text, on_reasoning=on_reasoning,
+                          on_tool_start=on_tool_start, on_tool_end=on_tool_end,
+                          on_permission=on_permission, on_event=on_event)
+
+    def stream(self, prompt: str) -> Iterator[Event]:
+        """Start a turn and iterate its events; see `AsyncSessionHandle.stream`."""
+        return _blocking_iter(self._portal, self._async.stream(prompt))
+
+    def events(self, *, after: int = 0) -> Iterator[Event]:
+        """The session's events, stored then live; see `AsyncSessionHandle.events`."""
+        return _blocking_iter(self._portal, self._async.events(after=after))
+
+    def abort(self) -> bool:
+        """Stop the running turn; see `AsyncSessionHandle.abort`."""
+        return self._call(self._async.abort)
+
+    def reply_to_permission(
+        self, request_id: str, reply: PermissionReply, *, message: str | None = None
+    ) -> None:
+        """Answer a pending request; see `AsyncSessionHandle.reply_to_permission`."""
+        self._call(self._async.reply_to_permission, request_id, reply, message=message)
+
+    def get_messages(self) -> list[Message]:
+        """The messages with their parts; see `AsyncSessionHandle.get_messages`."""
+        return self._call(self._async.get_messages)
+
+    def get_metrics(self) -> Metrics:
+        """Counts, tokens and cost; see `AsyncSessionHandle.get_metrics`."""
+        return self._call(self._async.get_metrics)
+
+    def get_todos(self) -> list[Todo]:
+        """The agent's todo list; see `AsyncSessionHandle.get_todos`."""
+        return self._call(self._async.get_todos)
+
+    def update(
+        self, *, title: str | None = None, permissions: PermissionRules | None = None
+    ) -> SessionInfo:
+        """Change the title or the rules; see `AsyncSessionHandle.update`."""
+        return self._call(self._async.update, title=title, permissions=permissions)
+
     def end(self) -> SessionInfo:
         """Remove the container and mark the session ended; see `AsyncSessionHandle.end`."""
         return self._call(self._async.end)
@@ -130,6 +214,7 @@ class Agent:
         self._async = agent
         self.name: str = agent.name
         self.sandbox: SandboxOptions = agent.sandbox
+        self.config: AgentConfig = agent.config
 
     def create_session(self, *, title: str | None = None) -> SessionHandle:
         """Create a session and start its container; see `AsyncAgent.create_session`."""
@@ -150,9 +235,12 @@ class SandboxClient:
         store: str | os.PathLike[str] | None = None,
         docker_url: str | None = None,
         reap_orphans: bool = True,
+        api_keys: Mapping[str, str] | None = None,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         self._async = AsyncSandboxClient(
-            store=store, docker_url=docker_url, reap_orphans=reap_orphans
+            store=store, docker_url=docker_url, reap_orphans=reap_orphans, api_keys=api_keys,
+            prices=prices,
         )
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None
@@ -185,10 +273,23 @@ class SandboxClient:
             stack.close()
 
     def agent(
-        self, name: str, *, sandbox: SandboxOptions | None = None, **options: Unpack[SandboxKwargs]
+        self,
+        name: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+        tools: Sequence[str | Tool] | None = None,
+        permissions: PermissionRules | None = None,
+        script: list[dict[str, Any]] | str | None = None,
+        config: AgentConfig | None = None,
+        sandbox: SandboxOptions | None = None,
+        **options: Unpack[SandboxKwargs],
     ) -> Agent:
         """An agent configuration; see `AsyncSandboxClient.agent`."""
-        return Agent(self.portal, self._async.agent(name, sandbox=sandbox, **options))
+        agent = self._async.agent(name, model=model, system=system, tools=tools,
+                                  permissions=permissions, script=script, config=config,
+                                  sandbox=sandbox, **options)
+        return Agent(self.portal, agent)
 
     def session(self, session_id: str) -> SessionHandle:
         """A handle on an existing session by id, with no I/O until used."""

@@ -7,7 +7,7 @@ store and (later) the HTTP server share them. What we emit is frozen and forbids
 from __future__ import annotations
 
 from datetime import datetime
-from typing import ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +21,7 @@ __all__ = [
     "SessionStatus",
     "ShellResult",
     "SkippedArtifact",
+    "Todo",
 ]
 
 DEFAULT_IMAGE = "sandbox-sessions/sandbox:latest"
@@ -57,7 +58,39 @@ class SandboxOptions(_Frozen):
     """The user commands run as; never root unless asked for."""
 
 
-SessionStatus = Literal["idle", "ended"]
+SessionStatus = Literal["idle", "busy", "compacting", "error", "ended"]
+PermissionAction = Literal["allow", "ask", "deny"]
+PermissionRules = dict[str, PermissionAction | dict[str, PermissionAction]]
+"""Per tool (`"*"` for all): an action, or glob patterns to actions. The last match wins."""
+
+
+class AgentConfig(_Frozen):
+    """How a session's agent behaves; stored with the session, so it resumes unchanged."""
+
+    model: str | None = None
+    """`provider/model`: `openai/gpt-4.1`, `anthropic/claude-sonnet-4-5`, or `scripted`."""
+    system: str | None = None
+    tools: list[str] = Field(
+        default_factory=lambda: ["bash", "read", "write", "edit", "list", "glob", "grep",
+                                 "todowrite", "artifact"])
+    permissions: PermissionRules = Field(default_factory=dict)
+    """The session's rules; `always` replies add to them."""
+    script: list[dict[str, Any]] | str | None = None
+    """For `scripted`: the entries, or the path of a JSON or YAML file holding them."""
+    base_url: str | None = None
+    """The provider's API address (OpenAI-compatible servers, proxies)."""
+    max_steps: int = Field(default=50, gt=0)
+    """Model calls in one turn before it ends with reason `error`."""
+    permission_timeout: float | None = None
+    """Seconds a permission request may wait for a reply; None waits for ever."""
+    on_timeout: Literal["reject", "allow"] = "reject"
+    """What an unanswered request becomes when `permission_timeout` passes (for headless CI)."""
+    max_tool_output: int = Field(default=30_000, gt=0)
+    """Characters of a tool's output sent to the model; the whole output stays in the part."""
+    tool_timeout: float = Field(default=120.0, gt=0)
+    """Default time limit of a bash tool call, in seconds."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Provider-specific extras, passed through (e.g. Anthropic's `thinking`)."""
 
 
 class SessionInfo(_Frozen):
@@ -71,6 +104,7 @@ class SessionInfo(_Frozen):
     time_updated: datetime
     container_id: str | None = None
     sandbox: SandboxOptions
+    config: AgentConfig = Field(default_factory=AgentConfig)
 
 
 class ShellResult(_Frozen):
@@ -93,6 +127,15 @@ class ShellResult(_Frozen):
     def ok(self) -> bool:
         """True when the command exited with status 0 and did not time out."""
         return self.exit_code == 0 and not self.timed_out
+
+
+class Todo(_Frozen):
+    """One entry of the agent's todo list."""
+
+    id: str
+    content: str
+    status: Literal["pending", "in_progress", "completed", "cancelled"] = "pending"
+    priority: Literal["high", "medium", "low"] = "medium"
 
 
 class ArtifactInfo(_Frozen):
@@ -118,3 +161,344 @@ class ArtifactDownload(_Frozen):
     bytes: int
     skipped: list[SkippedArtifact] = Field(default_factory=list)
     """Links, special files and unsafe names that were not written."""
+
+
+# --- messages and parts (opencode's session model) -------------------------------------------
+
+
+class Tokens(_Frozen):
+    """Token counts; `+` adds two of them."""
+
+    input: int = 0
+    output: int = 0
+    reasoning: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+
+    def __add__(self, other: Tokens) -> Tokens:
+        return Tokens(input=self.input + other.input, output=self.output + other.output,
+                      reasoning=self.reasoning + other.reasoning,
+                      cache_read=self.cache_read + other.cache_read,
+                      cache_write=self.cache_write + other.cache_write)
+
+
+class TextPart(_Frozen):
+    type: Literal["text"] = "text"
+    id: str
+    text: str
+
+
+class ReasoningPart(_Frozen):
+    type: Literal["reasoning"] = "reasoning"
+    id: str
+    text: str
+    signature: str | None = None
+
+
+class FilePart(_Frozen):
+    type: Literal["file"] = "file"
+    id: str
+    path: str
+    mime: str = "application/octet-stream"
+
+
+class ToolState(_Frozen):
+    """A tool call's state: pending, then running, then completed or error."""
+
+    status: Literal["pending", "running", "completed", "error"]
+    input: dict[str, Any] = Field(default_factory=dict)
+    output: str | None = None
+    """The whole output; the model got at most `AgentConfig.max_tool_output` characters."""
+    error: str | None = None
+    title: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    time_start: float | None = None
+    time_end: float | None = None
+
+
+class ToolPart(_Frozen):
+    type: Literal["tool"] = "tool"
+    id: str
+    tool: str
+    call_id: str
+    state: ToolState
+
+
+class StepStartPart(_Frozen):
+    type: Literal["step-start"] = "step-start"
+    id: str
+
+
+class StepFinishPart(_Frozen):
+    type: Literal["step-finish"] = "step-finish"
+    id: str
+    reason: str
+    tokens: Tokens = Field(default_factory=Tokens)
+    cost: float = 0.0
+
+
+class SnapshotPart(_Frozen):
+    type: Literal["snapshot"] = "snapshot"
+    id: str
+    snapshot: str
+
+
+class PatchPart(_Frozen):
+    type: Literal["patch"] = "patch"
+    id: str
+    hash: str
+    files: list[str] = Field(default_factory=list)
+
+
+class SubtaskPart(_Frozen):
+    type: Literal["subtask"] = "subtask"
+    id: str
+    agent: str
+    prompt: str
+    description: str = ""
+
+
+class AgentPart(_Frozen):
+    type: Literal["agent"] = "agent"
+    id: str
+    name: str
+
+
+class RetryPart(_Frozen):
+    type: Literal["retry"] = "retry"
+    id: str
+    attempt: int
+    error: str
+    delay: float
+
+
+class CompactionPart(_Frozen):
+    type: Literal["compaction"] = "compaction"
+    id: str
+    summary: str = ""
+
+
+Part = Annotated[
+    TextPart | ReasoningPart | FilePart | ToolPart | StepStartPart | StepFinishPart
+    | SnapshotPart | PatchPart | SubtaskPart | AgentPart | RetryPart | CompactionPart,
+    Field(discriminator="type"),
+]
+
+
+class UserMessage(_Frozen):
+    role: Literal["user"] = "user"
+    id: str
+    session_id: str
+    time_created: float
+    parts: list[Part] = Field(default_factory=list)
+
+
+class AssistantMessage(_Frozen):
+    role: Literal["assistant"] = "assistant"
+    id: str
+    session_id: str
+    parent_id: str
+    """The user message this answers."""
+    model: str
+    time_created: float
+    time_completed: float | None = None
+    tokens: Tokens = Field(default_factory=Tokens)
+    cost: float = 0.0
+    finish_reason: str | None = None
+    error: str | None = None
+    parts: list[Part] = Field(default_factory=list)
+
+
+Message = Annotated[UserMessage | AssistantMessage, Field(discriminator="role")]
+
+
+class PermissionRequest(_Frozen):
+    """A tool call waiting for a reply: `once`, `always` or `reject`."""
+
+    id: str
+    session_id: str
+    message_id: str
+    call_id: str
+    tool: str
+    patterns: list[str]
+    """What the rules matched: the command line, or the path."""
+    always: list[str]
+    """The patterns an `always` reply adds to the session's rules."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    time: float
+
+
+PermissionReply = Literal["once", "always", "reject"]
+TurnEndReason = Literal["completed", "aborted", "error", "rejected"]
+
+
+# --- events: the session's log ---------------------------------------------------------------
+
+
+class EventBase(_Frozen):
+    """Fields every event carries."""
+
+    session_id: str
+    seq: int
+    """Monotonic within the session, from 1, with no gaps. SSE `id:`."""
+    time: float
+    """Unix time, in seconds."""
+
+
+class MessageCreatedEvent(EventBase):
+    type: Literal["message-created"] = "message-created"
+    message: Message
+
+
+class MessageUpdatedEvent(EventBase):
+    """An assistant message's header changed: tokens, cost, finish reason, completion."""
+
+    type: Literal["message-updated"] = "message-updated"
+    message: Message
+
+
+class TextDeltaEvent(EventBase):
+    type: Literal["text-delta"] = "text-delta"
+    message_id: str
+    part_id: str
+    delta: str
+
+
+class ReasoningDeltaEvent(EventBase):
+    type: Literal["reasoning-delta"] = "reasoning-delta"
+    message_id: str
+    part_id: str
+    delta: str
+    signature: str | None = None
+
+
+class ToolStartEvent(EventBase):
+    """The model called a tool (state `pending`)."""
+
+    type: Literal["tool-start"] = "tool-start"
+    message_id: str
+    part: ToolPart
+
+
+class ToolRunningEvent(EventBase):
+    """The call was allowed and runs (state `running`)."""
+
+    type: Literal["tool-running"] = "tool-running"
+    message_id: str
+    part: ToolPart
+
+
+class ToolEndEvent(EventBase):
+    """The call ended (state `completed` or `error`)."""
+
+    type: Literal["tool-end"] = "tool-end"
+    message_id: str
+    part: ToolPart
+
+
+class StepStartEvent(EventBase):
+    type: Literal["step-start"] = "step-start"
+    message_id: str
+    part: StepStartPart
+
+
+class StepFinishEvent(EventBase):
+    type: Literal["step-finish"] = "step-finish"
+    message_id: str
+    part: StepFinishPart
+
+
+class RetryEvent(EventBase):
+    type: Literal["retry"] = "retry"
+    message_id: str
+    part: RetryPart
+
+
+class PermissionAskedEvent(EventBase):
+    type: Literal["permission-asked"] = "permission-asked"
+    request: PermissionRequest
+
+
+class PermissionRepliedEvent(EventBase):
+    type: Literal["permission-replied"] = "permission-replied"
+    request_id: str
+    reply: PermissionReply | Literal["timeout"]
+    message: str | None = None
+
+
+class TodoUpdatedEvent(EventBase):
+    type: Literal["todo-updated"] = "todo-updated"
+    todos: list[Todo]
+
+
+class ArtifactCreatedEvent(EventBase):
+    type: Literal["artifact-created"] = "artifact-created"
+    artifact: ArtifactInfo
+
+
+class SessionStatusEvent(EventBase):
+    type: Literal["session-status"] = "session-status"
+    status: SessionStatus
+
+
+class SessionUpdatedEvent(EventBase):
+    """The session's record changed (title, rules after an `always`)."""
+
+    type: Literal["session-updated"] = "session-updated"
+    config: AgentConfig
+    title: str
+
+
+class ShellRunEvent(EventBase):
+    """A direct `shell()` command ran (not a tool call)."""
+
+    type: Literal["shell-run"] = "shell-run"
+    command: str
+    exit_code: int
+    timed_out: bool
+    duration: float
+
+
+class TurnEndEvent(EventBase):
+    """The one terminal event of every turn."""
+
+    type: Literal["turn-end"] = "turn-end"
+    message_id: str
+    """The assistant message of the turn."""
+    reason: TurnEndReason
+    error: str | None = None
+
+
+Event = Annotated[
+    MessageCreatedEvent | MessageUpdatedEvent | TextDeltaEvent | ReasoningDeltaEvent
+    | ToolStartEvent | ToolRunningEvent | ToolEndEvent | StepStartEvent | StepFinishEvent
+    | RetryEvent | PermissionAskedEvent | PermissionRepliedEvent | TodoUpdatedEvent
+    | ArtifactCreatedEvent | SessionStatusEvent | SessionUpdatedEvent | ShellRunEvent
+    | TurnEndEvent,
+    Field(discriminator="type"),
+]
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+class SendResult(_Frozen):
+    """The outcome of one turn, as `send()` returns it."""
+
+    message_id: str
+    text: str
+    """The assistant's final text: the text parts of its last step."""
+    parts: list[Part]
+    tokens: Tokens
+    cost: float
+    reason: TurnEndReason
+    error: str | None = None
+
+
+class Metrics(_Frozen):
+    messages: int
+    steps: int
+    tool_calls: int
+    tool_usage: dict[str, int]
+    tokens: Tokens
+    cost: float

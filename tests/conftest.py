@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from servers import CannedServer
 
 from sandbox_sessions import DEFAULT_IMAGE, AsyncSandboxClient, SandboxClient
 from sandbox_sessions._exceptions import SandboxUnavailable
@@ -57,6 +58,13 @@ def image() -> str:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def http_server() -> Iterator[CannedServer]:
+    """A loopback HTTP server answering from a queue of canned responses (tests/servers.py)."""
+    with CannedServer() as server:
+        yield server
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +27,12 @@ CREATE TABLE IF NOT EXISTS sessions (
     time_created REAL NOT NULL,
     info TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS events (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
 """
 
 
@@ -116,6 +122,32 @@ class SQLiteStore:
         query += " ORDER BY time_created DESC"
         rows = await self._run(lambda db: db.execute(query).fetchall())
         return [SessionInfo.model_validate_json(row[0]) for row in rows]
+
+    async def append_events(self, rows: Sequence[tuple[str, int, str]]) -> None:
+        """See `Store.append_events`."""
+
+        def append(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
+
+        await self._run(append)
+
+    async def read_events(
+        self, session_id: str, *, after: int = 0, upto: int | None = None
+    ) -> list[str]:
+        """See `Store.read_events`."""
+        query = "SELECT data FROM events WHERE session_id=? AND seq>?"
+        args: tuple[object, ...] = (session_id, after)
+        if upto is not None:
+            query, args = query + " AND seq<=?", (*args, upto)
+        rows = await self._run(lambda db: db.execute(query + " ORDER BY seq", args).fetchall())
+        return [str(row[0]) for row in rows]
+
+    async def last_seq(self, session_id: str) -> int:
+        """See `Store.last_seq`."""
+        query = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id=?"
+        row = await self._run(lambda db: db.execute(query, (session_id,)).fetchone())
+        return int(row[0])
 
     async def aclose(self) -> None:
         """See `Store.aclose`."""

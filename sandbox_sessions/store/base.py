@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from .._types import SessionInfo
@@ -36,6 +37,23 @@ class Store(Protocol):
 
     async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
         """Every session, newest first."""
+        ...
+
+    async def append_events(self, rows: Sequence[tuple[str, int, str]]) -> None:
+        """Append `(session_id, seq, json)` rows in one transaction, durable on return.
+
+        A `(session_id, seq)` that already exists is an error: the log never rewrites.
+        """
+        ...
+
+    async def read_events(
+        self, session_id: str, *, after: int = 0, upto: int | None = None
+    ) -> list[str]:
+        """The JSON of the session's events with `after < seq <= upto`, in seq order."""
+        ...
+
+    async def last_seq(self, session_id: str) -> int:
+        """The highest seq stored for the session, 0 when it has none."""
         ...
 
     async def aclose(self) -> None:

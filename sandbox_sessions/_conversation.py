@@ -1,0 +1,222 @@
+"""Turns: a prompt in, an agent loop in the background, events out.
+
+`Conversations` starts each turn as a task of the client's task group, with its own cancel
+scope (for `abort`), and guarantees its single `turn-end`: whatever happens in the loop, the
+closing events are emitted in a shielded scope.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+import httpx
+
+from ._eventlog import EventLog
+from ._exceptions import ContainerGone, InvalidArgument, SandboxUnavailable, SessionBusy
+from ._projection import metrics, project, todos
+from ._service import SessionService
+from ._types import (
+    AgentConfig,
+    AssistantMessage,
+    Event,
+    Message,
+    MessageCreatedEvent,
+    MessageUpdatedEvent,
+    Metrics,
+    PermissionRules,
+    SessionInfo,
+    SessionStatusEvent,
+    SessionUpdatedEvent,
+    TextPart,
+    Todo,
+    TurnEndEvent,
+    UserMessage,
+)
+from .agent._broker import PermissionBroker, now
+from .agent._history import new_id, to_model_messages
+from .agent._loop import Outcome, Turn, run_turn
+from .agent._permissions import validate_rules
+from .agent._pricing import Price
+from .agent._tools import resolve_tools
+from .agent.base import Tool
+from .providers import resolve_provider
+from .providers.base import ModelMessage, TextContent
+
+__all__ = ["Conversations", "TurnStart"]
+
+log: logging.Logger = logging.getLogger("sandbox_sessions.agent")
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    """A turn just started: its events come after seq `after`."""
+
+    user_message_id: str
+    message_id: str
+    after: int
+
+
+class _Running:
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
+
+
+class Conversations:
+    """The agent side of sessions: send, abort, permissions, and what the log projects."""
+
+    def __init__(
+        self,
+        sessions: SessionService,
+        events: EventLog,
+        task_group: anyio.abc.TaskGroup,
+        *,
+        prices: Mapping[str, Price],
+        api_keys: Mapping[str, str],
+        http: httpx.AsyncClient,
+        extra_tools: Mapping[str, Tool] | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.events = events
+        self.broker = PermissionBroker(events)
+        self._task_group = task_group
+        self._prices = prices
+        self._api_keys = api_keys
+        self._http = http
+        self._extra_tools = dict(extra_tools or {})
+        self._running: dict[str, _Running] = {}
+
+    def busy(self, session_id: str) -> bool:
+        return session_id in self._running
+
+    async def start_turn(self, session_id: str, prompt: str) -> TurnStart:
+        """Record the prompt and start the turn in the background; `SessionBusy` if one runs."""
+        if self.busy(session_id):
+            raise SessionBusy(session_id)
+        info = await self.sessions.get_info(session_id)
+        if info.config.model is None:
+            raise InvalidArgument("this session's agent has no model: pass agent(model=...)")
+        running = self._running[session_id] = _Running()
+        try:
+            turn, history = await self._prepare(info)
+        except BaseException:
+            del self._running[session_id]
+            raise
+        after = self.events.head(session_id)
+        user = UserMessage(id=new_id("msg"), session_id=session_id, time_created=now(),
+                           parts=[TextPart(id=new_id("prt"), text=prompt)])
+        assistant = AssistantMessage(id=turn.message_id, session_id=session_id,
+                                     parent_id=user.id, model=turn.model, time_created=now())
+        self.events.emit(session_id, MessageCreatedEvent, message=user)
+        self.events.emit(session_id, MessageCreatedEvent, message=assistant)
+        self.events.emit(session_id, SessionStatusEvent, status="busy")
+        history.append(ModelMessage("user", (TextContent(prompt),)))
+        self._task_group.start_soon(self._run, turn, history, assistant, running)
+        return TurnStart(user_message_id=user.id, message_id=assistant.id, after=after)
+
+    async def _prepare(self, info: SessionInfo) -> tuple[Turn, list[ModelMessage]]:
+        config = info.config
+        assert config.model is not None
+        base_urls = {config.model.split("/")[0]: config.base_url} if config.base_url else None
+        provider, model_name = resolve_provider(
+            config.model, api_keys=self._api_keys, base_urls=base_urls,
+            script=config.script, http_client=self._http)
+        chosen = [self._extra_tools.get(name, name) for name in config.tools]
+        tools = {tool.name: tool for tool in resolve_tools(chosen)}
+        sandbox = await self.sessions.sandbox(info.id)
+        await self.events.open(info.id)
+        messages = await self.messages(info.id)
+        history = to_model_messages(messages, limit=config.max_tool_output)
+
+        async def save_rules(rules: PermissionRules) -> None:
+            await self.update(info.id, permissions=rules)
+
+        turn = Turn(session_id=info.id, message_id=new_id("msg"), model=config.model,
+                    model_name=model_name, config=config, provider=provider, tools=tools,
+                    sandbox=sandbox, workdir=info.sandbox.workdir, events=self.events,
+                    broker=self.broker, prices=self._prices, rules=dict(config.permissions),
+                    save_rules=save_rules)
+        return turn, history
+
+    async def _run(self, turn: Turn, history: list[ModelMessage], message: AssistantMessage,
+                   running: _Running) -> None:
+        outcome = Outcome("completed")
+        try:
+            with running.scope:
+                try:
+                    outcome = await run_turn(turn, history, outcome)
+                except (ContainerGone, SandboxUnavailable) as exc:
+                    outcome.reason, outcome.error = "error", str(exc)
+                except Exception as exc:
+                    log.exception("turn failed")
+                    outcome.reason, outcome.error = "error", f"internal error: {exc!r}"
+            if running.scope.cancelled_caught:
+                outcome.reason, outcome.error = "aborted", None
+        finally:
+            with anyio.CancelScope(shield=True):
+                self._close(turn, message, outcome)
+                await self.events.flush()
+                del self._running[turn.session_id]
+                running.done.set()
+
+    def _close(self, turn: Turn, message: AssistantMessage, outcome: Outcome) -> None:
+        done = message.model_copy(update={
+            "time_completed": now(), "tokens": outcome.tokens, "cost": outcome.cost,
+            "finish_reason": outcome.finish, "error": outcome.error})
+        self.events.emit(turn.session_id, MessageUpdatedEvent, message=done)
+        self.events.emit(turn.session_id, TurnEndEvent, message_id=message.id,
+                         reason=outcome.reason, error=outcome.error)
+        self.events.emit(turn.session_id, SessionStatusEvent, status="idle")
+
+    async def abort(self, session_id: str) -> bool:
+        """Cancel the running turn (model stream and tool); return once it has ended.
+
+        False when no turn was running.
+        """
+        running = self._running.get(session_id)
+        if running is None:
+            return False
+        running.scope.cancel()
+        await running.done.wait()
+        return True
+
+    def reply(self, session_id: str, request_id: str, reply: str, message: str | None) -> None:
+        """Answer a pending permission request (see `PermissionBroker.reply`)."""
+        self.broker.reply(session_id, request_id, reply, message)
+
+    async def subscribe(self, session_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        """The session's events after seq `after`, then live ones, for ever."""
+        await self.sessions.get_info(session_id)
+        async for event in self.events.subscribe(session_id, after=after):
+            yield event
+
+    async def messages(self, session_id: str) -> list[Message]:
+        await self.events.flush()
+        return project(await self.events.history(session_id))
+
+    async def metrics(self, session_id: str) -> Metrics:
+        return metrics(await self.messages(session_id))
+
+    async def todos(self, session_id: str) -> list[Todo]:
+        await self.events.flush()
+        return todos(await self.events.history(session_id))
+
+    async def update(
+        self, session_id: str, *, title: str | None = None,
+        permissions: PermissionRules | None = None, config: AgentConfig | None = None,
+    ) -> SessionInfo:
+        """Change the title, the permission rules, or the whole agent config; stored, and
+        announced with a `session-updated` event."""
+        info = await self.sessions.get_info(session_id)
+        new_config = config or info.config
+        if permissions is not None:
+            validate_rules(permissions)
+            new_config = new_config.model_copy(update={"permissions": permissions})
+        info = await self.sessions.update_info(session_id, title=title, config=new_config)
+        await self.events.open(session_id)
+        self.events.emit(session_id, SessionUpdatedEvent, config=info.config, title=info.title)
+        return info

@@ -1,0 +1,139 @@
+"""The event log: every change to a session, stored durably before it is published.
+
+Emitting is synchronous and cheap: the event gets its `seq` and joins a queue. A writer task
+commits the queue in batches (one transaction, one fsync, however many events arrived
+meanwhile), then publishes the batch to live subscribers. So a reader never sees an event that
+is not on disk, and a fast producer is not held to one fsync per event.
+
+A subscriber registers for live events first, then replays the store up to the head that was
+durable at that moment, then takes live events past what it replayed: resuming after a seq
+loses nothing and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar, cast
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectSendStream
+from pydantic import TypeAdapter
+
+from ._exceptions import StoreError
+from ._types import Event, EventBase
+from .store.base import Store
+
+__all__ = ["EVENTS", "EventLog"]
+
+log: logging.Logger = logging.getLogger("sandbox_sessions.events")
+
+EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
+E = TypeVar("E", bound=EventBase)
+
+
+class EventLog:
+    """Appends, stores and fans out the events of every session of one store."""
+
+    def __init__(self, store: Store, task_group: anyio.abc.TaskGroup) -> None:
+        self._store = store
+        self._seq: dict[str, int] = {}
+        self._durable: dict[str, int] = {}
+        self._pending: list[Event] = []
+        self._emitted = 0
+        self._published = 0
+        self._wake = anyio.Event()
+        self._progress = anyio.Event()
+        self._failure: StoreError | None = None
+        self._subscribers: dict[str, set[MemoryObjectSendStream[Event]]] = defaultdict(set)
+        self._init_lock = anyio.Lock()
+        task_group.start_soon(self._writer)
+
+    async def open(self, session_id: str) -> None:
+        """Load the session's last seq; needed once before `emit` or `subscribe`."""
+        if session_id in self._seq:
+            return
+        async with self._init_lock:
+            if session_id not in self._seq:
+                last = await self._store.last_seq(session_id)
+                self._seq[session_id] = self._durable[session_id] = last
+
+    def emit(self, session_id: str, kind: type[E], **fields: Any) -> E:
+        """Give a new event of `kind` the session's next seq and queue it for the writer."""
+        seq = self._seq[session_id] + 1
+        self._seq[session_id] = seq
+        event = kind(session_id=session_id, seq=seq, time=time.time(), **fields)
+        self._pending.append(cast(Event, event))
+        self._emitted += 1
+        self._wake.set()
+        return event
+
+    def head(self, session_id: str) -> int:
+        """The last seq emitted for the session (stored or about to be)."""
+        return self._seq[session_id]
+
+    async def flush(self) -> None:
+        """Return once every event emitted before the call is stored and published."""
+        target = self._emitted
+        while self._published < target:
+            if self._failure is not None:
+                raise self._failure
+            await self._progress.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            rows = [(event.session_id, event.seq, event.model_dump_json()) for event in batch]
+            try:
+                await self._store.append_events(rows)
+            except StoreError as exc:
+                log.error("event log write failed: %s", exc)
+                self._failure = exc
+            else:
+                self._publish(batch)
+            self._published += len(batch)
+            self._progress.set()
+            self._progress = anyio.Event()
+
+    def _publish(self, batch: list[Event]) -> None:
+        for event in batch:
+            self._durable[event.session_id] = event.seq
+            for subscriber in self._subscribers.get(event.session_id, ()):
+                subscriber.send_nowait(event)
+
+    async def subscribe(self, session_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+        """Every event of the session with seq > `after`: the stored ones, then live ones.
+
+        The iteration never ends by itself; leave it (break, or cancel) when done.
+        """
+        await self.open(session_id)
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        self._subscribers[session_id].add(send)
+        head, last = self._durable[session_id], after
+        try:
+            for raw in await self._store.read_events(session_id, after=after, upto=head):
+                event = EVENTS.validate_json(raw)
+                last = event.seq
+                yield event
+            async for event in receive:
+                if event.seq > last:
+                    last = event.seq
+                    yield event
+        finally:
+            self._subscribers[session_id].discard(send)
+            send.close()
+            receive.close()
+
+    async def history(self, session_id: str) -> list[Event]:
+        """Every stored event of the session, in order (call `flush` first for the latest)."""
+        return [EVENTS.validate_json(raw) for raw in await self._store.read_events(session_id)]

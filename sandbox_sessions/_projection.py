@@ -1,0 +1,123 @@
+"""Messages, parts, metrics and todos, as pure functions of a session's event log."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from ._types import (
+    AssistantMessage,
+    Event,
+    Message,
+    Metrics,
+    Part,
+    ReasoningPart,
+    SendResult,
+    StepFinishPart,
+    StepStartPart,
+    TextPart,
+    Todo,
+    Tokens,
+    ToolPart,
+    TurnEndEvent,
+)
+
+__all__ = ["final_text", "metrics", "project", "send_result", "todos"]
+
+
+class _Text:
+    """A text or reasoning part being built from deltas (joined once, at the end)."""
+
+    def __init__(self, kind: str, part_id: str) -> None:
+        self.kind, self.part_id = kind, part_id
+        self.chunks: list[str] = []
+        self.signature: str | None = None
+
+    def build(self) -> Part:
+        text = "".join(self.chunks)
+        if self.kind == "text":
+            return TextPart(id=self.part_id, text=text)
+        return ReasoningPart(id=self.part_id, text=text, signature=self.signature)
+
+
+class _Draft:
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.parts: dict[str, Part | _Text] = {part.id: part for part in message.parts}
+
+    def delta(self, kind: str, part_id: str, text: str, signature: str | None = None) -> None:
+        part = self.parts.get(part_id)
+        if not isinstance(part, _Text):
+            part = self.parts[part_id] = _Text(kind, part_id)
+        part.chunks.append(text)
+        part.signature = signature or part.signature
+
+    def build(self) -> Message:
+        parts = [p.build() if isinstance(p, _Text) else p for p in self.parts.values()]
+        return self.message.model_copy(update={"parts": parts})
+
+
+def project(events: Iterable[Event]) -> list[Message]:
+    """The session's messages with their parts, in the order they were created."""
+    drafts: dict[str, _Draft] = {}
+    for event in events:
+        match event.type:
+            case "message-created":
+                drafts[event.message.id] = _Draft(event.message)
+            case "message-updated":
+                draft = drafts[event.message.id]
+                draft.message = event.message
+            case "text-delta" | "reasoning-delta":
+                kind = "text" if event.type == "text-delta" else "reasoning"
+                signature = getattr(event, "signature", None)
+                drafts[event.message_id].delta(kind, event.part_id, event.delta, signature)
+            case "tool-start" | "tool-running" | "tool-end" | "step-start" | "step-finish" \
+                    | "retry":
+                drafts[event.message_id].parts[event.part.id] = event.part
+            case _:
+                pass
+    return [draft.build() for draft in drafts.values()]
+
+
+def final_text(message: Message) -> str:
+    """The text parts after the message's last step start: the answer of its final step."""
+    start = 0
+    for index, part in enumerate(message.parts):
+        if isinstance(part, StepStartPart):
+            start = index
+    return "".join(p.text for p in message.parts[start:] if isinstance(p, TextPart))
+
+
+def send_result(messages: Sequence[Message], end: TurnEndEvent) -> SendResult:
+    """The outcome of the turn that `end` closed."""
+    message = next(m for m in messages if m.id == end.message_id)
+    assert isinstance(message, AssistantMessage)
+    return SendResult(message_id=message.id, text=final_text(message), parts=message.parts,
+                      tokens=message.tokens, cost=message.cost, reason=end.reason,
+                      error=end.error)
+
+
+def metrics(messages: Sequence[Message]) -> Metrics:
+    """Counts, tool usage, tokens and cost over every message."""
+    tools: Counter[str] = Counter()
+    steps, tokens, cost = 0, Tokens(), 0.0
+    for message in messages:
+        if isinstance(message, AssistantMessage):
+            tokens, cost = tokens + message.tokens, cost + message.cost
+        for part in message.parts:
+            if isinstance(part, ToolPart):
+                tools[part.tool] += 1
+            elif isinstance(part, StepFinishPart):
+                steps += 1
+    return Metrics(messages=len(messages), steps=steps, tool_calls=sum(tools.values()),
+                   tool_usage=dict(tools), tokens=tokens, cost=cost)
+
+
+def todos(events: Iterable[Event]) -> list[Todo]:
+    """The todo list as the last `todo-updated` event left it."""
+    current: list[Todo] = []
+    for event in events:
+        if event.type == "todo-updated":
+            current = list(event.todos)
+    return current
+

@@ -1,0 +1,290 @@
+"""The agent loop: one turn is `step()` until the model stops calling tools.
+
+A step calls the model (with retries for failures before any output), streams its text and
+reasoning into the log, then runs each tool call through the permission broker and the tool.
+Every change is an event; the caller emits the turn's single `turn-end`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from .._eventlog import EventLog
+from .._exceptions import ContainerGone, ProviderError, SandboxError, SandboxUnavailable, ToolError
+from .._types import (
+    AgentConfig,
+    ArtifactCreatedEvent,
+    PermissionRequest,
+    PermissionRules,
+    ReasoningDeltaEvent,
+    RetryEvent,
+    RetryPart,
+    StepFinishEvent,
+    StepFinishPart,
+    StepStartEvent,
+    StepStartPart,
+    TextDeltaEvent,
+    TodoUpdatedEvent,
+    Tokens,
+    ToolEndEvent,
+    ToolPart,
+    ToolRunningEvent,
+    ToolStartEvent,
+    ToolState,
+    TurnEndReason,
+)
+from ..providers.base import (
+    Finish,
+    ModelMessage,
+    ModelRequest,
+    Provider,
+    ReasoningDelta,
+    TextContent,
+    TextDelta,
+    ToolCall,
+    ToolResultContent,
+    ToolSpec,
+    Usage,
+)
+from ..sandbox.base import Sandbox
+from ._broker import PermissionBroker, now
+from ._history import capped, new_id
+from ._permissions import always_patterns, evaluate, merge_always
+from ._pricing import Price, cost_of
+from .base import Tool, ToolContext, ToolOutput
+
+__all__ = ["Outcome", "Turn", "run_turn"]
+
+
+@dataclass
+class Turn:
+    """Everything one turn needs. `rules` is the session's live copy; `save_rules` persists
+    it after an `always` reply."""
+
+    session_id: str
+    message_id: str
+    model: str
+    model_name: str
+    config: AgentConfig
+    provider: Provider
+    tools: Mapping[str, Tool]
+    sandbox: Sandbox
+    workdir: str
+    events: EventLog
+    broker: PermissionBroker
+    prices: Mapping[str, Price]
+    rules: PermissionRules
+    save_rules: Callable[[PermissionRules], Awaitable[None]]
+    retry_delays: Sequence[float] = (0.5, 1.0, 2.0)
+
+
+@dataclass
+class Outcome:
+    reason: TurnEndReason
+    error: str | None = None
+    finish: str | None = None
+    tokens: Tokens = field(default_factory=Tokens)
+    cost: float = 0.0
+
+
+@dataclass
+class _StepResult:
+    text: str = ""
+    reasoning: str = ""
+    signature: str | None = None
+    calls: list[ToolCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    finish: str = "stop"
+    started: bool = False
+
+
+class _Rejected(Exception):
+    """A reject without a message: the turn ends with reason `rejected`."""
+
+
+def _emit(turn: Turn, kind: type[Any], **fields: Any) -> Any:
+    return turn.events.emit(turn.session_id, kind, message_id=turn.message_id, **fields)
+
+
+async def run_turn(turn: Turn, history: list[ModelMessage], outcome: Outcome) -> Outcome:
+    """Run steps until the model answers without tool calls; `history` grows as it goes.
+
+    `outcome` is updated as steps finish, so its totals are right even if the turn is
+    cancelled (aborted) half way.
+    """
+    for _ in range(turn.config.max_steps):
+        _emit(turn, StepStartEvent, part=StepStartPart(id=new_id("prt")))
+        try:
+            step = await _call_model(turn, history)
+        except ProviderError as exc:
+            outcome.reason, outcome.error = "error", str(exc)
+            return outcome
+        tokens = _tokens(step.usage)
+        cost = cost_of(turn.model, tokens, turn.prices)
+        _emit(turn, StepFinishEvent, part=StepFinishPart(id=new_id("prt"), reason=step.finish,
+                                                          tokens=tokens, cost=cost))
+        outcome.tokens, outcome.cost = outcome.tokens + tokens, outcome.cost + cost
+        outcome.finish = step.finish
+        content = ((TextContent(step.text),) if step.text else ()) + tuple(step.calls)
+        history.append(ModelMessage("assistant", content, step.reasoning, step.signature))
+        if not step.calls:
+            return outcome
+        try:
+            results = await _run_calls(turn, step.calls)
+        except _Rejected:
+            outcome.reason = "rejected"
+            return outcome
+        history.append(ModelMessage("user", tuple(results)))
+    outcome.reason = "error"
+    outcome.error = f"the turn took more than {turn.config.max_steps} steps"
+    return outcome
+
+
+def _tokens(usage: Usage) -> Tokens:
+    return Tokens(input=usage.input, output=usage.output, reasoning=usage.reasoning,
+                  cache_read=usage.cache_read, cache_write=usage.cache_write)
+
+
+async def _call_model(turn: Turn, history: list[ModelMessage]) -> _StepResult:
+    specs = tuple(ToolSpec(t.name, t.description, t.parameters) for t in turn.tools.values())
+    request = ModelRequest(model=turn.model_name, system=turn.config.system,
+                           messages=tuple(history), tools=specs, options=turn.config.options)
+    for attempt, delay in enumerate([*turn.retry_delays, None]):
+        step = _StepResult()
+        try:
+            await _stream_into(turn, request, step)
+            return step
+        except ProviderError as exc:
+            if not exc.retryable or step.started or delay is None:
+                raise
+            part = RetryPart(id=new_id("prt"), attempt=attempt + 1, error=str(exc), delay=delay)
+            _emit(turn, RetryEvent, part=part)
+            await anyio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+async def _stream_into(turn: Turn, request: ModelRequest, step: _StepResult) -> None:
+    text_id = reasoning_id = ""
+    text: list[str] = []
+    reasoning: list[str] = []
+    async for event in turn.provider.stream(request):
+        step.started = True
+        if isinstance(event, TextDelta):
+            text_id = text_id or new_id("prt")
+            text.append(event.text)
+            _emit(turn, TextDeltaEvent, part_id=text_id, delta=event.text)
+        elif isinstance(event, ReasoningDelta):
+            reasoning_id = reasoning_id or new_id("prt")
+            reasoning.append(event.text)
+            step.signature = event.signature or step.signature
+            _emit(turn, ReasoningDeltaEvent, part_id=reasoning_id, delta=event.text,
+                  signature=event.signature)
+        elif isinstance(event, ToolCall):
+            step.calls.append(event)
+        elif isinstance(event, Usage):
+            step.usage = event
+        elif isinstance(event, Finish):
+            step.finish = event.reason
+    step.text, step.reasoning = "".join(text), "".join(reasoning)
+
+
+async def _run_calls(turn: Turn, calls: list[ToolCall]) -> list[ToolResultContent]:
+    results: list[ToolResultContent] = []
+    for index, call in enumerate(calls):
+        try:
+            results.append(await _run_call(turn, call))
+        except _Rejected:
+            for skipped in calls[index + 1:]:
+                part = _pending_part(turn, skipped)
+                _end(turn, part, error="not run: the user rejected an earlier call")
+            raise
+    return results
+
+
+def _pending_part(turn: Turn, call: ToolCall) -> ToolPart:
+    state = ToolState(status="pending", input=dict(call.input), time_start=now())
+    part = ToolPart(id=new_id("prt"), tool=call.name, call_id=call.id, state=state)
+    _emit(turn, ToolStartEvent, part=part)
+    return part
+
+
+def _end(turn: Turn, part: ToolPart, *, error: str | None = None,
+         output: ToolOutput | None = None) -> ToolResultContent:
+    update: dict[str, Any] = {"time_end": now()}
+    if output is None:
+        update.update(status="error", error=error)
+    else:
+        update.update(status="completed", output=output.output, title=output.title,
+                      metadata={**output.metadata, "is_error": output.is_error})
+    part = part.model_copy(update={"state": part.state.model_copy(update=update)})
+    _emit(turn, ToolEndEvent, part=part)
+    text = output.output if output is not None else error or "the call failed"
+    return ToolResultContent(part.call_id, capped(text, turn.config.max_tool_output),
+                             is_error=output is None or output.is_error)
+
+
+async def _run_call(turn: Turn, call: ToolCall) -> ToolResultContent:
+    part = _pending_part(turn, call)
+    tool = turn.tools.get(call.name)
+    if tool is None:
+        return _end(turn, part, error=f"unknown tool {call.name!r}")
+    context = ToolContext(sandbox=turn.sandbox, session_id=turn.session_id, call_id=call.id,
+                          workdir=turn.workdir, timeout=turn.config.tool_timeout)
+    try:
+        pattern = tool.permission_pattern(call.input, context)
+    except ToolError as exc:
+        return _end(turn, part, error=str(exc))
+    try:
+        refusal = await _permit(turn, part, tool, pattern)
+    except _Rejected:
+        _end(turn, part, error="rejected by the user")
+        raise
+    except anyio.get_cancelled_exc_class():
+        _end(turn, part, error="aborted while waiting for permission")
+        raise
+    if refusal is not None:
+        return _end(turn, part, error=refusal)
+    running = part.model_copy(update={"state": part.state.model_copy(update={"status": "running"})})
+    _emit(turn, ToolRunningEvent, part=running)
+    try:
+        output = await tool.run(call.input, context)
+    except anyio.get_cancelled_exc_class():
+        _end(turn, running, error="aborted")
+        raise
+    except (ContainerGone, SandboxUnavailable):
+        _end(turn, running, error="the sandbox is not available")
+        raise
+    except (ToolError, SandboxError) as exc:
+        return _end(turn, running, error=str(exc))
+    if output.todos is not None:
+        turn.events.emit(turn.session_id, TodoUpdatedEvent, todos=list(output.todos))
+    if output.artifact is not None:
+        turn.events.emit(turn.session_id, ArtifactCreatedEvent, artifact=output.artifact)
+    return _end(turn, running, output=output)
+
+
+async def _permit(turn: Turn, part: ToolPart, tool: Tool, pattern: str) -> str | None:
+    """None when the call may run; else the error the call ends with. Raises `_Rejected`."""
+    action = evaluate(turn.rules, tool.name, pattern)
+    if action == "allow":
+        return None
+    if action == "deny":
+        return f"denied by the session's permission rules ({tool.name}: {pattern})"
+    always = always_patterns(tool.name, pattern)
+    request = PermissionRequest(
+        id=new_id("per"), session_id=turn.session_id, message_id=turn.message_id,
+        call_id=part.call_id, tool=tool.name, patterns=[pattern], always=always,
+        metadata={"input": part.state.input}, time=now())
+    answer = await turn.broker.ask(request, turn.config)
+    if answer.reply == "always":
+        turn.rules = merge_always(turn.rules, tool.name, always)
+        await turn.save_rules(turn.rules)
+    if answer.reply != "reject":
+        return None
+    if answer.message is None:
+        raise _Rejected()
+    return f"the user rejected this call: {answer.message}"
