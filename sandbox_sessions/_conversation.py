@@ -23,6 +23,8 @@ from ._types import (
     AgentConfig,
     AssistantMessage,
     Event,
+    RetryPart,
+    StepStartPart,
     Message,
     MessageCreatedEvent,
     MessageUpdatedEvent,
@@ -44,7 +46,8 @@ from .agent._pricing import Price
 from .agent._tools import resolve_tools
 from .agent.base import Tool
 from .providers import resolve_provider
-from .providers.base import ModelMessage, TextContent
+from .providers._scripted import ScriptedProvider
+from .providers.base import ModelMessage, Provider, TextContent
 
 __all__ = ["Conversations", "TurnStart"]
 
@@ -89,6 +92,7 @@ class Conversations:
         self._http = http
         self._extra_tools = dict(extra_tools or {})
         self._running: dict[str, _Running] = {}
+        self._providers: dict[str, tuple[str, Provider, str]] = {}
 
     def busy(self, session_id: str) -> bool:
         return session_id in self._running
@@ -121,15 +125,12 @@ class Conversations:
     async def _prepare(self, info: SessionInfo) -> tuple[Turn, list[ModelMessage]]:
         config = info.config
         assert config.model is not None
-        base_urls = {config.model.split("/")[0]: config.base_url} if config.base_url else None
-        provider, model_name = resolve_provider(
-            config.model, api_keys=self._api_keys, base_urls=base_urls,
-            script=config.script, http_client=self._http)
         chosen = [self._extra_tools.get(name, name) for name in config.tools]
         tools = {tool.name: tool for tool in resolve_tools(chosen)}
         sandbox = await self.sessions.sandbox(info.id)
         await self.events.open(info.id)
         messages = await self.messages(info.id)
+        provider, model_name = self._provider(info, messages)
         history = to_model_messages(messages, limit=config.max_tool_output)
 
         async def save_rules(rules: PermissionRules) -> None:
@@ -141,6 +142,23 @@ class Conversations:
                     broker=self.broker, prices=self._prices, rules=dict(config.permissions),
                     save_rules=save_rules)
         return turn, history
+
+    def _provider(self, info: SessionInfo, messages: list[Message]) -> tuple[Provider, str]:
+        """The session's provider, kept across turns (a scripted one keeps its place)."""
+        config = info.config
+        assert config.model is not None
+        key = config.model_dump_json(exclude={"permissions"})
+        cached = self._providers.get(info.id)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        base_urls = {config.model.split("/")[0]: config.base_url} if config.base_url else None
+        provider, model_name = resolve_provider(
+            config.model, api_keys=self._api_keys, base_urls=base_urls,
+            script=config.script, http_client=self._http)
+        if isinstance(provider, ScriptedProvider):
+            provider.skip(_model_calls(messages))
+        self._providers[info.id] = (key, provider, model_name)
+        return provider, model_name
 
     async def _run(self, turn: Turn, history: list[ModelMessage], message: AssistantMessage,
                    running: _Running) -> None:
@@ -220,3 +238,9 @@ class Conversations:
         await self.events.open(session_id)
         self.events.emit(session_id, SessionUpdatedEvent, config=info.config, title=info.title)
         return info
+
+
+def _model_calls(messages: list[Message]) -> int:
+    """How many model calls the log shows: one per step started, one more per retry."""
+    return sum(isinstance(part, StepStartPart | RetryPart)
+               for message in messages for part in message.parts)

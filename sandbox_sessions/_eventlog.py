@@ -125,7 +125,11 @@ class EventLog:
                 event = EVENTS.validate_json(raw)
                 last = event.seq
                 yield event
-            async for event in receive:
+            while True:
+                try:  # take what is queued without a trip through the event loop per event
+                    event = receive.receive_nowait()
+                except anyio.WouldBlock:
+                    event = await receive.receive()
                 if event.seq > last:
                     last = event.seq
                     yield event

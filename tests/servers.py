@@ -14,6 +14,7 @@ optionally with a pause between chunks), and may drop the connection mid-stream.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import deque
@@ -134,6 +135,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     owner: CannedServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that resets an idle kept-alive connection is ordinary, not worth a trace.
+        if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            super().handle_error(request, client_address)
+
 
 class CannedServer:
     """A threaded loopback HTTP server that answers from a queue of `Canned` answers.
@@ -148,7 +154,9 @@ class CannedServer:
         self.requests: list[RecordedRequest] = []
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def url(self) -> str:

@@ -35,6 +35,12 @@ from sandbox_sessions.providers._openai import _default_max_tokens_param
 
 pytestmark = pytest.mark.anyio
 
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The providers are backend-neutral: every async test runs on asyncio and on trio."""
+    return str(request.param)
+
 CHUNK_ID = "chatcmpl-BQb0iSFzE1zz1OVhaqg3u2Yqn1Ezf"
 WEATHER = ToolSpec(
     name="get_weather",

@@ -69,7 +69,8 @@ def test_builtin_tools_are_named_and_described() -> None:
         assert tool.description
         schema = tool.parameters
         assert schema["type"] == "object"
-        assert "$defs" not in schema and "$ref" not in str(schema)
+        assert "$defs" not in schema
+        assert "$ref" not in str(schema)
         assert "title" not in schema
 
 
@@ -269,6 +270,10 @@ async def test_write_and_edit_keep_a_file_executable(ctx: ToolContext) -> None:
     await call(ctx, "edit", path="run.sh", old_string="two", new_string="three")
     result = await sh(ctx, "stat -c %a run.sh && ./run.sh")
     assert result.stdout == "750\nthree\n"
+    await sh(ctx, "ln -s run.sh link.sh")
+    await call(ctx, "write", path="link.sh", content="#!/bin/sh\necho four\n")
+    linked = await sh(ctx, "stat -c %a link.sh && ./link.sh")
+    assert linked.stdout == "750\nfour\n"  # the mode of the target, not the link's 777
 
 
 @docker
@@ -324,6 +329,9 @@ async def test_list_one_level_sorted_with_folders_marked(ctx: ToolContext) -> No
         await call(ctx, "list", path="a.txt")
     with pytest.raises(ToolError, match="not a folder"):
         await call(ctx, "list", path="/missing")
+    await sh(ctx, "mkdir locked && chmod 000 locked")
+    with pytest.raises(ToolError, match="cannot list /workspace/locked: permission denied"):
+        await call(ctx, "list", path="locked")
 
 
 @docker
@@ -447,3 +455,12 @@ async def test_artifact_refuses_unsafe_keys_and_missing_files(ctx: ToolContext) 
     with pytest.raises(ToolError, match="no such file"):
         await call(ctx, "artifact", path="/workspace")
     assert (await sh(ctx, "ls -A /artifacts")).stdout == ""
+
+
+@docker
+async def test_write_where_the_sandbox_user_may_not(ctx: ToolContext) -> None:
+    with pytest.raises(ToolError, match="Permission denied"):
+        await call(ctx, "write", path="/etc/evil.conf", content="x")
+    await sh(ctx, "mkdir sub")
+    with pytest.raises(ToolError, match="folder"):
+        await call(ctx, "write", path="sub", content="x")

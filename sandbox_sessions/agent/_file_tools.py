@@ -188,7 +188,10 @@ class ListTool(BuiltinTool[_ListInput]):
         """Run `ls -1Ap` in the sandbox and cap what comes back."""
         path = resolve_path(ctx, args.path)
         quoted = shlex.quote(path)
+        # Checked first: behind `| head`, a failing `ls` would look like an empty folder.
         command = (f"if [ ! -d {quoted} ]; then echo 'not a folder' >&2; exit 2; fi\n"
+                   f"if [ ! -r {quoted} ] || [ ! -x {quoted} ]; then\n"
+                   "  echo 'permission denied' >&2; exit 2\nfi\n"
                    f"ls -1Ap -- {quoted} | head -n {MAX_ENTRIES + 1}")
         result = await ctx.sandbox.shell(ShellRequest(
             command=command, timeout=ctx.timeout, cwd="/", env={"LC_ALL": "C"}))

@@ -162,10 +162,11 @@ async def file_mode(ctx: ToolContext, path: str) -> int | None:
 
     Writes replace the file atomically; passing its old mode on keeps a script executable.
     """
-    request = ShellRequest(command=f"stat -c %a -- {shlex.quote(path)} 2>/dev/null",
+    # -L: the mode of what a link points to; a link's own mode (777) must not be copied.
+    request = ShellRequest(command=f"stat -L -c %a -- {shlex.quote(path)} 2>/dev/null",
                            timeout=ctx.timeout, cwd="/", max_output=64)
     result = await ctx.sandbox.shell(request)
     text = result.stdout.strip()
     if not result.ok or not text or any(c not in "01234567" for c in text):
         return None
-    return int(text, 8)
+    return int(text, 8) & 0o7777

@@ -343,11 +343,11 @@ class AnthropicProvider:
         )
         async with aclosing(events):
             async for event in events:
+                if parser.finished:
+                    continue  # read to the end, so the connection can be reused
                 payload = _http.parse_json_object(_LABEL, event.data)
                 payload.setdefault("type", event.event)
                 for item in parser.feed(payload):
                     yield item
-                if parser.finished:
-                    break
         for item in parser.end():
             yield item

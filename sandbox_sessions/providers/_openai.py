@@ -347,10 +347,10 @@ class OpenAIProvider:
         )
         async with aclosing(events):
             async for event in events:
-                if event.data.strip() == "[DONE]":
-                    done = True
-                    break
-                for item in parser.feed(_http.parse_json_object(_LABEL, event.data)):
-                    yield item
+                # After [DONE] the body is read to its end, so the connection can be reused.
+                done = done or event.data.strip() == "[DONE]"
+                if not done:
+                    for item in parser.feed(_http.parse_json_object(_LABEL, event.data)):
+                        yield item
         for item in parser.end(done=done):
             yield item

@@ -178,6 +178,11 @@ class ScriptedProvider:
     def __repr__(self) -> str:
         return f"ScriptedProvider(calls={self._next}/{len(self._entries)})"
 
+    def skip(self, calls: int) -> None:
+        """Consume `calls` entries unplayed: a session resumed after that many model calls
+        goes on where it was, in this process or a new one."""
+        self._next = min(self._next + max(calls, 0), len(self._entries))
+
     @property
     def remaining(self) -> int:
         """How many entries are left to play."""
