@@ -48,7 +48,9 @@ async def _turn_seconds(session: AsyncSessionHandle) -> float:
     return time.perf_counter() - started
 
 
-async def tool_call_overhead(client: AsyncSandboxClient, calls: int, rounds: int) -> dict[str, float]:
+async def tool_call_overhead(
+    client: AsyncSandboxClient, calls: int, rounds: int
+) -> dict[str, float]:
     # Loaded and empty turns alternate, so both see the same (growing) history.
     loaded_turn = [{"tool_calls": [{"name": "bash", "input": {"command": "true"}}] * calls},
                    {"text": "done"}]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -205,10 +205,12 @@ async def stream_sse(
             "POST", url, headers=dict(headers), json=dict(body), timeout=per_call
         ) as response:
             await _check(label, response)
-            async for line in response.aiter_lines():
-                event = decoder.feed(line)
-                if event is not None:
-                    yield event
+            # Closed explicitly: trio does not finalize an abandoned async generator.
+            async with aclosing(response.aiter_lines()) as lines:
+                async for line in lines:
+                    event = decoder.feed(line)
+                    if event is not None:
+                        yield event
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
         raise _wrap_transport_error(label, exc) from exc
     last = decoder.flush()
