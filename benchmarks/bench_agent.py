@@ -52,8 +52,10 @@ async def tool_call_overhead(
     client: AsyncSandboxClient, calls: int, rounds: int
 ) -> dict[str, float]:
     # Loaded and empty turns alternate, so both see the same (growing) history.
-    loaded_turn = [{"tool_calls": [{"name": "bash", "input": {"command": "true"}}] * calls},
-                   {"text": "done"}]
+    loaded_turn: list[dict[str, Any]] = [
+        {"tool_calls": [{"name": "bash", "input": {"command": "true"}}] * calls},
+        {"text": "done"},
+    ]
     script = [entry for _ in range(rounds) for entry in [*loaded_turn, {"text": "done"}]]
     agent = client.agent("bench-tools", model="scripted", tools=["bash"], script=script)
     session = await agent.create_session(title="tools")
