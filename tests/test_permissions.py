@@ -7,12 +7,14 @@ from typing import Any
 import pytest
 
 from sandbox_sessions._exceptions import InvalidArgument
+from sandbox_sessions._types import PermissionRules
 from sandbox_sessions.agent._permissions import (
     Rules,
     always_patterns,
     evaluate,
     matches,
     merge_always,
+    simple_commands,
     validate_rules,
 )
 
@@ -168,3 +170,39 @@ def test_validate_rules_returns_a_plain_copy() -> None:
 def test_validate_rules_refuses_bad_rules(rules: Any, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         validate_rules(rules)
+
+
+COMPOUND_RULES: PermissionRules = {
+    "bash": {"*": "ask", "git status*": "allow", "echo *": "allow", "rm -rf *": "deny"}
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("git status --short", "allow"),
+        ("git status; rm -rf x", "deny"),
+        ("git status && curl example", "ask"),
+        ("git status || curl example", "ask"),
+        ("echo hi | rm -rf /tmp", "deny"),
+        ("git status\ncurl example", "ask"),
+        ("git status & curl example", "ask"),
+        ("echo 'a; rm -rf x'", "allow"),  # quoted: one command
+        ("echo $(curl example)", "ask"),
+        ("echo `curl example`", "ask"),
+    ],
+)
+def test_a_bash_line_is_judged_command_by_command(command: str, expected: str) -> None:
+    assert evaluate(COMPOUND_RULES, "bash", command) == expected
+
+
+def test_substitution_is_allowed_only_by_a_rule_allowing_any_command() -> None:
+    assert evaluate({"bash": "allow"}, "bash", "echo $(date)") == "allow"
+    assert evaluate({}, "bash", "echo $(date)") == "allow"  # nothing asked: the default
+    assert evaluate({"bash": {"*": "ask", "echo *": "allow"}}, "bash", "echo $(date)") == "ask"
+
+
+def test_simple_commands_split_outside_quotes() -> None:
+    assert simple_commands("a 1 && b 2 | c; d") == ["a 1", "b 2", "c", "d"]
+    assert simple_commands("echo 'x; y'") == ["echo x; y"]
+    assert simple_commands("echo 'open") == ["echo 'open"]

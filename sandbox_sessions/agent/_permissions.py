@@ -84,8 +84,52 @@ def evaluate(rules: Rules, tool: str, pattern: str) -> PermissionAction:
     """The action for a call of `tool` whose permission pattern is `pattern`.
 
     The last matching rule wins: the `"*"` entry's rules are read first, then the tool's own.
-    `DEFAULT_ACTION` ("allow") when none matches.
+    `DEFAULT_ACTION` ("allow") when none matches. A bash command line is judged command by
+    command (see `_evaluate_bash`), so `git status *` does not allow `git status; rm -rf x`.
     """
+    if tool == "bash":
+        return _evaluate_bash(rules, pattern)
+    return _evaluate_one(rules, tool, pattern)
+
+
+_SEVERITY = {"allow": 0, "ask": 1, "deny": 2}
+_SEPARATORS = frozenset({";", "&&", "||", "|", "&", "|&", ";;", "(", ")"})
+_SUBSTITUTION = re.compile(r"\$\(|`|<\(|>\(")
+_NOTHING_ELSE = "\x00sandbox-sessions: a command no rule names\x00"
+
+
+def simple_commands(command: str) -> list[str]:
+    """The simple commands of a command line: split on `;`, `&&`, `||`, `|`, `&` and new
+    lines, outside quotes. An unparsable line (an open quote) is one command."""
+    lexer = shlex.shlex(command.replace("\n", " ; "), posix=True, punctuation_chars=";&|()")
+    lexer.whitespace_split = True
+    commands: list[str] = []
+    words: list[str] = []
+    try:
+        for token in lexer:
+            if token in _SEPARATORS:
+                commands.append(" ".join(words))
+                words = []
+            else:
+                words.append(token)
+    except ValueError:
+        return [command]
+    commands.append(" ".join(words))
+    return [c for c in commands if c]
+
+
+def _evaluate_bash(rules: Rules, command: str) -> PermissionAction:
+    """The strictest action over the whole line and each of its simple commands. A command
+    or process substitution (`$(...)`, backticks) hides commands no pattern can see: then
+    `allow` needs a rule that allows any command at all."""
+    verdicts = [_evaluate_one(rules, "bash", part) for part in [command, *simple_commands(command)]]
+    action = max(verdicts, key=_SEVERITY.__getitem__)
+    if action == "allow" and _SUBSTITUTION.search(command):
+        return _evaluate_one(rules, "bash", _NOTHING_ELSE)
+    return action
+
+
+def _evaluate_one(rules: Rules, tool: str, pattern: str) -> PermissionAction:
     action = DEFAULT_ACTION
     for key in ("*", tool) if tool != "*" else ("*",):
         entry = rules.get(key)
