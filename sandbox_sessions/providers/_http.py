@@ -206,8 +206,9 @@ async def stream_sse(
         ) as response:
             await _check(label, response)
             # Closed explicitly: trio does not finalize an abandoned async generator.
-            async with aclosing(response.aiter_lines()) as lines:
+            async with aclosing(response.aiter_raw()) as lines:
                 async for line in lines:
+                    line = line.decode()
                     event = decoder.feed(line)
                     if event is not None:
                         yield event
