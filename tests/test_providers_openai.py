@@ -33,7 +33,16 @@ from sandbox_sessions.providers import (
 )
 from sandbox_sessions.providers._openai import _default_max_tokens_param
 
-pytestmark = pytest.mark.anyio
+pytestmark = [
+    pytest.mark.anyio,
+    # httpx and httpcore read bodies through nested async generators that a stream left early
+    # (an error, a cancel) cannot close, and trio warns as they are collected: encode/httpx#3686.
+    pytest.mark.filterwarnings(
+        r"ignore:Exception ignored in. <async_generator object "
+        r"(BoundAsyncStream|AsyncResponseStream|PoolByteStream|HTTP11ConnectionByteStream"
+        r"|AsyncHTTP11Connection)\.:pytest.PytestUnraisableExceptionWarning"
+    ),
+]
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -139,6 +148,12 @@ def provider(http_server: CannedServer) -> OpenAIProvider:
 
 async def collect(provider: OpenAIProvider, req: ModelRequest | None = None) -> list[ModelEvent]:
     return [event async for event in provider.stream(req or request())]
+
+
+async def drain(provider: OpenAIProvider, seen: list[ModelEvent]) -> None:
+    """Collect events into `seen` until the stream ends or fails."""
+    async for event in provider.stream(request()):
+        seen.append(event)
 
 
 async def fail(provider: OpenAIProvider, req: ModelRequest | None = None) -> ProviderError:
@@ -530,8 +545,7 @@ async def test_malformed_json_mid_stream_fails_after_the_text_before_it(
     http_server.enqueue(Canned(chunks=stream))
     seen: list[ModelEvent] = []
     with pytest.raises(ProviderError, match="malformed JSON") as caught:
-        async for event in provider.stream(request()):
-            seen.append(event)
+        await drain(provider, seen)
 
     assert seen == [TextDelta("partial")]
     assert not caught.value.retryable

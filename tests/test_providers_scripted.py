@@ -26,6 +26,7 @@ from sandbox_sessions.providers import (
     Usage,
 )
 
+
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """The providers are backend-neutral: every async test runs on asyncio and on trio."""
@@ -41,6 +42,12 @@ REQUEST = ModelRequest(
 
 async def collect(provider: ScriptedProvider, req: ModelRequest = REQUEST) -> list[ModelEvent]:
     return [event async for event in provider.stream(req)]
+
+
+async def drain(provider: ScriptedProvider, seen: list[ModelEvent]) -> None:
+    """Collect events into `seen` until the stream ends or fails."""
+    async for event in provider.stream(REQUEST):
+        seen.append(event)
 
 
 def texts(events: list[ModelEvent], kind: type[TextDelta | ReasoningDelta]) -> list[str]:
@@ -136,8 +143,7 @@ async def test_an_error_entry_fails_the_call_after_its_text() -> None:
     ])
     seen: list[ModelEvent] = []
     with pytest.raises(ProviderError, match="overloaded") as caught:
-        async for event in provider.stream(REQUEST):
-            seen.append(event)
+        await drain(provider, seen)
     assert "".join(texts(seen, TextDelta)) == "Partial answer"
     assert (caught.value.status, caught.value.retryable) == (529, True)
 

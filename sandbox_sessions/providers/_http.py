@@ -6,11 +6,13 @@ Every `httpx` error is wrapped into a `ProviderError` here, with the original as
 
 from __future__ import annotations
 
+import codecs
 import json
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
@@ -25,6 +27,7 @@ _RETRYABLE_ERROR_TYPES = frozenset(
     {"overloaded_error", "api_error", "rate_limit_error", "server_error", "timeout_error"}
 )
 _SNIPPET = 300
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,35 @@ class SSEEvent:
 
     event: str
     data: str
+
+
+@dataclass(slots=True)
+class LineDecoder:
+    """Splits UTF-8 bytes, in chunks cut anywhere, into lines on `\r\n`, `\n` or `\r`.
+
+    Only those three end a line (not the other separators `str.splitlines` knows, which JSON
+    strings may hold). Invalid UTF-8 is replaced, not raised.
+    """
+
+    _text: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace")
+    )
+    _pending: str = ""
+
+    def feed(self, data: bytes) -> list[str]:
+        """The lines that `data` completes, without their line breaks."""
+        text = self._pending + self._text.decode(data)
+        # A final \r may be the first half of \r\n: it waits for the next chunk.
+        held = "\r" if text.endswith("\r") else ""
+        lines = _LINE_BREAK.split(text[: len(text) - len(held)])
+        self._pending = lines.pop() + held
+        return lines
+
+    def flush(self) -> list[str]:
+        """The last lines, at the end of the stream."""
+        text = self._pending + self._text.decode(b"", final=True)
+        self._pending = ""
+        return [line for line in _LINE_BREAK.split(text) if line] if text else []
 
 
 @dataclass(slots=True)
@@ -199,19 +231,27 @@ async def stream_sse(
     the iterator early (or cancelling the task) closes the response.
     """
     per_call = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
-    decoder = SSEDecoder()
+    lines, decoder = LineDecoder(), SSEDecoder()
+    # Identity encoding: the raw bytes read below are then the body itself.
+    headers = {"accept-encoding": "identity", **headers}
     try:
         async with _client(client) as http, http.stream(
             "POST", url, headers=dict(headers), json=dict(body), timeout=per_call
         ) as response:
             await _check(label, response)
-            # Closed explicitly: trio does not finalize an abandoned async generator.
-            async with aclosing(response.aiter_raw()) as lines:
-                async for line in lines:
-                    line = line.decode()
-                    event = decoder.feed(line)
-                    if event is not None:
-                        yield event
+            # Our own line splitting, not `aiter_lines`, which also breaks lines on U+2028 and
+            # the like: JSON strings may hold those raw.
+            raw = cast(AsyncGenerator[bytes, None], response.aiter_raw())  # it is one
+            async with aclosing(raw) as chunks:
+                async for chunk in chunks:
+                    for line in lines.feed(chunk):
+                        event = decoder.feed(line)
+                        if event is not None:
+                            yield event
+            for line in lines.flush():
+                event = decoder.feed(line)
+                if event is not None:
+                    yield event
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
         raise _wrap_transport_error(label, exc) from exc
     last = decoder.flush()
