@@ -115,9 +115,10 @@ class AsyncSandboxClient:
             backend = DockerBackend(engine, task_group=task_group)
             service = SessionService(store, backend, events)
             stack.push_async_callback(service.aclose)
-            self._conversations = Conversations(service, events, task_group, prices=self._prices,
-                                                api_keys=self._api_keys, http=http,
-                                                extra_tools=self._tools)
+            self._conversations = conversations = Conversations(
+                service, events, task_group, prices=self._prices, api_keys=self._api_keys,
+                http=http, extra_tools=self._tools)
+            stack.push_async_callback(conversations.aclose)  # first: turns end while all runs
             if self._reap_orphans:
                 try:
                     await self.gc()

@@ -202,6 +202,12 @@ class Conversations:
         await running.done.wait()
         return True
 
+    async def aclose(self) -> None:
+        """Abort every running turn (each ends with its `turn-end`, stored)."""
+        with anyio.CancelScope(shield=True):
+            for session_id in list(self._running):
+                await self.abort(session_id)
+
     def reply(self, session_id: str, request_id: str, reply: str, message: str | None) -> None:
         """Answer a pending permission request (see `PermissionBroker.reply`)."""
         self.broker.reply(session_id, request_id, reply, message)

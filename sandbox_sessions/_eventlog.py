@@ -87,6 +87,13 @@ class EventLog:
             raise self._failure
 
     async def _writer(self) -> None:
+        try:
+            await self._write_batches()
+        finally:  # cancelled with the client: nobody may wait for a flush that cannot come
+            self._failure = self._failure or StoreError("the event log is closed")
+            self._progress.set()
+
+    async def _write_batches(self) -> None:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
