@@ -12,7 +12,10 @@ from sandbox_sessions import AsyncSandboxClient, Event
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
-SLEEPER: list[dict[str, Any]] = [{"tool_calls": [{"name": "bash", "input": {"command": "sleep 300"}}]}, {"text": "ok"}]
+SLEEPER: list[dict[str, Any]] = [
+    {"tool_calls": [{"name": "bash", "input": {"command": "sleep 300"}}]},
+    {"text": "ok"},
+]
 
 
 async def _stored_events(client: AsyncSandboxClient, session_id: str) -> list[Event]:
