@@ -61,6 +61,8 @@ class TurnStart:
     user_message_id: str
     message_id: str
     after: int
+    ended: anyio.Event
+    """Set once the turn is over: its closing events stored and the session free again."""
 
 
 class _Running:
@@ -120,7 +122,8 @@ class Conversations:
         self.events.emit(session_id, SessionStatusEvent, status="busy")
         history.append(ModelMessage("user", (TextContent(prompt),)))
         self._task_group.start_soon(self._run, turn, history, assistant, running)
-        return TurnStart(user_message_id=user.id, message_id=assistant.id, after=after)
+        return TurnStart(user_message_id=user.id, message_id=assistant.id, after=after,
+                         ended=running.done)
 
     async def _prepare(self, info: SessionInfo) -> tuple[Turn, list[ModelMessage]]:
         config = info.config

@@ -225,10 +225,12 @@ class AsyncSessionHandle:
             async for event in self._conversations.subscribe(self.id, after=start.after):
                 await callbacks.dispatch(self, start.message_id, event)
                 if event.type == "turn-end" and event.message_id == start.message_id:
+                    await start.ended.wait()  # the session is free again when send() returns
                     return send_result(await self.get_messages(), event)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._conversations.abort(self.id)
+            if not start.ended.is_set():  # left early (cancelled): abort this turn, not a later one
+                with anyio.CancelScope(shield=True):
+                    await self._conversations.abort(self.id)
         raise AssertionError("the event log ended")  # pragma: no cover
 
     async def stream(self, prompt: str) -> AsyncIterator[Event]:
@@ -238,9 +240,11 @@ class AsyncSessionHandle:
         """
         start = await self._conversations.start_turn(self.id, prompt)
         async for event in self._conversations.subscribe(self.id, after=start.after):
-            yield event
             if event.type == "turn-end" and event.message_id == start.message_id:
+                await start.ended.wait()  # a consumer may send again as soon as it sees this
+                yield event
                 return
+            yield event
 
     async def events(self, *, after: int = 0) -> AsyncIterator[Event]:
         """Every event of the session with seq > `after`, stored then live; never ends by
