@@ -113,6 +113,7 @@ __all__ = [
     "PermissionReply",
     "PermissionRequest",
     "PermissionRules",
+    "Price",
     "ProtocolError",
     "ProviderError",
     "ReasoningPart",

@@ -22,8 +22,10 @@ from ._exceptions import InvalidArgument, SandboxSessionsError
 from ._service import SessionService
 from ._session import AsyncAgent, AsyncSessionHandle
 from ._types import AgentConfig, PermissionRules, SandboxOptions, SessionInfo
+from .agent._permissions import validate_rules
 from .agent._pricing import DEFAULT_PRICES, Price
 from .agent.base import Tool
+from .providers._scripted import ScriptedProvider
 from .sandbox._engine import Engine
 from .sandbox.docker import DockerBackend
 from .store._sqlite import SQLiteStore
@@ -166,9 +168,9 @@ class AsyncSandboxClient:
                      "permissions": permissions, "script": script}
         agent_config = _validated(AgentConfig, config or AgentConfig(), overrides, "agent")
         if agent_config.permissions:
-            from .agent._permissions import validate_rules
-
             validate_rules(agent_config.permissions)
+        if agent_config.script is not None:
+            ScriptedProvider(agent_config.script)  # a malformed script fails here, not later
         return AsyncAgent(self._opened(), name, sandbox_options(sandbox, options),
                           agent_config)
 

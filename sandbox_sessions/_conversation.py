@@ -131,7 +131,7 @@ class Conversations:
         chosen = [self._extra_tools.get(name, name) for name in config.tools]
         tools = {tool.name: tool for tool in resolve_tools(chosen)}
         sandbox = await self.sessions.sandbox(info.id)
-        await self.events.open(info.id)
+        await self.events.refresh(info.id)
         messages = await self.messages(info.id)
         provider, model_name = self._provider(info, messages)
         history = to_model_messages(messages, limit=config.max_tool_output)

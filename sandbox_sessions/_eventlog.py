@@ -5,9 +5,10 @@ commits the queue in batches (one transaction, one fsync, however many events ar
 meanwhile), then publishes the batch to live subscribers. So a reader never sees an event that
 is not on disk, and a fast producer is not held to one fsync per event.
 
-A subscriber registers for live events first, then replays the store up to the head that was
-durable at that moment, then takes live events past what it replayed: resuming after a seq
-loses nothing and duplicates nothing.
+A subscriber registers for live events first, then replays the store, then takes live events
+past what it replayed, filling any gap from the store (events another process wrote) and
+looking in the store whenever it has been quiet for `POLL_INTERVAL`: resuming after a seq loses
+nothing and duplicates nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ __all__ = ["EVENTS", "EventLog"]
 log: logging.Logger = logging.getLogger("sandbox_sessions.events")
 
 EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
+POLL_INTERVAL = 0.25
+"""Seconds a quiet subscriber waits before it looks in the store for other processes' events."""
 E = TypeVar("E", bound=EventBase)
 
 
@@ -61,6 +64,16 @@ class EventLog:
             if session_id not in self._seq:
                 last = await self._store.last_seq(session_id)
                 self._seq[session_id] = self._durable[session_id] = last
+
+    async def refresh(self, session_id: str) -> None:
+        """Catch up with events another process stored for the session, when none of ours
+        are waiting to be written (those get renumbered by the writer instead)."""
+        await self.open(session_id)
+        if any(event.session_id == session_id for event in self._pending):
+            return
+        stored = await self._store.last_seq(session_id)
+        if stored > self._seq[session_id]:
+            self._seq[session_id] = self._durable[session_id] = stored
 
     def emit(self, session_id: str, kind: type[E], **fields: Any) -> E:
         """Give a new event of `kind` the session's next seq and queue it for the writer."""
@@ -100,9 +113,8 @@ class EventLog:
             batch, self._pending = self._pending, []
             if not batch:
                 continue
-            rows = [(event.session_id, event.seq, event.model_dump_json()) for event in batch]
             try:
-                await self._store.append_events(rows)
+                batch = await self._append(batch)
             except StoreError as exc:
                 log.error("event log write failed: %s", exc)
                 self._failure = exc
@@ -111,6 +123,22 @@ class EventLog:
             self._published += len(batch)
             self._progress.set()
             self._progress = anyio.Event()
+
+    async def _append(self, batch: list[Event]) -> list[Event]:
+        """Store `batch`; where another process wrote to a session meanwhile, renumber that
+        session's unpublished events to follow its stored log, and try again."""
+        while True:
+            rows = [(event.session_id, event.seq, event.model_dump_json()) for event in batch]
+            heads = await self._store.append_events(rows)
+            if not heads:
+                return batch
+            for session_id, head in heads.items():
+                first = next(e.seq for e in batch if e.session_id == session_id)
+                shift = head + 1 - first
+                log.info("session %s moved on elsewhere: renumbering by %d", session_id, shift)
+                batch = _shifted(batch, session_id, shift)
+                self._pending = _shifted(self._pending, session_id, shift)
+                self._seq[session_id] += shift
 
     def _publish(self, batch: list[Event]) -> None:
         for event in batch:
@@ -126,25 +154,42 @@ class EventLog:
         await self.open(session_id)
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
         self._subscribers[session_id].add(send)
-        head, last = self._durable[session_id], after
+        last = after
         try:
-            for raw in await self._store.read_events(session_id, after=after, upto=head):
-                event = EVENTS.validate_json(raw)
+            for event in await self._stored(session_id, last):
                 last = event.seq
                 yield event
             while True:
                 try:  # take what is queued without a trip through the event loop per event
-                    event = receive.receive_nowait()
+                    events = [receive.receive_nowait()]
                 except anyio.WouldBlock:
-                    event = await receive.receive()
-                if event.seq > last:
-                    last = event.seq
-                    yield event
+                    events = []
+                    with anyio.move_on_after(POLL_INTERVAL):
+                        events = [await receive.receive()]
+                    if not events:  # quiet here: another process may be writing the session
+                        events = await self._stored(session_id, last)
+                for event in events:
+                    if event.seq > last + 1:  # written elsewhere meanwhile: those come first
+                        for missed in await self._stored(session_id, last, upto=event.seq - 1):
+                            last = missed.seq
+                            yield missed
+                    if event.seq > last:
+                        last = event.seq
+                        yield event
         finally:
             self._subscribers[session_id].discard(send)
             send.close()
             receive.close()
 
+    async def _stored(self, session_id: str, after: int, upto: int | None = None) -> list[Event]:
+        raw = await self._store.read_events(session_id, after=after, upto=upto)
+        return [EVENTS.validate_json(item) for item in raw]
+
     async def history(self, session_id: str) -> list[Event]:
         """Every stored event of the session, in order (call `flush` first for the latest)."""
-        return [EVENTS.validate_json(raw) for raw in await self._store.read_events(session_id)]
+        return await self._stored(session_id, 0)
+
+
+def _shifted(events: list[Event], session_id: str, shift: int) -> list[Event]:
+    return [e.model_copy(update={"seq": e.seq + shift}) if e.session_id == session_id else e
+            for e in events]

@@ -473,12 +473,6 @@ async def test_a_session_resumes_by_id_in_a_new_process(
     assert assistant(messages).tokens == Tokens(input=70, output=9)
 
 
-@pytest.mark.xfail(
-    reason="EventLog caches each session's last seq per client: a client kept open does not "
-           "replay events another process appended (and its next write of that session "
-           "collides on (session_id, seq), which poisons its whole event log)",
-    strict=True,
-)
 @anyio_test
 async def test_a_client_kept_open_sees_the_turns_another_process_ran(
     client: AsyncSandboxClient, image: str, store_path: Path, tmp_path: Path
@@ -494,9 +488,15 @@ async def test_a_client_kept_open_sees_the_turns_another_process_ran(
                                       check=False)
         assert ran.returncode == 0, ran.stderr.decode()
         log = await read_log(session, settled(2), within=2)
+        # This client's own next write follows the other process's events, seq-wise.
+        await session.shell("true")
+        full = await read_log(session, lambda events: events[-1].type == "shell-run", within=2)
 
     ends = [event for event in log if isinstance(event, TurnEndEvent)]
     assert len(ends) == 2
+    assert [event.seq for event in full] == list(range(1, len(full) + 1))
+    assert full[-1].type == "shell-run"
+    assert len(full) > len(log)
 
 
 # --- metrics and todos ------------------------------------------------------------------------
@@ -562,17 +562,33 @@ async def test_a_scripted_model_costs_nothing_without_a_price(
 
 
 @anyio_test
-async def test_a_malformed_script_is_refused_at_the_first_send(
+async def test_a_malformed_script_is_refused_by_agent_before_any_container(
     client: AsyncSandboxClient, image: str
 ) -> None:
-    async with opened(client, image, [{"bogus": 1}]) as session:
+    before = await client.list_sessions()
+
+    with pytest.raises(InvalidArgument) as refused:
+        client.agent("tester", model="scripted", script=[{"bogus": 1}], image=image)
+
+    assert "script entry 0" in str(refused.value)
+    assert "bogus" in str(refused.value)
+    assert await client.list_sessions() == before
+
+
+@anyio_test
+async def test_a_script_file_broken_after_agent_is_refused_at_the_first_send(
+    client: AsyncSandboxClient, image: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "script.json"
+    script.write_text('[{"text": "fine"}]')
+    async with opened(client, image, str(script)) as session:
+        script.write_text('[{"bogus": 1}]')
         with pytest.raises(InvalidArgument) as refused:
             await session.send("hello")
         info = await session.get_info()
         messages = await session.get_messages()
         shell = await session.shell("echo still here")
 
-    assert "script entry 0" in str(refused.value)
     assert "bogus" in str(refused.value)
     assert info.status == "idle"
     assert messages == []  # no turn was started

@@ -53,7 +53,8 @@ class SQLiteStore:
         self._lock = threading.Lock()
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self._path, check_same_thread=False, timeout=10)
+            self._db = sqlite3.connect(self._path, check_same_thread=False, timeout=10,
+                                       isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=10000")
@@ -123,14 +124,24 @@ class SQLiteStore:
         rows = await self._run(lambda db: db.execute(query).fetchall())
         return [SessionInfo.model_validate_json(row[0]) for row in rows]
 
-    async def append_events(self, rows: Sequence[tuple[str, int, str]]) -> None:
+    async def append_events(self, rows: Sequence[tuple[str, int, str]]) -> dict[str, int]:
         """See `Store.append_events`."""
 
-        def append(db: sqlite3.Connection) -> None:
+        def append(db: sqlite3.Connection) -> dict[str, int]:
+            first: dict[str, int] = {}
+            for session_id, seq, _ in rows:
+                first.setdefault(session_id, seq)
             with db:
-                db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
+                db.execute("BEGIN IMMEDIATE")  # the heads cannot move until we commit
+                heads = {sid: int(db.execute(
+                    "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id=?", (sid,)
+                ).fetchone()[0]) for sid in first}
+                behind = {sid: head for sid, head in heads.items() if head != first[sid] - 1}
+                if not behind:
+                    db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
+            return behind
 
-        await self._run(append)
+        return await self._run(append)
 
     async def read_events(
         self, session_id: str, *, after: int = 0, upto: int | None = None

@@ -39,10 +39,13 @@ class Store(Protocol):
         """Every session, newest first."""
         ...
 
-    async def append_events(self, rows: Sequence[tuple[str, int, str]]) -> None:
-        """Append `(session_id, seq, json)` rows in one transaction, durable on return.
+    async def append_events(self, rows: Sequence[tuple[str, int, str]]) -> dict[str, int]:
+        """Append `(session_id, seq, json)` rows in one transaction, durable on return, if
+        each session's rows continue its stored log exactly (first seq = stored head + 1).
 
-        A `(session_id, seq)` that already exists is an error: the log never rewrites.
+        Otherwise append nothing and return `{session_id: stored head}` for each session that
+        moved on (another process wrote to it): the caller renumbers and tries again. An empty
+        result means the rows are stored.
         """
         ...
 
