@@ -74,6 +74,7 @@ from ._types import (
     TurnEndReason,
     UserMessage,
 )
+from .agent._pricing import Price
 from .sandbox._archive import Caps
 
 __version__ = "0.1.0"
