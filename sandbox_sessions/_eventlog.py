@@ -22,18 +22,19 @@ from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydantic import TypeAdapter
 
 from ._exceptions import StoreError
 from ._types import Event, EventBase
-from .store.base import Store
+from .store.base import EventChunk, Store
 
-__all__ = ["EVENTS", "EventLog"]
+__all__ = ["CHUNK", "EVENTS", "EventLog"]
 
 log: logging.Logger = logging.getLogger("sandbox_sessions.events")
 
 EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
+CHUNK: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 POLL_INTERVAL = 0.25
 """Seconds a quiet subscriber waits before it looks in the store for other processes' events."""
 E = TypeVar("E", bound=EventBase)
@@ -125,11 +126,11 @@ class EventLog:
             self._progress = anyio.Event()
 
     async def _append(self, batch: list[Event]) -> list[Event]:
-        """Store `batch`; where another process wrote to a session meanwhile, renumber that
-        session's unpublished events to follow its stored log, and try again."""
+        """Store `batch`, one chunk per session; where another process wrote to a session
+        meanwhile, renumber that session's unpublished events to follow its stored log, and
+        try again."""
         while True:
-            rows = [(event.session_id, event.seq, event.model_dump_json()) for event in batch]
-            heads = await self._store.append_events(rows)
+            heads = await self._store.append_events(_chunks(batch))
             if not heads:
                 return batch
             for session_id, head in heads.items():
@@ -160,10 +161,8 @@ class EventLog:
                 last = event.seq
                 yield event
             while True:
-                try:  # take what is queued without a trip through the event loop per event
-                    events = [receive.receive_nowait()]
-                except anyio.WouldBlock:
-                    events = []
+                events = _drain(receive)  # what is queued, without a loop trip per event
+                if not events:
                     with anyio.move_on_after(POLL_INTERVAL):
                         events = [await receive.receive()]
                     if not events:  # quiet here: another process may be writing the session
@@ -182,8 +181,10 @@ class EventLog:
             receive.close()
 
     async def _stored(self, session_id: str, after: int, upto: int | None = None) -> list[Event]:
-        raw = await self._store.read_events(session_id, after=after, upto=upto)
-        return [EVENTS.validate_json(item) for item in raw]
+        chunks = await self._store.read_events(session_id, after=after, upto=upto)
+        high = math.inf if upto is None else upto
+        return [event for chunk in chunks for event in CHUNK.validate_json(chunk)
+                if after < event.seq <= high]
 
     async def history(self, session_id: str) -> list[Event]:
         """Every stored event of the session, in order (call `flush` first for the latest)."""
@@ -193,3 +194,21 @@ class EventLog:
 def _shifted(events: list[Event], session_id: str, shift: int) -> list[Event]:
     return [e.model_copy(update={"seq": e.seq + shift}) if e.session_id == session_id else e
             for e in events]
+
+
+def _drain(receive: MemoryObjectReceiveStream[Event]) -> list[Event]:
+    events: list[Event] = []
+    try:
+        while True:
+            events.append(receive.receive_nowait())
+    except anyio.WouldBlock:
+        return events
+
+
+def _chunks(batch: list[Event]) -> list[EventChunk]:
+    """The batch as one chunk per session (its events are consecutive within the batch)."""
+    by_session: dict[str, list[Event]] = {}
+    for event in batch:
+        by_session.setdefault(event.session_id, []).append(event)
+    return [EventChunk(session_id=sid, first_seq=events[0].seq, last_seq=events[-1].seq,
+                       data=CHUNK.dump_json(events)) for sid, events in by_session.items()]

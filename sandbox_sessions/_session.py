@@ -239,7 +239,7 @@ class AsyncSessionHandle:
         Leaving the iteration early does not stop the turn; `abort()` does.
         """
         start = await self._conversations.start_turn(self.id, prompt)
-        async for event in self._conversations.subscribe(self.id, after=start.after):
+        async for event in self._conversations.events.subscribe(self.id, after=start.after):
             if event.type == "turn-end" and event.message_id == start.message_id:
                 await start.ended.wait()  # a consumer may send again as soon as it sees this
                 yield event

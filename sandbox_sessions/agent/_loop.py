@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from .._eventlog import EventLog
 from .._exceptions import ContainerGone, ProviderError, SandboxError, SandboxUnavailable, ToolError
@@ -58,6 +59,9 @@ from ._pricing import Price, cost_of
 from .base import Tool, ToolContext, ToolOutput
 
 __all__ = ["Outcome", "Turn", "run_turn"]
+
+YIELD_EVERY = 512
+"""Model events handled between two trips through the event loop."""
 
 
 @dataclass
@@ -171,8 +175,14 @@ async def _stream_into(turn: Turn, request: ModelRequest, step: _StepResult) -> 
     text_id = reasoning_id = ""
     text: list[str] = []
     reasoning: list[str] = []
+    count = 0
     async for event in turn.provider.stream(request):
         step.started = True
+        count += 1
+        if count % YIELD_EVERY == 0:
+            # Let the log's writer and readers work while a fast model streams on, so
+            # committing, publishing and reading overlap with producing (and abort can act).
+            await anyio.lowlevel.checkpoint()
         if isinstance(event, TextDelta):
             text_id = text_id or new_id("prt")
             text.append(event.text)

@@ -14,6 +14,7 @@ import anyio.to_thread
 
 from .._exceptions import StoreError
 from .._types import SessionInfo
+from .base import EventChunk
 
 __all__ = ["SQLiteStore", "default_store_path"]
 
@@ -29,11 +30,17 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE TABLE IF NOT EXISTS events (
     session_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (session_id, seq)
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (session_id, first_seq)
 ) WITHOUT ROWID;
 """
+
+
+def _head(db: sqlite3.Connection, session_id: str) -> int:
+    query = "SELECT COALESCE(MAX(last_seq), 0) FROM events WHERE session_id=?"
+    return int(db.execute(query, (session_id,)).fetchone()[0])
 
 
 def default_store_path() -> Path:
@@ -124,41 +131,40 @@ class SQLiteStore:
         rows = await self._run(lambda db: db.execute(query).fetchall())
         return [SessionInfo.model_validate_json(row[0]) for row in rows]
 
-    async def append_events(self, rows: Sequence[tuple[str, int, str]]) -> dict[str, int]:
+    async def append_events(self, chunks: Sequence[EventChunk]) -> dict[str, int]:
         """See `Store.append_events`."""
 
         def append(db: sqlite3.Connection) -> dict[str, int]:
             first: dict[str, int] = {}
-            for session_id, seq, _ in rows:
-                first.setdefault(session_id, seq)
+            for chunk in chunks:
+                first.setdefault(chunk.session_id, chunk.first_seq)
             with db:
                 db.execute("BEGIN IMMEDIATE")  # the heads cannot move until we commit
-                heads = {sid: int(db.execute(
-                    "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id=?", (sid,)
-                ).fetchone()[0]) for sid in first}
+                heads = {sid: _head(db, sid) for sid in first}
                 behind = {sid: head for sid, head in heads.items() if head != first[sid] - 1}
                 if not behind:
-                    db.executemany("INSERT INTO events VALUES (?, ?, ?)", rows)
+                    db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)",
+                                   [(c.session_id, c.first_seq, c.last_seq, c.data)
+                                    for c in chunks])
             return behind
 
         return await self._run(append)
 
     async def read_events(
         self, session_id: str, *, after: int = 0, upto: int | None = None
-    ) -> list[str]:
+    ) -> list[bytes]:
         """See `Store.read_events`."""
-        query = "SELECT data FROM events WHERE session_id=? AND seq>?"
+        query = "SELECT data FROM events WHERE session_id=? AND last_seq>?"
         args: tuple[object, ...] = (session_id, after)
         if upto is not None:
-            query, args = query + " AND seq<=?", (*args, upto)
-        rows = await self._run(lambda db: db.execute(query + " ORDER BY seq", args).fetchall())
-        return [str(row[0]) for row in rows]
+            query, args = query + " AND first_seq<=?", (*args, upto)
+        rows = await self._run(
+            lambda db: db.execute(query + " ORDER BY first_seq", args).fetchall())
+        return [bytes(row[0]) for row in rows]
 
     async def last_seq(self, session_id: str) -> int:
         """See `Store.last_seq`."""
-        query = "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id=?"
-        row = await self._run(lambda db: db.execute(query, (session_id,)).fetchone())
-        return int(row[0])
+        return await self._run(lambda db: _head(db, session_id))
 
     async def aclose(self) -> None:
         """See `Store.aclose`."""

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from .._types import SessionInfo
 
-__all__ = ["Store"]
+__all__ = ["EventChunk", "Store"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventChunk:
+    """Consecutive events of one session, stored together: a JSON array of them."""
+
+    session_id: str
+    first_seq: int
+    last_seq: int
+    data: bytes
 
 
 class Store(Protocol):
@@ -39,20 +50,21 @@ class Store(Protocol):
         """Every session, newest first."""
         ...
 
-    async def append_events(self, rows: Sequence[tuple[str, int, str]]) -> dict[str, int]:
-        """Append `(session_id, seq, json)` rows in one transaction, durable on return, if
-        each session's rows continue its stored log exactly (first seq = stored head + 1).
+    async def append_events(self, chunks: Sequence[EventChunk]) -> dict[str, int]:
+        """Append chunks of events in one transaction, durable on return, if each session's
+        first chunk continues its stored log exactly (its `first_seq` = stored head + 1).
 
         Otherwise append nothing and return `{session_id: stored head}` for each session that
         moved on (another process wrote to it): the caller renumbers and tries again. An empty
-        result means the rows are stored.
+        result means the chunks are stored.
         """
         ...
 
     async def read_events(
         self, session_id: str, *, after: int = 0, upto: int | None = None
-    ) -> list[str]:
-        """The JSON of the session's events with `after < seq <= upto`, in seq order."""
+    ) -> list[bytes]:
+        """The chunks (JSON arrays of events) holding any event with `after < seq <= upto`,
+        in seq order. A chunk may also hold events outside that range: filter by seq."""
         ...
 
     async def last_seq(self, session_id: str) -> int:

@@ -1,0 +1,94 @@
+"""The event log on a real SQLite file: durable before published, gap-free seq, no duplicates,
+across chunk boundaries and across two writers of one store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from sandbox_sessions._eventlog import EventLog
+from sandbox_sessions._types import Event, TextDeltaEvent
+from sandbox_sessions.store._sqlite import SQLiteStore
+
+pytestmark = pytest.mark.anyio
+
+
+def emit(log: EventLog, session: str, text: str) -> None:
+    log.emit(session, TextDeltaEvent, message_id="m", part_id="p", delta=text)
+
+
+async def take(events: AsyncIterator[Event], count: int) -> list[Event]:
+    taken: list[Event] = []
+    with anyio.fail_after(5):
+        async for event in events:
+            taken.append(event)
+            if len(taken) == count:
+                break
+    return taken
+
+
+async def test_reads_start_and_stop_inside_stored_chunks(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    async with anyio.create_task_group() as group:
+        log = EventLog(store, group)
+        await log.open("s")
+        for batch in range(3):  # three flushes: three chunks of 10
+            for index in range(10):
+                emit(log, "s", f"{batch}.{index}")
+            await log.flush()
+        middle = await take(log.subscribe("s", after=15), 10)
+        everything = await log.history("s")
+        group.cancel_scope.cancel()
+    await store.aclose()
+
+    assert [event.seq for event in middle] == list(range(16, 26))
+    assert [event.seq for event in everything] == list(range(1, 31))
+    assert [e.delta for e in everything if isinstance(e, TextDeltaEvent)][:2] == ["0.0", "0.1"]
+
+
+async def test_a_reader_sees_stored_then_live_events_once_each(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    async with anyio.create_task_group() as group:
+        log = EventLog(store, group)
+        await log.open("s")
+        for index in range(5):
+            emit(log, "s", str(index))
+        await log.flush()
+        reader = log.subscribe("s", after=2)
+        first = await take(reader, 3)  # 3..5 from the store
+        for index in range(5, 9):
+            emit(log, "s", str(index))
+        rest = await take(reader, 4)  # 6..9 live
+        await reader.aclose()  # type: ignore[attr-defined]
+        group.cancel_scope.cancel()
+    await store.aclose()
+
+    assert [event.seq for event in first + rest] == list(range(3, 10))
+
+
+async def test_two_writers_of_one_store_keep_one_gap_free_log(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    first_store, second_store = SQLiteStore(path), SQLiteStore(path)
+    async with anyio.create_task_group() as group:
+        first, second = EventLog(first_store, group), EventLog(second_store, group)
+        await first.open("s")
+        await second.open("s")  # both believe the log is empty
+        for index in range(3):
+            emit(first, "s", f"a{index}")
+        await first.flush()
+        for index in range(4):
+            emit(second, "s", f"b{index}")  # numbered 1..4 here: renumbered to 4..7
+        await second.flush()
+        emit(first, "s", "a3")  # this writer is behind too: renumbered to 8
+        await first.flush()
+        seen_by_first = await take(first.subscribe("s"), 8)
+        group.cancel_scope.cancel()
+    stored = [e for e in seen_by_first if isinstance(e, TextDeltaEvent)]
+    await first_store.aclose()
+    await second_store.aclose()
+
+    assert [event.seq for event in seen_by_first] == list(range(1, 9))
+    assert [event.delta for event in stored] == ["a0", "a1", "a2", "b0", "b1", "b2", "b3", "a3"]
