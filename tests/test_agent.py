@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from agent_support import Script, opened, read_log, settled, tool_parts
 from servers import Canned, CannedServer, sse_data
 
 from sandbox_sessions import (
@@ -46,7 +47,6 @@ from sandbox_sessions import (
 from sandbox_sessions._types import (
     MessageCreatedEvent,
     PermissionAskedEvent,
-    SessionStatusEvent,
     TextDeltaEvent,
     TurnEndEvent,
 )
@@ -56,7 +56,6 @@ pytestmark = pytest.mark.docker
 
 anyio_test = pytest.mark.anyio
 
-Script = list[dict[str, Any]]
 
 REASONING = "The user wants a file, so I will write one."
 FIRST_TEXT = "Making the file now."
@@ -70,50 +69,12 @@ FLOW: Script = [
 ]
 
 
-@asynccontextmanager
-async def opened(
-    client: AsyncSandboxClient, image: str, script: Script | str, **agent: Any
-) -> AsyncIterator[AsyncSessionHandle]:
-    """A new session of a scripted agent, ended however the test leaves it."""
-    session = await client.agent("tester", model="scripted", script=script, image=image,
-                                 **agent).create_session(title="agent test")
-    async with session:
-        yield session
-
-
-async def read_log(
-    session: AsyncSessionHandle, until: Callable[[list[Event]], bool], *, after: int = 0,
-    within: float = 10,
-) -> list[Event]:
-    """The session's events after `after`, up to the first point where `until` holds (or
-    what came within `within` seconds: `events()` never ends by itself)."""
-    events: list[Event] = []
-    with anyio.move_on_after(within):
-        async for event in session.events(after=after):
-            events.append(event)
-            if until(events):
-                break
-    return events
-
-
-def settled(turns: int) -> Callable[[list[Event]], bool]:
-    """True once `turns` turns have ended and the session went idle after the last."""
-
-    def check(events: list[Event]) -> bool:
-        ends = sum(isinstance(event, TurnEndEvent) for event in events)
-        last = events[-1]
-        return ends == turns and isinstance(last, SessionStatusEvent) and last.status == "idle"
-
-    return check
 
 
 def squeeze(types: list[str]) -> list[str]:
     """Runs of the same event type folded into one: deltas come in word-sized pieces."""
     return [kind for index, kind in enumerate(types) if index == 0 or types[index - 1] != kind]
 
-
-def tool_parts(parts: list[Any]) -> list[ToolPart]:
-    return [part for part in parts if isinstance(part, ToolPart)]
 
 
 def assistant(messages: list[Message], index: int = -1) -> AssistantMessage:

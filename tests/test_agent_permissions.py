@@ -8,13 +8,13 @@ timeout policy. Whether a call ran is checked in the container (the file it writ
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+from agent_support import opened, read_log, settled
 
 from sandbox_sessions import (
     AgentConfig,
@@ -37,7 +37,6 @@ from sandbox_sessions import (
 from sandbox_sessions._types import (
     PermissionAskedEvent,
     PermissionRepliedEvent,
-    SessionStatusEvent,
     SessionUpdatedEvent,
     TurnEndEvent,
 )
@@ -46,7 +45,6 @@ pytestmark = pytest.mark.docker
 
 anyio_test = pytest.mark.anyio
 
-Script = list[dict[str, Any]]
 ASK: PermissionRules = {"bash": "ask"}
 
 
@@ -54,17 +52,6 @@ def bash(*commands: str) -> dict[str, Any]:
     """A script entry calling bash once per command, in order."""
     return {"tool_calls": [{"name": "bash", "input": {"command": c}} for c in commands]}
 
-
-@asynccontextmanager
-async def opened(
-    client: AsyncSandboxClient, image: str, script: Script, permissions: PermissionRules,
-    config: AgentConfig | None = None,
-) -> AsyncIterator[AsyncSessionHandle]:
-    """A new session of a scripted agent with these rules, ended however the test leaves it."""
-    agent = client.agent("guarded", model="scripted", script=script, permissions=permissions,
-                         config=config, image=image)
-    async with await agent.create_session() as session:
-        yield session
 
 
 class Answers:
@@ -97,17 +84,6 @@ async def exists(session: AsyncSessionHandle, path: str) -> bool:
     return (await session.shell(f"test -e {path}")).exit_code == 0
 
 
-async def read_log(session: AsyncSessionHandle, turns: int) -> list[Event]:
-    """The session's events until `turns` turns have ended and it went idle (bounded)."""
-    events: list[Event] = []
-    with anyio.move_on_after(10):
-        async for event in session.events():
-            events.append(event)
-            ends = sum(isinstance(e, TurnEndEvent) for e in events)
-            if ends == turns and isinstance(event, SessionStatusEvent):
-                break
-    return events
-
 
 # --- once, always ------------------------------------------------------------------------------
 
@@ -118,11 +94,11 @@ async def test_once_allows_one_call_and_asks_again_for_the_next(
 ) -> None:
     script = [bash("echo a > a.txt", "echo b > b.txt"), {"text": "both written"}]
     answers = Answers("once")
-    async with opened(client, image, script, ASK) as session:
+    async with opened(client, image, script, permissions=ASK) as session:
         result = await session.send("write two files", on_permission=answers)
         rules = (await session.get_info()).config.permissions
         written = [await exists(session, "a.txt"), await exists(session, "b.txt")]
-        log = await read_log(session, 1)
+        log = await read_log(session, settled(1))
 
     assert answers.commands == ["echo a > a.txt", "echo b > b.txt"]
     assert (result.reason, result.text) == ("completed", "both written")
@@ -146,14 +122,14 @@ async def test_always_adds_a_visible_rule_that_update_revokes(
         bash("echo 4 > four.txt"), {"text": "turn 3"},
     ]
     first, second, third = Answers("always"), Answers("once"), Answers("once")
-    async with opened(client, image, script, ASK) as session:
+    async with opened(client, image, script, permissions=ASK) as session:
         turn1 = await session.send("1", on_permission=first)
         rules = (await session.get_info()).config.permissions
         turn2 = await session.send("2", on_permission=second)
         revoked = await session.update(permissions=ASK)
         turn3 = await session.send("3", on_permission=third)
         files = [await exists(session, f"{n}.txt") for n in ("one", "two", "three", "four")]
-        log = await read_log(session, 3)
+        log = await read_log(session, settled(3))
 
     [request] = first.requests  # the second echo of turn 1 was not asked
     assert request.patterns == ["echo 1 > one.txt"]
@@ -177,7 +153,7 @@ async def test_reject_with_a_message_fails_the_call_and_the_turn_goes_on(
 ) -> None:
     script = [bash("rm -rf /workspace/src"), {"text": "I will leave src alone."}]
     answers = Answers(("reject", "do not delete sources"))
-    async with opened(client, image, script, ASK) as session:
+    async with opened(client, image, script, permissions=ASK) as session:
         await session.put_file("src/main.py", "print('hi')\n")
         result = await session.send("clean up", on_permission=answers)
         kept = await session.get_file("src/main.py")
@@ -197,10 +173,10 @@ async def test_reject_without_a_message_ends_the_turn_as_rejected(
 ) -> None:
     script = [bash("touch first.txt", "touch second.txt"), {"text": "for the next turn"}]
     answers = Answers("reject")
-    async with opened(client, image, script, ASK) as session:
+    async with opened(client, image, script, permissions=ASK) as session:
         result = await session.send("touch files", on_permission=answers)
         made = [await exists(session, "first.txt"), await exists(session, "second.txt")]
-        log = await read_log(session, 1)
+        log = await read_log(session, settled(1))
         later = await session.send("go on")
 
     assert answers.commands == ["touch first.txt"]  # the second call was never asked
@@ -228,12 +204,12 @@ async def test_deny_rules_fail_the_call_without_asking(
     rules: PermissionRules = {"bash": {"*": "allow", "rm *": "deny"}}
     script = [bash("rm -f keep.txt", "echo allowed > ok.txt"), {"text": "done"}]
     answers = Answers("once")
-    async with opened(client, image, script, rules) as session:
+    async with opened(client, image, script, permissions=rules) as session:
         await session.put_file("keep.txt", "precious\n")
         result = await session.send("tidy", on_permission=answers)
         kept = await session.get_file("keep.txt")
         ok = await session.get_file("ok.txt")
-        log = await read_log(session, 1)
+        log = await read_log(session, settled(1))
 
     assert answers.requests == []
     assert not [event for event in log if isinstance(event, PermissionAskedEvent)]
@@ -255,7 +231,7 @@ async def test_the_last_matching_bash_glob_wins(client: AsyncSandboxClient, imag
         bash("echo secret > secret.txt"), {"text": "2"},
     ]
     first, second = Answers("once"), Answers("once")
-    async with opened(client, image, script, rules) as session:
+    async with opened(client, image, script, permissions=rules) as session:
         turn1 = await session.send("1", on_permission=first)
         had_secret = await exists(session, "secret.txt")
         # Reordered, `echo *` comes last and wins over `echo secret*`.
@@ -286,10 +262,10 @@ async def test_an_unanswered_request_times_out_as_reject_and_the_turn_goes_on(
 ) -> None:
     config = AgentConfig(permission_timeout=0.5, on_timeout="reject")
     script = [bash("touch late.txt"), {"text": "went on without it"}]
-    async with opened(client, image, script, ASK, config) as session:
+    async with opened(client, image, script, permissions=ASK, config=config) as session:
         result = await session.send("touch it")  # nobody answers
         made = await exists(session, "late.txt")
-        log = await read_log(session, 1)
+        log = await read_log(session, settled(1))
 
     [(status, error)] = states(result)
     assert status == "error"
@@ -309,10 +285,10 @@ async def test_an_unanswered_request_times_out_as_allow_and_the_call_runs(
 ) -> None:
     config = AgentConfig(permission_timeout=0.5, on_timeout="allow")
     script = [bash("echo ran > late.txt"), {"text": "ran it"}]
-    async with opened(client, image, script, ASK, config) as session:
+    async with opened(client, image, script, permissions=ASK, config=config) as session:
         result = await session.send("write it")
         written = await session.get_file("late.txt")
-        log = await read_log(session, 1)
+        log = await read_log(session, settled(1))
 
     assert states(result) == [("completed", None)]
     assert (result.reason, result.text) == ("completed", "ran it")
@@ -345,7 +321,7 @@ async def test_on_permission_may_be_sync_or_async(
         requests.append(request)
         return "once"
 
-    async with opened(client, image, script, ASK) as session:
+    async with opened(client, image, script, permissions=ASK) as session:
         first = await session.send("1", on_permission=sync_answer)
         second = await session.send("2", on_permission=async_answer)
         files = [await session.get_file("sync.txt"), await session.get_file("async.txt")]
@@ -371,7 +347,7 @@ async def test_a_stream_consumer_replies_and_a_second_reply_is_refused(
 ) -> None:
     script = [bash("echo streamed > s.txt"), {"text": "streamed it"}]
     refusals: list[Exception] = []
-    async with opened(client, image, script, ASK) as session:
+    async with opened(client, image, script, permissions=ASK) as session:
         with pytest.raises(PermissionNotFound) as unknown:
             await session.reply_to_permission("per_does_not_exist", "once")
         events: list[Event] = []

@@ -12,7 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import Canned, CannedServer, sse
+from servers import (
+    HTTPX_UNDER_TRIO,
+    Canned,
+    CannedServer,
+    anyio_backend,  # noqa: F401  (the fixture: asyncio and trio)
+    sse,
+)
 
 from sandbox_sessions.providers import (
     AnthropicProvider,
@@ -32,20 +38,9 @@ from sandbox_sessions.providers import (
 
 pytestmark = [
     pytest.mark.anyio,
-    # httpx and httpcore read bodies through nested async generators that a stream left early
-    # (an error, a cancel) cannot close, and trio warns as they are collected: encode/httpx#3686.
-    pytest.mark.filterwarnings(
-        r"ignore:Exception ignored in. <async_generator object "
-        r"(BoundAsyncStream|AsyncResponseStream|PoolByteStream|HTTP11ConnectionByteStream"
-        r"|AsyncHTTP11Connection)\.:pytest.PytestUnraisableExceptionWarning"
-    ),
+    HTTPX_UNDER_TRIO,
 ]
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """The providers are backend-neutral: every async test runs on asyncio and on trio."""
-    return str(request.param)
 
 MODEL = "claude-sonnet-4-5"
 SIGNATURE = (

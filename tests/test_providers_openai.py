@@ -14,7 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import Canned, CannedServer, sse_data
+from servers import (
+    HTTPX_UNDER_TRIO,
+    Canned,
+    CannedServer,
+    anyio_backend,  # noqa: F401  (the fixture: asyncio and trio)
+    sse_data,
+)
 
 from sandbox_sessions.providers import (
     Finish,
@@ -35,20 +41,9 @@ from sandbox_sessions.providers._openai import _default_max_tokens_param
 
 pytestmark = [
     pytest.mark.anyio,
-    # httpx and httpcore read bodies through nested async generators that a stream left early
-    # (an error, a cancel) cannot close, and trio warns as they are collected: encode/httpx#3686.
-    pytest.mark.filterwarnings(
-        r"ignore:Exception ignored in. <async_generator object "
-        r"(BoundAsyncStream|AsyncResponseStream|PoolByteStream|HTTP11ConnectionByteStream"
-        r"|AsyncHTTP11Connection)\.:pytest.PytestUnraisableExceptionWarning"
-    ),
+    HTTPX_UNDER_TRIO,
 ]
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """The providers are backend-neutral: every async test runs on asyncio and on trio."""
-    return str(request.param)
 
 CHUNK_ID = "chatcmpl-BQb0iSFzE1zz1OVhaqg3u2Yqn1Ezf"
 WEATHER = ToolSpec(

@@ -1,0 +1,55 @@
+"""Helpers shared by the agent tests: scripted sessions and bounded reads of the log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+
+from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, Event, ToolPart
+from sandbox_sessions._types import SessionStatusEvent, TurnEndEvent
+
+Script = list[dict[str, Any]]
+
+
+@asynccontextmanager
+async def opened(
+    client: AsyncSandboxClient, image: str, script: Script | str, **agent: Any
+) -> AsyncIterator[AsyncSessionHandle]:
+    """A new session of a scripted agent, ended however the test leaves it."""
+    session = await client.agent("tester", model="scripted", script=script, image=image,
+                                 **agent).create_session(title="agent test")
+    async with session:
+        yield session
+
+
+async def read_log(
+    session: AsyncSessionHandle, until: Callable[[list[Event]], bool], *, after: int = 0,
+    within: float = 10,
+) -> list[Event]:
+    """The session's events after `after`, up to the first point where `until` holds (or
+    what came within `within` seconds: `events()` never ends by itself)."""
+    events: list[Event] = []
+    with anyio.move_on_after(within):
+        async for event in session.events(after=after):
+            events.append(event)
+            if until(events):
+                break
+    return events
+
+
+def settled(turns: int) -> Callable[[list[Event]], bool]:
+    """True once `turns` turns have ended and the session went idle after the last."""
+
+    def check(events: list[Event]) -> bool:
+        ends = sum(isinstance(event, TurnEndEvent) for event in events)
+        last = events[-1]
+        return ends == turns and isinstance(last, SessionStatusEvent) and last.status == "idle"
+
+    return check
+
+
+def tool_parts(parts: list[Any]) -> list[ToolPart]:
+    return [part for part in parts if isinstance(part, ToolPart)]
