@@ -87,7 +87,7 @@ class Conversations:
     ) -> None:
         self.sessions = sessions
         self.events = events
-        self.broker = PermissionBroker(events)
+        self.broker: PermissionBroker = PermissionBroker(events)
         self._task_group = task_group
         self._prices = prices
         self._api_keys = api_keys

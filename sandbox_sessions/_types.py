@@ -183,12 +183,16 @@ class Tokens(_Frozen):
 
 
 class TextPart(_Frozen):
+    """Text of a message."""
+
     type: Literal["text"] = "text"
     id: str
     text: str
 
 
 class ReasoningPart(_Frozen):
+    """The model's reasoning; `signature` where the provider signs it."""
+
     type: Literal["reasoning"] = "reasoning"
     id: str
     text: str
@@ -196,6 +200,8 @@ class ReasoningPart(_Frozen):
 
 
 class FilePart(_Frozen):
+    """A file attached to a message."""
+
     type: Literal["file"] = "file"
     id: str
     path: str
@@ -217,6 +223,8 @@ class ToolState(_Frozen):
 
 
 class ToolPart(_Frozen):
+    """One tool call and its state."""
+
     type: Literal["tool"] = "tool"
     id: str
     tool: str
@@ -225,11 +233,15 @@ class ToolPart(_Frozen):
 
 
 class StepStartPart(_Frozen):
+    """Where a step (one model call) began."""
+
     type: Literal["step-start"] = "step-start"
     id: str
 
 
 class StepFinishPart(_Frozen):
+    """Where a step ended: why, and what it cost."""
+
     type: Literal["step-finish"] = "step-finish"
     id: str
     reason: str
@@ -238,12 +250,16 @@ class StepFinishPart(_Frozen):
 
 
 class SnapshotPart(_Frozen):
+    """The workspace's state (a commit of the shadow repository)."""
+
     type: Literal["snapshot"] = "snapshot"
     id: str
     snapshot: str
 
 
 class PatchPart(_Frozen):
+    """The files a step changed, against snapshot `hash`."""
+
     type: Literal["patch"] = "patch"
     id: str
     hash: str
@@ -251,6 +267,8 @@ class PatchPart(_Frozen):
 
 
 class SubtaskPart(_Frozen):
+    """Work delegated to another agent, with its prompt."""
+
     type: Literal["subtask"] = "subtask"
     id: str
     agent: str
@@ -259,12 +277,16 @@ class SubtaskPart(_Frozen):
 
 
 class AgentPart(_Frozen):
+    """An agent taking over the message (work delegated to a named agent)."""
+
     type: Literal["agent"] = "agent"
     id: str
     name: str
 
 
 class RetryPart(_Frozen):
+    """A retried model call: the attempt, the error, the delay."""
+
     type: Literal["retry"] = "retry"
     id: str
     attempt: int
@@ -273,6 +295,8 @@ class RetryPart(_Frozen):
 
 
 class CompactionPart(_Frozen):
+    """The point where the history before it was compacted into `summary`."""
+
     type: Literal["compaction"] = "compaction"
     id: str
     summary: str = ""
@@ -286,6 +310,8 @@ Part = Annotated[
 
 
 class UserMessage(_Frozen):
+    """What the user sent: its text parts."""
+
     role: Literal["user"] = "user"
     id: str
     session_id: str
@@ -294,6 +320,8 @@ class UserMessage(_Frozen):
 
 
 class AssistantMessage(_Frozen):
+    """The agent's answer to one user message: its parts, tokens, cost and how it ended."""
+
     role: Literal["assistant"] = "assistant"
     id: str
     session_id: str
@@ -346,6 +374,8 @@ class EventBase(_Frozen):
 
 
 class MessageCreatedEvent(EventBase):
+    """A user or assistant message began (a user message carries its text)."""
+
     type: Literal["message-created"] = "message-created"
     message: Message
 
@@ -358,6 +388,8 @@ class MessageUpdatedEvent(EventBase):
 
 
 class TextDeltaEvent(EventBase):
+    """A piece of the answer's text; pieces of one part share `part_id`."""
+
     type: Literal["text-delta"] = "text-delta"
     message_id: str
     part_id: str
@@ -365,6 +397,8 @@ class TextDeltaEvent(EventBase):
 
 
 class ReasoningDeltaEvent(EventBase):
+    """A piece of the model's reasoning; `signature` where the provider signs it."""
+
     type: Literal["reasoning-delta"] = "reasoning-delta"
     message_id: str
     part_id: str
@@ -397,29 +431,39 @@ class ToolEndEvent(EventBase):
 
 
 class StepStartEvent(EventBase):
+    """A model call (a step of the turn) began."""
+
     type: Literal["step-start"] = "step-start"
     message_id: str
     part: StepStartPart
 
 
 class StepFinishEvent(EventBase):
+    """A model call ended, with its tokens and cost."""
+
     type: Literal["step-finish"] = "step-finish"
     message_id: str
     part: StepFinishPart
 
 
 class RetryEvent(EventBase):
+    """A failed model call is retried after `part.delay` seconds."""
+
     type: Literal["retry"] = "retry"
     message_id: str
     part: RetryPart
 
 
 class PermissionAskedEvent(EventBase):
+    """A tool call waits for a reply: `once`, `always` or `reject`."""
+
     type: Literal["permission-asked"] = "permission-asked"
     request: PermissionRequest
 
 
 class PermissionRepliedEvent(EventBase):
+    """A permission request was answered, or timed out."""
+
     type: Literal["permission-replied"] = "permission-replied"
     request_id: str
     reply: PermissionReply | Literal["timeout"]
@@ -427,16 +471,22 @@ class PermissionRepliedEvent(EventBase):
 
 
 class TodoUpdatedEvent(EventBase):
+    """The agent's todo list changed (the whole new list)."""
+
     type: Literal["todo-updated"] = "todo-updated"
     todos: list[Todo]
 
 
 class ArtifactCreatedEvent(EventBase):
+    """The agent saved an artifact under `/artifacts`."""
+
     type: Literal["artifact-created"] = "artifact-created"
     artifact: ArtifactInfo
 
 
 class SessionStatusEvent(EventBase):
+    """The session became `busy` (a turn started) or `idle` again."""
+
     type: Literal["session-status"] = "session-status"
     status: SessionStatus
 
@@ -496,6 +546,8 @@ class SendResult(_Frozen):
 
 
 class Metrics(_Frozen):
+    """What a session's log adds up to: counts, per-tool usage, tokens and cost."""
+
     messages: int
     steps: int
     tool_calls: int

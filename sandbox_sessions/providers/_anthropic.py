@@ -302,7 +302,7 @@ class AnthropicProvider:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         base = base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_BASE_URL
-        self.base_url = base.rstrip("/")
+        self.base_url: str = base.rstrip("/")
         """Where requests go: `{base_url}/v1/messages`."""
         self._api_key = api_key
         self._client = client

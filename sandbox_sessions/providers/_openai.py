@@ -309,7 +309,7 @@ class OpenAIProvider:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL
-        self.base_url = base.rstrip("/")
+        self.base_url: str = base.rstrip("/")
         """Where requests go: `{base_url}/chat/completions`."""
         self._api_key = api_key
         self._client = client

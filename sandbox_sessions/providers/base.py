@@ -36,6 +36,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class TextContent:
+    """Text in a history entry."""
+
     text: str
     type: Literal["text"] = "text"
 
@@ -85,6 +87,8 @@ class ToolSpec:
 
 @dataclass(frozen=True, slots=True)
 class ModelRequest:
+    """One model call: the system prompt, the history and the tools offered."""
+
     model: str
     """The model's name at the provider (without the `provider/` prefix)."""
     system: str | None
@@ -100,12 +104,16 @@ class ModelRequest:
 
 @dataclass(frozen=True, slots=True)
 class TextDelta:
+    """A piece of the model's answer."""
+
     text: str
     type: Literal["text"] = "text"
 
 
 @dataclass(frozen=True, slots=True)
 class ReasoningDelta:
+    """A piece of the model's reasoning."""
+
     text: str
     signature: str | None = None
     """Set on the delta that carries a thinking block's signature (Anthropic)."""
