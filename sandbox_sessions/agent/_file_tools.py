@@ -54,10 +54,6 @@ class ReadTool(BuiltinTool[_ReadInput]):
     )
     input_model = _ReadInput
 
-    def pattern(self, args: _ReadInput, ctx: ToolContext) -> str:
-        """The absolute path read."""
-        return resolve_path(ctx, args.path)
-
     async def execute(self, args: _ReadInput, ctx: ToolContext) -> ToolOutput:
         """Number the asked lines; `ToolError` for a missing or binary file or a bad offset."""
         path = resolve_path(ctx, args.path)
@@ -101,10 +97,6 @@ class WriteTool(BuiltinTool[_WriteInput]):
     )
     input_model = _WriteInput
 
-    def pattern(self, args: _WriteInput, ctx: ToolContext) -> str:
-        """The absolute path written."""
-        return resolve_path(ctx, args.path)
-
     async def execute(self, args: _WriteInput, ctx: ToolContext) -> ToolOutput:
         """Write the content; an existing file keeps its permission bits."""
         path = resolve_path(ctx, args.path)
@@ -133,10 +125,6 @@ class EditTool(BuiltinTool[_EditInput]):
         "replace_all is true. Add surrounding lines to make it unique."
     )
     input_model = _EditInput
-
-    def pattern(self, args: _EditInput, ctx: ToolContext) -> str:
-        """The absolute path edited."""
-        return resolve_path(ctx, args.path)
 
     async def execute(self, args: _EditInput, ctx: ToolContext) -> ToolOutput:
         """Make the replacement; the metadata carries a unified diff of the change."""
@@ -179,10 +167,6 @@ class ListTool(BuiltinTool[_ListInput]):
         f"folders end with '/'. At most {MAX_ENTRIES} entries."
     )
     input_model = _ListInput
-
-    def pattern(self, args: _ListInput, ctx: ToolContext) -> str:
-        """The absolute folder listed."""
-        return resolve_path(ctx, args.path)
 
     async def execute(self, args: _ListInput, ctx: ToolContext) -> ToolOutput:
         """Run `ls -1Ap` in the sandbox and cap what comes back."""
@@ -293,10 +277,6 @@ class GlobTool(BuiltinTool[_GlobInput]):
     )
     input_model = _GlobInput
 
-    def pattern(self, args: _GlobInput, ctx: ToolContext) -> str:
-        """The absolute folder searched."""
-        return resolve_path(ctx, args.path)
-
     async def execute(self, args: _GlobInput, ctx: ToolContext) -> ToolOutput:
         """Walk the folder (links not followed) and match each regular file's path."""
         root = resolve_path(ctx, args.path)
@@ -348,10 +328,6 @@ class GrepTool(BuiltinTool[_GrepInput]):
         "Use include (e.g. '*.py') to filter file names."
     )
     input_model = _GrepInput
-
-    def pattern(self, args: _GrepInput, ctx: ToolContext) -> str:
-        """The absolute file or folder searched."""
-        return resolve_path(ctx, args.path)
 
     async def execute(self, args: _GrepInput, ctx: ToolContext) -> ToolOutput:
         """Run the search; no match is the output `no matches`, a bad regex a `ToolError`."""

@@ -88,9 +88,10 @@ def _describe(error: ValidationError) -> str:
 class BuiltinTool(Generic[InputT]):
     """The shared shape of the built-in tools: parse the input, then act on the typed model.
 
-    Subclasses set `name`, `description` and `input_model`, and implement `pattern` and
-    `execute`. Both `permission_pattern` and `run` raise `ToolError` for invalid input, so a
-    malformed call fails before any permission is asked.
+    Subclasses set `name`, `description` and `input_model`, implement `execute`, and
+    `pattern` where the call has no `path` argument. Both `permission_pattern` and `run`
+    raise `ToolError` for invalid input, so a malformed call fails before any permission is
+    asked.
     """
 
     name: str
@@ -118,8 +119,12 @@ class BuiltinTool(Generic[InputT]):
         return await self.execute(self.parse(input), ctx)
 
     def pattern(self, args: InputT, ctx: ToolContext) -> str:
-        """The permission pattern of a validated call."""
-        raise NotImplementedError
+        """The permission pattern of a validated call: by default the absolute path of its
+        `path` argument (file tools). Tools without one override this."""
+        path = getattr(args, "path", None)
+        if not isinstance(path, str):
+            raise NotImplementedError(f"{type(self).__name__} must define pattern()")
+        return resolve_path(ctx, path)
 
     async def execute(self, args: InputT, ctx: ToolContext) -> ToolOutput:
         """Carry out a validated call."""

@@ -184,10 +184,6 @@ class ArtifactTool(BuiltinTool[_ArtifactInput]):
     )
     input_model = _ArtifactInput
 
-    def pattern(self, args: _ArtifactInput, ctx: ToolContext) -> str:
-        """The absolute path of the file saved."""
-        return resolve_path(ctx, args.path)
-
     async def execute(self, args: _ArtifactInput, ctx: ToolContext) -> ToolOutput:
         """Copy the file (any size: it never leaves the sandbox); `ToolError` for a bad key."""
         source = resolve_path(ctx, args.path)
