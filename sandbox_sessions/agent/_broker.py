@@ -6,7 +6,6 @@ for the timeout. `reject` answers the request and every other pending request of
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -98,9 +97,6 @@ class PermissionBroker:
                 if p.request.session_id == session_id and p.answer is None]
 
 
-def new_request_id() -> str:
-    return "per_" + secrets.token_hex(10)
-
-
 def now() -> float:
+    """Unix time, in seconds: the clock of events, parts and requests."""
     return time.time()
