@@ -221,9 +221,10 @@ class Conversations:
         async for event in self.events.subscribe(session_id, after=after):
             yield event
 
-    async def messages(self, session_id: str) -> list[Message]:
+    async def messages(self, session_id: str, *, after: int = 0) -> list[Message]:
+        """The session's messages; with `after`, only those created after that seq."""
         await self.events.flush()
-        return project(await self.events.history(session_id))
+        return project(await self.events.history(session_id, after=after))
 
     async def metrics(self, session_id: str) -> Metrics:
         return metrics(await self.messages(session_id))

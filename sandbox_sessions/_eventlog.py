@@ -186,9 +186,10 @@ class EventLog:
         return [event for chunk in chunks for event in CHUNK.validate_json(chunk)
                 if after < event.seq <= high]
 
-    async def history(self, session_id: str) -> list[Event]:
-        """Every stored event of the session, in order (call `flush` first for the latest)."""
-        return await self._stored(session_id, 0)
+    async def history(self, session_id: str, *, after: int = 0) -> list[Event]:
+        """The stored events of the session with seq > `after`, in order (call `flush` first
+        for the latest)."""
+        return await self._stored(session_id, after)
 
 
 def _shifted(events: list[Event], session_id: str, shift: int) -> list[Event]:

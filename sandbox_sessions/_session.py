@@ -226,7 +226,8 @@ class AsyncSessionHandle:
                 await callbacks.dispatch(self, start.message_id, event)
                 if event.type == "turn-end" and event.message_id == start.message_id:
                     await start.ended.wait()  # the session is free again when send() returns
-                    return send_result(await self.get_messages(), event)
+                    turn = await self._conversations.messages(self.id, after=start.after)
+                    return send_result(turn, event)
         finally:
             if not start.ended.is_set():  # left early (cancelled): abort this turn, not a later one
                 with anyio.CancelScope(shield=True):
