@@ -18,9 +18,10 @@ from pydantic import ValidationError
 
 from ._conversation import Conversations
 from ._eventlog import EventLog
-from ._exceptions import InvalidArgument, SandboxSessionsError
+from ._exceptions import InvalidArgument, SandboxSessionsError, StoreError
 from ._service import SessionService
 from ._session import AsyncAgent, AsyncSessionHandle
+from ._turns import TurnLeases
 from ._types import AgentConfig, PermissionRules, SandboxOptions, SessionInfo
 from .agent._permissions import validate_rules
 from .agent._pricing import DEFAULT_PRICES, Price
@@ -113,9 +114,11 @@ class AsyncSandboxClient:
             http = await stack.enter_async_context(httpx.AsyncClient(timeout=httpx.Timeout(
                 600, connect=10)))
             events = EventLog(store, task_group)
-            stack.push_async_callback(events.flush)  # last events on disk before closing
+            stack.push_async_callback(_flush_quietly, events)  # last events on disk first
+            turns = TurnLeases(store, events, task_group)
+            stack.push_async_callback(turns.aclose)
             backend = DockerBackend(engine, task_group=task_group)
-            service = SessionService(store, backend, events)
+            service = SessionService(store, backend, events, turns)
             stack.push_async_callback(service.aclose)
             self._conversations = conversations = Conversations(
                 service, events, task_group, prices=self._prices, api_keys=self._api_keys,
@@ -140,11 +143,23 @@ class AsyncSandboxClient:
     async def aclose(self) -> None:
         """Close connections and the store. Sessions and their containers live on.
 
+        Running turns are aborted (each ends with its `turn-end`, stored); calls still running
+        in other tasks (shell commands, streams, downloads) fail with errors of this library.
+        Never raises anything but a `SandboxSessionsError` (or the caller's cancellation).
         Call it from the task that opened the client (`async with` does).
         """
         stack, self._stack, self._conversations = self._stack, None, None
-        if stack is not None:
+        if stack is None:
+            return
+        try:
             await stack.aclose()
+        except BaseExceptionGroup as group:
+            _, failures = group.split(anyio.get_cancelled_exc_class())
+            if failures is None:
+                raise
+            log.error("closing the client", exc_info=failures)
+            raise SandboxSessionsError(
+                f"closing the client failed: {_first(failures)!r}") from failures
 
     def agent(
         self,
@@ -186,9 +201,25 @@ class AsyncSandboxClient:
         return AsyncSessionHandle(self._opened(), session_id)
 
     async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
-        """The sessions of this store, newest first."""
-        return await self.service.store.list_sessions(include_ended=include_ended)
+        """The usable sessions of this store, newest first; with `include_ended`, every
+        record, ended ones and ones still being created (`creating`) included. Turns left open
+        by a process that died are closed first."""
+        return await self.service.list_sessions(include_ended=include_ended)
 
     async def gc(self) -> list[str]:
         """Remove orphaned containers (see `SessionService.reap_orphans`); returns their ids."""
         return await self.service.reap_orphans()
+
+
+async def _flush_quietly(events: EventLog) -> None:
+    try:
+        await events.flush()
+    except StoreError as exc:  # nothing more to do about it: say so, and close
+        log.error("closing with events not stored: %s", exc)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

@@ -2,7 +2,9 @@
 
 `Conversations` starts each turn as a task of the client's task group, with its own cancel
 scope (for `abort`), and guarantees its single `turn-end`: whatever happens in the loop, the
-closing events are emitted in a shielded scope.
+closing events are emitted in a shielded scope. Each turn holds the session's turn lease
+(`_turns.py`) while it runs, so no other process runs a turn of that session meanwhile, and a
+turn whose process dies is closed by the next process that looks.
 """
 
 from __future__ import annotations
@@ -16,9 +18,16 @@ import anyio.abc
 import httpx
 
 from ._eventlog import EventLog
-from ._exceptions import ContainerGone, InvalidArgument, SandboxUnavailable, SessionBusy
+from ._exceptions import (
+    ContainerGone,
+    InvalidArgument,
+    SandboxUnavailable,
+    SessionBusy,
+    StoreError,
+)
 from ._projection import metrics, project, todos
 from ._service import SessionService
+from ._turns import Hold
 from ._types import (
     AgentConfig,
     AssistantMessage,
@@ -62,13 +71,20 @@ class TurnStart:
     message_id: str
     after: int
     ended: anyio.Event
-    """Set once the turn is over: its closing events stored and the session free again."""
+    """Set once the turn is over: its closing events stored (or refused by a failing store)
+    and the session free again."""
 
 
 class _Running:
     def __init__(self) -> None:
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
+        self.hold: Hold | None = None
+
+    def lost(self) -> None:
+        """Another process took the turn's lease over (thinking this one gone) and closes
+        the turn itself: stop, and emit nothing more."""
+        self.scope.cancel()
 
 
 class Conversations:
@@ -100,17 +116,16 @@ class Conversations:
         return session_id in self._running
 
     async def start_turn(self, session_id: str, prompt: str) -> TurnStart:
-        """Record the prompt and start the turn in the background; `SessionBusy` if one runs."""
+        """Record the prompt and start the turn in the background; `SessionBusy` if one runs,
+        in this process or another."""
         if self.busy(session_id):
             raise SessionBusy(session_id)
-        info = await self.sessions.get_info(session_id)
-        if info.config.model is None:
-            raise InvalidArgument("this session's agent has no model: pass agent(model=...)")
-        running = self._running[session_id] = _Running()
+        running = self._running[session_id] = _Running()  # taken before any await: no race
         try:
-            turn, history = await self._prepare(info)
+            turn, history = await self._begin(session_id, running)
         except BaseException:
             del self._running[session_id]
+            running.done.set()  # an abort() that came meanwhile must not wait for ever
             raise
         after = self.events.head(session_id)
         user = UserMessage(id=new_id("msg"), session_id=session_id, time_created=now(),
@@ -125,7 +140,29 @@ class Conversations:
         return TurnStart(user_message_id=user.id, message_id=assistant.id, after=after,
                          ended=running.done)
 
-    async def _prepare(self, info: SessionInfo) -> tuple[Turn, list[ModelMessage]]:
+    async def _begin(
+        self, session_id: str, running: _Running
+    ) -> tuple[Turn, list[ModelMessage]]:
+        """Take the session's turn lease and prepare the turn; the lease is released again if
+        the preparation fails."""
+        info = await self.sessions.get_info(session_id)
+        if info.config.model is None:
+            raise InvalidArgument("this session's agent has no model: pass agent(model=...)")
+        await self.events.refresh(session_id)
+        message_id = new_id("msg")
+        running.hold = await self.sessions.turns.acquire(
+            session_id, message_id=message_id, after=self.events.head(session_id),
+            on_lost=running.lost)
+        try:
+            return await self._prepare(info, message_id)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.sessions.turns.release(running.hold)
+            raise
+
+    async def _prepare(
+        self, info: SessionInfo, message_id: str
+    ) -> tuple[Turn, list[ModelMessage]]:
         config = info.config
         assert config.model is not None
         chosen = [self._extra_tools.get(name, name) for name in config.tools]
@@ -139,7 +176,7 @@ class Conversations:
         async def save_rules(rules: PermissionRules) -> None:
             await self.update(info.id, permissions=rules)
 
-        turn = Turn(session_id=info.id, message_id=new_id("msg"), model=config.model,
+        turn = Turn(session_id=info.id, message_id=message_id, model=config.model,
                     model_name=model_name, config=config, provider=provider, tools=tools,
                     sandbox=sandbox, workdir=info.sandbox.workdir, events=self.events,
                     broker=self.broker, prices=self._prices, rules=dict(config.permissions),
@@ -179,10 +216,26 @@ class Conversations:
                 outcome.reason, outcome.error = "aborted", None
         finally:
             with anyio.CancelScope(shield=True):
+                await self._finish(turn, message, outcome, running)
+
+    async def _finish(self, turn: Turn, message: AssistantMessage, outcome: Outcome,
+                      running: _Running) -> None:
+        """Emit the closing events (unless the lease was lost to a process that closes the
+        turn itself), wait until they are stored, release the lease, free the session."""
+        hold = running.hold
+        try:
+            if hold is None or not hold.lost:
                 self._close(turn, message, outcome)
+            try:
                 await self.events.flush()
-                del self._running[turn.session_id]
-                running.done.set()
+            except StoreError as exc:  # queued, and stored once the store heals
+                log.warning("session %s: the end of a turn is not stored yet: %s",
+                            turn.session_id, exc)
+            if hold is not None:
+                await self.sessions.turns.release(hold)
+        finally:
+            self._running.pop(turn.session_id, None)
+            running.done.set()
 
     def _close(self, turn: Turn, message: AssistantMessage, outcome: Outcome) -> None:
         done = message.model_copy(update={
@@ -215,14 +268,18 @@ class Conversations:
         """Answer a pending permission request (see `PermissionBroker.reply`)."""
         self.broker.reply(session_id, request_id, reply, message)
 
-    async def subscribe(self, session_id: str, *, after: int = 0) -> AsyncIterator[Event]:
-        """The session's events after seq `after`, then live ones, for ever."""
+    async def subscribe(
+        self, session_id: str, *, after: int = 0, strict: bool = False
+    ) -> AsyncIterator[Event]:
+        """The session's events after seq `after`, then live ones, for ever; with `strict`, a
+        failure to store the session's events raises `StoreError`."""
         await self.sessions.get_info(session_id)
-        async for event in self.events.subscribe(session_id, after=after):
+        async for event in self.events.subscribe(session_id, after=after, strict=strict):
             yield event
 
     async def messages(self, session_id: str, *, after: int = 0) -> list[Message]:
         """The session's messages; with `after`, only those created after that seq."""
+        await self.sessions.turns.settle(session_id)
         await self.events.flush()
         return project(await self.events.history(session_id, after=after))
 
@@ -230,6 +287,7 @@ class Conversations:
         return metrics(await self.messages(session_id))
 
     async def todos(self, session_id: str) -> list[Todo]:
+        await self.sessions.turns.settle(session_id)
         await self.events.flush()
         return todos(await self.events.history(session_id))
 

@@ -9,6 +9,12 @@ A subscriber registers for live events first, then replays the store, then takes
 past what it replayed, filling any gap from the store (events another process wrote) and
 looking in the store whenever it has been quiet for `POLL_INTERVAL`: resuming after a seq loses
 nothing and duplicates nothing.
+
+A store that fails (locked by another process past its busy timeout, full) does not break the
+log: the batch that could not be written stays queued, in order, ahead of what came after it,
+and the writer tries it again with backoff (`RETRY_DELAYS`) until the store takes it. Whoever
+waits on those events meanwhile (`flush()`, a strict subscriber) gets a `StoreError`; once the
+store is healthy everything is written and published as if nothing happened.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any, TypeVar, cast
 import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from ._exceptions import StoreError
 from ._types import Event, EventBase
@@ -37,6 +43,9 @@ EVENTS: TypeAdapter[Event] = TypeAdapter(Event)
 CHUNK: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
 POLL_INTERVAL = 0.25
 """Seconds a quiet subscriber waits before it looks in the store for other processes' events."""
+RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
+"""Seconds the writer waits before each new attempt at a batch the store refused (the last
+repeats)."""
 E = TypeVar("E", bound=EventBase)
 
 
@@ -48,12 +57,16 @@ class EventLog:
         self._seq: dict[str, int] = {}
         self._durable: dict[str, int] = {}
         self._pending: list[Event] = []
+        self._inflight: list[Event] = []
         self._emitted = 0
         self._published = 0
         self._wake = anyio.Event()
         self._progress = anyio.Event()
-        self._failure: StoreError | None = None
-        self._subscribers: dict[str, set[MemoryObjectSendStream[Event]]] = defaultdict(set)
+        self._failures = 0
+        self._error: StoreError | None = None
+        self._closed: StoreError | None = None
+        self._subscribers: dict[str, set[MemoryObjectSendStream[Event | StoreError]]] = (
+            defaultdict(set))
         self._init_lock = anyio.Lock()
         task_group.start_soon(self._writer)
 
@@ -70,7 +83,7 @@ class EventLog:
         """Catch up with events another process stored for the session, when none of ours
         are waiting to be written (those get renumbered by the writer instead)."""
         await self.open(session_id)
-        if any(event.session_id == session_id for event in self._pending):
+        if any(event.session_id == session_id for event in self._inflight + self._pending):
             return
         stored = await self._store.last_seq(session_id)
         if stored > self._seq[session_id]:
@@ -91,53 +104,82 @@ class EventLog:
         return self._seq[session_id]
 
     async def flush(self) -> None:
-        """Return once every event emitted before the call is stored and published."""
-        target = self._emitted
+        """Return once every event emitted before the call is stored and published.
+
+        Raises `StoreError` (retryable) as soon as an attempt to store those events fails; they
+        stay queued and the writer keeps trying, so a later `flush()` may succeed. Cancelling
+        the wait leaves the events queued.
+        """
+        target, failures = self._emitted, self._failures
         while self._published < target:
-            if self._failure is not None:
-                raise self._failure
+            if self._closed is not None:
+                raise StoreError(str(self._closed))
+            if self._failures != failures and self._error is not None:
+                raise _unstored(self._error)
             await self._progress.wait()
-        if self._failure is not None:
-            raise self._failure
 
     async def _writer(self) -> None:
         try:
             await self._write_batches()
         finally:  # cancelled with the client: nobody may wait for a flush that cannot come
-            self._failure = self._failure or StoreError("the event log is closed")
+            lost = len(self._inflight) + len(self._pending)
+            if lost:
+                log.error("the event log closed with %d events not stored", lost)
+            self._closed = StoreError("the event log is closed")
             self._progress.set()
 
     async def _write_batches(self) -> None:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
-            batch, self._pending = self._pending, []
-            if not batch:
-                continue
-            try:
-                batch = await self._append(batch)
-            except StoreError as exc:
-                log.error("event log write failed: %s", exc)
-                self._failure = exc
-            else:
+            attempt = 0
+            while self._pending:
+                self._inflight, self._pending = self._pending, []
+                try:
+                    batch = await self._append()
+                except StoreError as exc:
+                    # Nothing dropped, nothing reordered: the batch goes back ahead of the rest.
+                    self._pending, self._inflight = self._inflight + self._pending, []
+                    self._failed(exc, attempt)
+                    await anyio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+                    attempt += 1
+                    continue
+                if attempt:
+                    log.warning("the session store takes events again (after %d failed "
+                                "attempts)", attempt)
+                attempt, self._inflight = 0, []
                 self._publish(batch)
-            self._published += len(batch)
-            self._progress.set()
-            self._progress = anyio.Event()
+                self._published += len(batch)
+                self._progressed()
 
-    async def _append(self, batch: list[Event]) -> list[Event]:
-        """Store `batch`, one chunk per session; where another process wrote to a session
-        meanwhile, renumber that session's unpublished events to follow its stored log, and
-        try again."""
+    def _failed(self, exc: StoreError, attempt: int) -> None:
+        if attempt == 0:
+            log.warning("the session store refused %d events; retrying: %s",
+                        len(self._pending), exc)
+        self._failures += 1
+        self._error = exc
+        for session_id in {event.session_id for event in self._pending}:
+            for subscriber in self._subscribers.get(session_id, ()):
+                subscriber.send_nowait(exc)
+        self._progressed()
+
+    def _progressed(self) -> None:
+        self._progress.set()
+        self._progress = anyio.Event()
+
+    async def _append(self) -> list[Event]:
+        """Store the in-flight batch, one chunk per session; where another process wrote to a
+        session meanwhile, renumber that session's unpublished events to follow its stored
+        log, and try again."""
         while True:
-            heads = await self._store.append_events(_chunks(batch))
+            heads = await self._store.append_events(_chunks(self._inflight))
             if not heads:
-                return batch
+                return self._inflight
             for session_id, head in heads.items():
-                first = next(e.seq for e in batch if e.session_id == session_id)
+                first = next(e.seq for e in self._inflight if e.session_id == session_id)
                 shift = head + 1 - first
                 log.info("session %s moved on elsewhere: renumbering by %d", session_id, shift)
-                batch = _shifted(batch, session_id, shift)
+                self._inflight = _shifted(self._inflight, session_id, shift)
                 self._pending = _shifted(self._pending, session_id, shift)
                 self._seq[session_id] += shift
 
@@ -147,13 +189,17 @@ class EventLog:
             for subscriber in self._subscribers.get(event.session_id, ()):
                 subscriber.send_nowait(event)
 
-    async def subscribe(self, session_id: str, *, after: int = 0) -> AsyncIterator[Event]:
+    async def subscribe(
+        self, session_id: str, *, after: int = 0, strict: bool = False
+    ) -> AsyncIterator[Event]:
         """Every event of the session with seq > `after`: the stored ones, then live ones.
 
-        The iteration never ends by itself; leave it (break, or cancel) when done.
+        The iteration never ends by itself; leave it (break, or cancel) when done. A failing
+        store only delays live events, unless `strict`: then the first failed attempt to store
+        this session's events raises `StoreError` here.
         """
         await self.open(session_id)
-        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        send, receive = anyio.create_memory_object_stream[Event | StoreError](math.inf)
         self._subscribers[session_id].add(send)
         last = after
         try:
@@ -161,12 +207,13 @@ class EventLog:
                 last = event.seq
                 yield event
             while True:
-                events = _drain(receive)  # what is queued, without a loop trip per event
-                if not events:
+                items = _drain(receive)  # what is queued, without a loop trip per event
+                if not items:
                     with anyio.move_on_after(POLL_INTERVAL):
-                        events = [await receive.receive()]
-                    if not events:  # quiet here: another process may be writing the session
-                        events = await self._stored(session_id, last)
+                        items = [await receive.receive()]
+                    if not items:  # quiet here: another process may be writing the session
+                        items = list(await self._stored(session_id, last))
+                events = _events(items, strict=strict)
                 for event in events:
                     if event.seq > last + 1:  # written elsewhere meanwhile: those come first
                         for missed in await self._stored(session_id, last, upto=event.seq - 1):
@@ -183,7 +230,7 @@ class EventLog:
     async def _stored(self, session_id: str, after: int, upto: int | None = None) -> list[Event]:
         chunks = await self._store.read_events(session_id, after=after, upto=upto)
         high = math.inf if upto is None else upto
-        return [event for chunk in chunks for event in CHUNK.validate_json(chunk)
+        return [event for chunk in chunks for event in _parsed(chunk)
                 if after < event.seq <= high]
 
     async def history(self, session_id: str, *, after: int = 0) -> list[Event]:
@@ -197,13 +244,45 @@ def _shifted(events: list[Event], session_id: str, shift: int) -> list[Event]:
             for e in events]
 
 
-def _drain(receive: MemoryObjectReceiveStream[Event]) -> list[Event]:
-    events: list[Event] = []
+def _drain(receive: MemoryObjectReceiveStream[Event | StoreError]) -> list[Event | StoreError]:
+    items: list[Event | StoreError] = []
     try:
         while True:
-            events.append(receive.receive_nowait())
+            items.append(receive.receive_nowait())
     except anyio.WouldBlock:
-        return events
+        return items
+
+
+def _events(items: list[Event | StoreError], *, strict: bool) -> list[Event]:
+    """The events among what a subscriber received; a store failure raises if `strict`."""
+    events: list[Event] = []
+    for item in items:
+        if not isinstance(item, StoreError):
+            events.append(item)
+        elif strict:
+            raise _unstored(item)
+    return events
+
+
+def _unstored(error: StoreError) -> StoreError:
+    """A fresh error for one waiter (a shared instance would collect every waiter's
+    traceback)."""
+    fresh = StoreError(f"events could not be stored (they stay queued and are retried): "
+                       f"{error}")
+    fresh.retryable = True
+    fresh.__cause__ = error
+    return fresh
+
+
+def _parsed(chunk: EventChunk) -> list[Event]:
+    """The events of a stored chunk; a corrupt one is a `StoreError` naming its row."""
+    try:
+        return CHUNK.validate_json(chunk.data)
+    except ValidationError as exc:
+        detail = exc.errors()[0]["msg"] if exc.errors() else str(exc)
+        raise StoreError(
+            f"session {chunk.session_id}: its stored events row first_seq={chunk.first_seq} "
+            f"(events {chunk.first_seq}..{chunk.last_seq}) is corrupt: {detail}") from exc
 
 
 def _chunks(batch: list[Event]) -> list[EventChunk]:

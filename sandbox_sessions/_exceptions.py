@@ -118,13 +118,14 @@ class SessionEnded(SessionError, RuntimeError):
 
 
 class SessionBusy(SessionError, RuntimeError):
-    """A turn is already running in the session; wait for its `turn-end`, or abort it."""
+    """A turn is already running in the session (in this process or another one); wait for
+    its `turn-end`, or abort it. Also raised while the session is still being created."""
 
     code = "session_busy"
     retryable = True
 
-    def __init__(self, session_id: str) -> None:
-        super().__init__(f"session {session_id!r} is busy with a turn")
+    def __init__(self, session_id: str, *, reason: str = "is busy with a turn") -> None:
+        super().__init__(f"session {session_id!r} {reason}")
         self.session_id = session_id
 
 

@@ -20,10 +20,15 @@ from ._eventlog import EventLog
 from ._exceptions import (
     FileDecodeError,
     InvalidArgument,
+    SandboxError,
     SandboxFileNotFound,
+    SessionBusy,
     SessionEnded,
     SessionNotFound,
+    StoreError,
 )
+from ._leases import is_stale
+from ._turns import TurnLeases
 from ._types import (
     DEFAULT_MAX_OUTPUT,
     AgentConfig,
@@ -37,7 +42,7 @@ from ._types import (
 )
 from .sandbox._archive import Caps, SafeWriter, unsafe_key_reason
 from .sandbox.base import FileEntry, OutputCallback, Sandbox, SandboxBackend, ShellRequest
-from .store.base import Store
+from .store.base import Lease, Store
 
 log: logging.Logger = logging.getLogger("sandbox_sessions")
 
@@ -58,10 +63,13 @@ def _new_id() -> str:
 class SessionService:
     """Creates, finds and ends sessions, and runs their shell and file calls."""
 
-    def __init__(self, store: Store, backend: SandboxBackend, events: EventLog) -> None:
+    def __init__(
+        self, store: Store, backend: SandboxBackend, events: EventLog, turns: TurnLeases
+    ) -> None:
         self.store = store
         self.backend = backend
         self.events = events
+        self.turns = turns
         self._live: dict[str, Sandbox] = {}
         self._attach_lock = anyio.Lock()
 
@@ -77,47 +85,68 @@ class SessionService:
     async def create_session(
         self, *, agent: str, title: str | None, options: SandboxOptions, config: AgentConfig
     ) -> SessionInfo:
-        """Record the session, then start its container; a failed start leaves no session."""
+        """Record the session as `creating` under a lease, start its container, then make it
+        `idle` if the lease still holds; a failed or cancelled start leaves no session and no
+        container. `SessionEnded` if the session was ended (or reaped) meanwhile."""
         now, session_id = _now(), _new_id()
         info = SessionInfo(id=session_id, title=title or f"Session {now:%Y-%m-%d %H:%M:%S}",
-                           agent=agent, status="idle", time_created=now, time_updated=now,
+                           agent=agent, status="creating", time_created=now, time_updated=now,
                            sandbox=options, config=config)
-        # Recorded as ended until its container is up: a crash in between leaves an orphan
-        # container that the reaper removes, never a live session without a container.
-        await self.store.put_session(info.model_copy(update={"status": "ended"}))
+        lease = self.turns.creation(session_id)
+        await self.store.create_session(info, lease)
+        sandbox: Sandbox | None = None
         try:
             sandbox = await self.backend.create(options, labels=self.labels(session_id))
+            ready = info.model_copy(update={"status": "idle", "container_id": sandbox.id})
+            if not await self.store.finish_create(lease, ready):
+                raise SessionEnded(session_id)  # ended, or reaped as its lease ran out
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self.store.delete_session(session_id)
+                await self._undo_create(lease, sandbox)
             raise
         self._live[session_id] = sandbox
-        info = info.model_copy(update={"container_id": sandbox.id})
-        await self.store.put_session(info)
-        return info
+        return ready
+
+    async def _undo_create(self, lease: Lease, sandbox: Sandbox | None) -> None:
+        try:
+            if sandbox is not None:
+                await sandbox.aclose()
+                await self.backend.destroy(sandbox.id)
+            await self.store.finish_create(lease, None)
+        except (SandboxError, StoreError) as exc:  # what is left, the reaper removes
+            log.warning("session %s: clean-up after a failed create: %s", lease.session_id, exc)
 
     async def get_info(self, session_id: str) -> SessionInfo:
-        """The session's record; `SessionNotFound` for an unknown id."""
+        """The session's record; `SessionNotFound` for an unknown id. The first look at a
+        session closes its turn if the process running it is gone."""
         info = await self.store.get_session(session_id)
         if info is None:
             raise SessionNotFound(session_id)
+        await self.turns.settle(session_id)
         return info
+
+    async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
+        """Usable sessions (with `include_ended`, every record), newest first; turns whose
+        process is gone are closed first."""
+        await self.turns.settle_all()
+        return await self.store.list_sessions(include_ended=include_ended)
 
     async def update_info(
         self, session_id: str, *, title: str | None = None, config: AgentConfig | None = None
     ) -> SessionInfo:
         """Store a new title or agent config; `SessionEnded` once the session has ended."""
         info = await self.get_info(session_id)
-        if info.status == "ended":
-            raise SessionEnded(session_id)
+        _check_usable(info)
         changes: dict[str, object] = {"time_updated": _now()}
         if title is not None:
             changes["title"] = title
         if config is not None:
             changes["config"] = config
-        info = info.model_copy(update=changes)
-        await self.store.put_session(info)
-        return info
+        updated = info.model_copy(update=changes)
+        if not await self.store.update_session(updated, expect=info.status):
+            _check_usable(await self.get_info(session_id))  # ended meanwhile
+            raise SessionBusy(session_id, reason="changed meanwhile; try again")
+        return updated
 
     async def sandbox(self, session_id: str) -> Sandbox:
         """The session's live sandbox, connecting to it on first use."""
@@ -128,7 +157,8 @@ class SessionService:
         if sandbox is not None:
             return sandbox
         info = await self.get_info(session_id)
-        if info.status == "ended" or info.container_id is None:
+        _check_usable(info)
+        if info.container_id is None:
             raise SessionEnded(session_id)
         async with self._attach_lock:
             if session_id not in self._live:
@@ -252,22 +282,31 @@ class SessionService:
                                 bytes=writer.bytes, skipped=skipped)
 
     async def end(self, session_id: str) -> SessionInfo:
-        """Remove the container at once and mark the session ended. Ending twice is a no-op."""
-        info = await self.get_info(session_id)
-        if info.status == "ended":
-            return info
-        sandbox = self._live.pop(session_id, None)
-        if sandbox is not None:
-            await sandbox.aclose()
-        if info.container_id is not None:
-            await self.backend.destroy(info.container_id)
-        ended = info.model_copy(update={"status": "ended", "time_updated": _now()})
-        await self.store.put_session(ended)
-        return ended
+        """Remove the container at once and mark the session ended. Ending twice is a no-op.
+
+        Ending a session still being created makes its creation fail (and remove its
+        container)."""
+        while True:
+            info = await self.get_info(session_id)
+            if info.status == "ended":
+                return info
+            sandbox = self._live.pop(session_id, None)
+            if sandbox is not None:
+                await sandbox.aclose()
+            if info.container_id is not None:
+                await self.backend.destroy(info.container_id)
+            ended = info.model_copy(update={"status": "ended", "time_updated": _now()})
+            if await self.store.update_session(ended, expect=info.status):
+                return ended
+            # It changed meanwhile (its creation finished): end what it is now.
 
     async def reap_orphans(self) -> list[str]:
-        """Remove containers of this store whose session is ended or unknown, and containers of
-        stores whose file no longer exists. Returns the container ids removed."""
+        """Remove the containers that are provably orphaned, and return their ids: those of
+        this store whose session is ended, unknown, points at another container, or was being
+        created by a process that is gone (that record is marked ended first, by
+        compare-and-swap, so a creator that is in fact alive sees it and gives up); and those
+        of stores whose file no longer exists. A container being created within its lease, or
+        of a live session, is never removed; nor is one whose record cannot be read."""
         removed = []
         for labels in await self.backend.list_labelled({LABEL: "1"}):
             if await self._is_orphan(labels):
@@ -279,8 +318,24 @@ class SessionService:
         if labels.get(f"{LABEL}.owner") != self.store.owner_id:
             store = labels.get(f"{LABEL}.store")
             return isinstance(store, str) and bool(store) and not await anyio.Path(store).exists()
-        info = await self.store.get_session(labels.get(f"{LABEL}.session", ""))
+        session_id = labels.get(f"{LABEL}.session", "")
+        try:
+            info = await self.store.get_session(session_id)
+            if info is not None and info.status == "creating":
+                return await self._creation_abandoned(info)
+        except StoreError as exc:
+            log.warning("gc: keeping container %s: %s", labels["id"][:12], exc)
+            return False
         return info is None or info.status == "ended" or info.container_id != labels["id"]
+
+    async def _creation_abandoned(self, info: SessionInfo) -> bool:
+        """Whether the session's creator is gone; if so its record is ended, atomically with
+        the check that its lease has not moved."""
+        lease = await self.store.get_lease(info.id)
+        if lease is None or lease.kind != "create" or not is_stale(lease):
+            return False
+        ended = info.model_copy(update={"status": "ended", "time_updated": _now()})
+        return await self.store.finish_create(lease, ended)
 
     async def aclose(self) -> None:
         """Drop every live connection; the containers keep running for later processes."""
@@ -288,6 +343,13 @@ class SessionService:
         for sandbox in live.values():
             with anyio.CancelScope(shield=True):
                 await sandbox.aclose()
+
+
+def _check_usable(info: SessionInfo) -> None:
+    if info.status == "ended":
+        raise SessionEnded(info.id)
+    if info.status == "creating":
+        raise SessionBusy(info.id, reason="is still being created")
 
 
 def _refusal(entry: FileEntry) -> str | None:

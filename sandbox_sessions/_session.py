@@ -216,13 +216,16 @@ class AsyncSessionHandle:
         as they start (pending) and end. `on_permission` answers `permission-asked` with
         `"once"`, `"always"`, `"reject"` or `("reject", message)`; it may be async. Without it,
         requests wait for `reply_to_permission()` (or the configured timeout). Cancelling
-        `send()` aborts the turn. A turn already running raises `SessionBusy`.
+        `send()` aborts the turn. A turn already running (in this process or another) raises
+        `SessionBusy`. If the store cannot take the turn's events, `StoreError` is raised and
+        the turn aborted (its events are stored once the store heals).
         """
         callbacks = _Callbacks(on_text, on_reasoning, on_tool_start, on_tool_end,
                                on_permission, on_event)
         start = await self._conversations.start_turn(self.id, prompt)
         try:
-            async for event in self._conversations.subscribe(self.id, after=start.after):
+            events = self._conversations.subscribe(self.id, after=start.after, strict=True)
+            async for event in events:
                 await callbacks.dispatch(self, start.message_id, event)
                 if event.type == "turn-end" and event.message_id == start.message_id:
                     await start.ended.wait()  # the session is free again when send() returns
@@ -237,10 +240,12 @@ class AsyncSessionHandle:
     async def stream(self, prompt: str) -> AsyncIterator[Event]:
         """Start a turn and yield its events, from its user message to its `turn-end`.
 
-        Leaving the iteration early does not stop the turn; `abort()` does.
+        Leaving the iteration early does not stop the turn; `abort()` does. If the store
+        cannot take the turn's events, `StoreError` is raised (the turn goes on).
         """
         start = await self._conversations.start_turn(self.id, prompt)
-        async for event in self._conversations.events.subscribe(self.id, after=start.after):
+        events = self._conversations.events.subscribe(self.id, after=start.after, strict=True)
+        async for event in events:
             if event.type == "turn-end" and event.message_id == start.message_id:
                 await start.ended.wait()  # a consumer may send again as soon as it sees this
                 yield event

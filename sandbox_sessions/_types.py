@@ -58,7 +58,9 @@ class SandboxOptions(_Frozen):
     """The user commands run as; never root unless asked for."""
 
 
-SessionStatus = Literal["idle", "busy", "compacting", "error", "ended"]
+SessionStatus = Literal["creating", "idle", "busy", "compacting", "error", "ended"]
+"""`creating` until the session's container is up (not usable yet, not listed by default);
+`busy` while a turn runs; `ended` for good."""
 PermissionAction = Literal["allow", "ask", "deny"]
 PermissionRules = dict[str, PermissionAction | dict[str, PermissionAction]]
 """Per tool (`"*"` for all): an action, or glob patterns to actions. The last match wins."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -30,6 +31,10 @@ from .._exceptions import (
 
 T = TypeVar("T")
 _UNAVAILABLE = (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError)
+POOL_SIZE = 64
+"""Connections kept to the engine. Each call holds one at a time, from a worker thread, so
+this exceeds anyio's default of 40 worker threads: a burst of calls (50 sessions made at
+once) never has a connection discarded."""
 
 
 @contextmanager
@@ -57,6 +62,38 @@ def _explain(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or exc)
 
 
+class _APIClient(docker.APIClient):
+    """docker's client, closed only once no request is in flight, and refusing requests
+    after that: a request racing with `close()` would open a pool that nobody closes."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self._gate = threading.Lock()
+        self._in_flight = 0
+        self._closing = False
+        super().__init__(**kwargs)  # asks the engine its API version: the gate must exist
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        with self._gate:
+            if self._closing:
+                raise requests.exceptions.ConnectionError("the engine connection is closed")
+            self._in_flight += 1
+        try:
+            return super().send(request, **kwargs)
+        finally:
+            with self._gate:
+                self._in_flight -= 1
+                last = self._closing and self._in_flight == 0
+            if last:
+                super().close()
+
+    def close(self) -> None:
+        with self._gate:
+            self._closing = True
+            idle = self._in_flight == 0
+        if idle:
+            super().close()
+
+
 class Engine:
     """A thin, typed face of `docker.APIClient`. Connects lazily, on first use."""
 
@@ -64,20 +101,26 @@ class Engine:
         self._base_url = base_url
         self._timeout = timeout
         self._client: docker.APIClient | None = None
+        self._closed = False
 
     @property
     def api(self) -> docker.APIClient:
+        if self._closed:
+            raise SandboxUnavailable("the connection to the Docker engine is closed")
         if self._client is None:
             with translate():
                 if self._base_url is None:
                     kwargs = docker.utils.kwargs_from_env()
                 else:
                     kwargs = {"base_url": self._base_url}
-                self._client = docker.APIClient(version="auto", timeout=self._timeout, **kwargs)
+                self._client = _APIClient(version="auto", timeout=self._timeout,
+                                          max_pool_size=POOL_SIZE, **kwargs)
         return self._client
 
     def close(self) -> None:
-        """Close the pooled connections to the engine; a later call connects again."""
+        """Close the pooled connections to the engine, once the requests in flight are done;
+        later calls raise `SandboxUnavailable`."""
+        self._closed = True
         client, self._client = self._client, None
         if client is not None:
             client.close()

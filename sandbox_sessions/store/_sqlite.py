@@ -8,13 +8,14 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
+from pydantic import ValidationError
 
 from .._exceptions import StoreError
-from .._types import SessionInfo
-from .base import EventChunk
+from .._types import SessionInfo, SessionStatus
+from .base import EventChunk, Lease
 
 __all__ = ["SQLiteStore", "default_store_path"]
 
@@ -35,12 +36,85 @@ CREATE TABLE IF NOT EXISTS events (
     data BLOB NOT NULL,
     PRIMARY KEY (session_id, first_seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    session_id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL,
+    holder TEXT NOT NULL,
+    after INTEGER NOT NULL
+);
 """
+_UNLISTED = "('ended', 'creating')"
+_SAME_HOLDER = "session_id=? AND kind=? AND owner=? AND holder=?"
+
+
+class _Corrupt(Exception):
+    """A stored row that cannot be read back; turned into a `StoreError` naming it."""
 
 
 def _head(db: sqlite3.Connection, session_id: str) -> int:
     query = "SELECT COALESCE(MAX(last_seq), 0) FROM events WHERE session_id=?"
-    return int(db.execute(query, (session_id,)).fetchone()[0])
+    value = db.execute(query, (session_id,)).fetchone()[0]
+    if not isinstance(value, int):
+        raise _Corrupt(f"session {session_id}: a stored events row has a corrupt last_seq "
+                       f"({value!r})")
+    return value
+
+
+def _info(session_id: str, raw: Any) -> SessionInfo:
+    text = raw if isinstance(raw, str | bytes) else str(raw)
+    try:
+        return SessionInfo.model_validate_json(text)
+    except ValidationError as exc:
+        detail = exc.errors()[0]["msg"] if exc.errors() else str(exc)
+        raise _Corrupt(f"session {session_id}: its stored record (row id={session_id!r} of "
+                       f"table sessions) is corrupt: {detail}") from exc
+
+
+def _lease(row: tuple[Any, ...] | None) -> Lease | None:
+    if row is None:
+        return None
+    session_id, kind, owner, expires, holder, after = row
+    if kind not in ("create", "turn") or not isinstance(expires, int | float) \
+            or not isinstance(after, int):
+        raise _Corrupt(f"session {session_id}: its stored lease (row session_id="
+                       f"{session_id!r} of table leases) is corrupt")
+    return Lease(session_id=str(session_id), kind=kind, owner=str(owner),
+                 expires=float(expires), holder=str(holder), after=after)
+
+
+def _get_lease(db: sqlite3.Connection, session_id: str) -> Lease | None:
+    row = db.execute("SELECT * FROM leases WHERE session_id=?", (session_id,)).fetchone()
+    return _lease(row)
+
+
+def _put(db: sqlite3.Connection, info: SessionInfo) -> None:
+    db.execute("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
+               (info.id, info.status, info.time_created.timestamp(), info.model_dump_json()))
+
+
+def _lease_values(lease: Lease) -> tuple[object, ...]:
+    return (lease.session_id, lease.kind, lease.owner, lease.expires, lease.holder, lease.after)
+
+
+def _chunk(row: tuple[Any, ...]) -> EventChunk:
+    session_id, first, last, data = row
+    if not isinstance(first, int) or not isinstance(last, int):
+        raise _Corrupt(f"session {session_id}: a stored events row (first_seq={first!r}) has "
+                       f"corrupt seq numbers")
+    blob = data if isinstance(data, bytes) else str(data).encode()
+    return EventChunk(session_id=str(session_id), first_seq=first, last_seq=last, data=blob)
+
+
+def _owner_row(db: sqlite3.Connection) -> tuple[Any, ...] | None:
+    """The store's owner id row, once every table exists; None before."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not {"meta", "sessions", "events", "leases"} <= tables:
+        return None
+    row: tuple[Any, ...] | None = db.execute(
+        "SELECT value FROM meta WHERE key='owner_id'").fetchone()
+    return row
 
 
 def default_store_path() -> Path:
@@ -53,24 +127,33 @@ def default_store_path() -> Path:
 
 
 class SQLiteStore:
-    """Sessions in one SQLite file. Calls run in a worker thread, one at a time."""
+    """Sessions in one SQLite file. Calls run in a worker thread, one at a time.
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    A write waits up to `busy_timeout` seconds for another connection's transaction, then
+    fails with `StoreError`.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, busy_timeout: float = 10.0
+    ) -> None:
         self._path = Path(path) if path is not None else default_store_path()
         self._lock = threading.Lock()
+        self._closed = False
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self._path, check_same_thread=False, timeout=10,
-                                       isolation_level=None)
+            self._db = sqlite3.connect(self._path, check_same_thread=False,
+                                       timeout=busy_timeout, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            with self._db:
-                self._db.executescript(_SCHEMA)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('owner_id', ?)", (uuid.uuid4().hex,)
-                )
-            row = self._db.execute("SELECT value FROM meta WHERE key='owner_id'").fetchone()
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            row = _owner_row(self._db)
+            if row is None:  # a new store (or an older schema): the only write of an open
+                with self._db:
+                    self._db.executescript(_SCHEMA)
+                    self._db.execute("INSERT OR IGNORE INTO meta VALUES ('owner_id', ?)",
+                                     (uuid.uuid4().hex,))
+                row = _owner_row(self._db)
+            assert row is not None
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the session store at {self._path}: {exc}") from exc
         self._owner_id = str(row[0])
@@ -85,9 +168,13 @@ class SQLiteStore:
 
     def _locked(self, work: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
+            if self._closed:
+                raise StoreError(f"the session store {self._path} is closed")
             try:
                 return work(self._db)
             except sqlite3.Error as exc:
+                raise StoreError(f"session store {self._path}: {exc}") from exc
+            except _Corrupt as exc:
                 raise StoreError(f"session store {self._path}: {exc}") from exc
 
     async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -97,39 +184,128 @@ class SQLiteStore:
         """See `Store.put_session`."""
         def put(db: sqlite3.Connection) -> None:
             with db:
-                db.execute(
-                    "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
-                    (info.id, info.status, info.time_created.timestamp(),
-                     info.model_dump_json()),
-                )
+                _put(db, info)
 
         await self._run(put)
+
+    async def update_session(self, info: SessionInfo, *, expect: SessionStatus) -> bool:
+        """See `Store.update_session`."""
+        def update(db: sqlite3.Connection) -> bool:
+            with db:
+                cursor = db.execute(
+                    "UPDATE sessions SET status=?, info=? WHERE id=? AND status=?",
+                    (info.status, info.model_dump_json(), info.id, expect))
+                return cursor.rowcount == 1
+
+        return await self._run(update)
 
     async def delete_session(self, session_id: str) -> None:
         """See `Store.delete_session`."""
         def delete(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
+                db.execute("DELETE FROM leases WHERE session_id=?", (session_id,))
 
         await self._run(delete)
 
     async def get_session(self, session_id: str) -> SessionInfo | None:
         """See `Store.get_session`."""
-        def get(db: sqlite3.Connection) -> str | None:
+        def get(db: sqlite3.Connection) -> SessionInfo | None:
             row = db.execute("SELECT info FROM sessions WHERE id=?", (session_id,)).fetchone()
-            return None if row is None else str(row[0])
+            return None if row is None else _info(session_id, row[0])
 
-        raw = await self._run(get)
-        return None if raw is None else SessionInfo.model_validate_json(raw)
+        return await self._run(get)
 
     async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
         """See `Store.list_sessions`."""
-        query = "SELECT info FROM sessions"
+        query = "SELECT id, info FROM sessions"
         if not include_ended:
-            query += " WHERE status != 'ended'"
+            query += f" WHERE status NOT IN {_UNLISTED}"
         query += " ORDER BY time_created DESC"
-        rows = await self._run(lambda db: db.execute(query).fetchall())
-        return [SessionInfo.model_validate_json(row[0]) for row in rows]
+
+        def select(db: sqlite3.Connection) -> list[SessionInfo]:
+            return [_info(str(row[0]), row[1]) for row in db.execute(query).fetchall()]
+
+        return await self._run(select)
+
+    async def create_session(self, info: SessionInfo, lease: Lease) -> None:
+        """See `Store.create_session`."""
+        def create(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                _put(db, info)
+                db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?)",
+                           _lease_values(lease))
+
+        await self._run(create)
+
+    async def finish_create(self, lease: Lease, info: SessionInfo | None) -> bool:
+        """See `Store.finish_create`."""
+        session_id = lease.session_id
+
+        def finish(db: sqlite3.Connection) -> bool:
+            with db:
+                db.execute("BEGIN IMMEDIATE")  # the lease and status cannot change meanwhile
+                if _get_lease(db, session_id) != lease:
+                    return False
+                db.execute("DELETE FROM leases WHERE session_id=?", (session_id,))
+                row = db.execute("SELECT status FROM sessions WHERE id=?",
+                                 (session_id,)).fetchone()
+                if row is None or row[0] != "creating":
+                    return False
+                if info is None:
+                    db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
+                else:
+                    _put(db, info)
+                return True
+
+        return await self._run(finish)
+
+    async def take_lease(self, lease: Lease, *, replacing: Lease | None = None) -> Lease | None:
+        """See `Store.take_lease`."""
+        def take(db: sqlite3.Connection) -> Lease | None:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                current = _get_lease(db, lease.session_id)
+                if current != replacing:
+                    return current
+                db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?, ?)",
+                           _lease_values(lease))
+                return None
+
+        return await self._run(take)
+
+    async def renew_lease(self, lease: Lease) -> bool:
+        """See `Store.renew_lease`."""
+        def renew(db: sqlite3.Connection) -> bool:
+            with db:
+                cursor = db.execute(f"UPDATE leases SET expires=? WHERE {_SAME_HOLDER}",
+                                    (lease.expires, *_lease_values(lease)[:3], lease.holder))
+                return cursor.rowcount == 1
+
+        return await self._run(renew)
+
+    async def release_lease(self, lease: Lease) -> bool:
+        """See `Store.release_lease`."""
+        def release(db: sqlite3.Connection) -> bool:
+            with db:
+                cursor = db.execute(f"DELETE FROM leases WHERE {_SAME_HOLDER}",
+                                    (*_lease_values(lease)[:3], lease.holder))
+                return cursor.rowcount == 1
+
+        return await self._run(release)
+
+    async def get_lease(self, session_id: str) -> Lease | None:
+        """See `Store.get_lease`."""
+        return await self._run(lambda db: _get_lease(db, session_id))
+
+    async def list_leases(self) -> list[Lease]:
+        """See `Store.list_leases`."""
+        def select(db: sqlite3.Connection) -> list[Lease]:
+            rows = db.execute("SELECT * FROM leases ORDER BY session_id").fetchall()
+            return [lease for lease in map(_lease, rows) if lease is not None]
+
+        return await self._run(select)
 
     async def append_events(self, chunks: Sequence[EventChunk]) -> dict[str, int]:
         """See `Store.append_events`."""
@@ -152,15 +328,18 @@ class SQLiteStore:
 
     async def read_events(
         self, session_id: str, *, after: int = 0, upto: int | None = None
-    ) -> list[bytes]:
+    ) -> list[EventChunk]:
         """See `Store.read_events`."""
-        query = "SELECT data FROM events WHERE session_id=? AND last_seq>?"
+        query = "SELECT * FROM events WHERE session_id=? AND last_seq>?"
         args: tuple[object, ...] = (session_id, after)
         if upto is not None:
             query, args = query + " AND first_seq<=?", (*args, upto)
-        rows = await self._run(
-            lambda db: db.execute(query + " ORDER BY first_seq", args).fetchall())
-        return [bytes(row[0]) for row in rows]
+
+        def select(db: sqlite3.Connection) -> list[EventChunk]:
+            rows = db.execute(query + " ORDER BY first_seq", args).fetchall()
+            return [_chunk(row) for row in rows]
+
+        return await self._run(select)
 
     async def last_seq(self, session_id: str) -> int:
         """See `Store.last_seq`."""
@@ -168,4 +347,9 @@ class SQLiteStore:
 
     async def aclose(self) -> None:
         """See `Store.aclose`."""
-        await self._run(lambda db: db.close())
+        def close(db: sqlite3.Connection) -> None:
+            self._closed = True
+            db.close()
+
+        if not self._closed:
+            await self._run(close)

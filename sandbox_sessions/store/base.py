@@ -1,14 +1,21 @@
-"""The `Store` protocol: where sessions live between processes."""
+"""The `Store` protocol: where sessions live between processes.
+
+Several processes may share one store. What must not race between them (a session's creation
+against the reaper, two turns of one session) is decided by *leases*: one row per session,
+taken and handed over only by compare-and-swap inside one transaction.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
-from .._types import SessionInfo
+from .._types import SessionInfo, SessionStatus
 
-__all__ = ["EventChunk", "Store"]
+__all__ = ["EventChunk", "Lease", "LeaseKind", "Store"]
+
+LeaseKind = Literal["create", "turn"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +28,30 @@ class EventChunk:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who is working on a session, and until when; a session has at most one lease.
+
+    `kind` is `create` while its container is being made, `turn` while a turn runs. `owner`
+    names the holding process (opaque to the store). `holder` is the turn's assistant message
+    id (empty for a creation); `after` the session's last seq when the turn began (its events
+    come after it). `expires` is a Unix time: the owner renews the lease before then.
+    """
+
+    session_id: str
+    kind: LeaseKind
+    owner: str
+    expires: float
+    holder: str = ""
+    after: int = 0
+
+
 class Store(Protocol):
-    """Durable session records. Every write is on disk before the call returns."""
+    """Durable session records. Every write is on disk before the call returns.
+
+    Every method raises `StoreError` (and nothing else) when the store cannot be read or
+    written, and when a stored row cannot be read back (naming the session and the row).
+    """
 
     @property
     def owner_id(self) -> str:
@@ -38,8 +67,13 @@ class Store(Protocol):
         """Insert or replace the record of `info.id`."""
         ...
 
+    async def update_session(self, info: SessionInfo, *, expect: SessionStatus) -> bool:
+        """Replace the record of `info.id` only if its stored status is `expect`; False (and
+        nothing written) otherwise."""
+        ...
+
     async def delete_session(self, session_id: str) -> None:
-        """Forget a session; a missing one is not an error."""
+        """Forget a session and its lease; a missing one is not an error."""
         ...
 
     async def get_session(self, session_id: str) -> SessionInfo | None:
@@ -47,7 +81,42 @@ class Store(Protocol):
         ...
 
     async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
-        """Every session, newest first."""
+        """Every session, newest first; without `include_ended`, only usable ones (neither
+        `ended` nor `creating`)."""
+        ...
+
+    async def create_session(self, info: SessionInfo, lease: Lease) -> None:
+        """Insert the record of a session being made (status `creating`) together with its
+        `create` lease, in one transaction."""
+        ...
+
+    async def finish_create(self, lease: Lease, info: SessionInfo | None) -> bool:
+        """End a creation, in one transaction: if `lease` (all its fields) is still the
+        session's lease and the record still says `creating`, store `info` (or forget the
+        session when None) and return True. The lease is dropped whenever it matches."""
+        ...
+
+    async def take_lease(self, lease: Lease, *, replacing: Lease | None = None) -> Lease | None:
+        """Make `lease` the session's lease if its current one is exactly `replacing` (all
+        fields; None: no lease). Returns None when taken, else the current lease."""
+        ...
+
+    async def renew_lease(self, lease: Lease) -> bool:
+        """Set the expiry of the session's lease to `lease.expires`, if it is still held by the
+        same owner for the same holder; False when it was lost (taken over)."""
+        ...
+
+    async def release_lease(self, lease: Lease) -> bool:
+        """Drop the session's lease if it is still held by the same owner for the same holder;
+        False when it was not."""
+        ...
+
+    async def get_lease(self, session_id: str) -> Lease | None:
+        """The session's lease, or None."""
+        ...
+
+    async def list_leases(self) -> list[Lease]:
+        """Every lease of the store."""
         ...
 
     async def append_events(self, chunks: Sequence[EventChunk]) -> dict[str, int]:
@@ -62,9 +131,9 @@ class Store(Protocol):
 
     async def read_events(
         self, session_id: str, *, after: int = 0, upto: int | None = None
-    ) -> list[bytes]:
-        """The chunks (JSON arrays of events) holding any event with `after < seq <= upto`,
-        in seq order. A chunk may also hold events outside that range: filter by seq."""
+    ) -> list[EventChunk]:
+        """The chunks holding any event with `after < seq <= upto`, in seq order. A chunk may
+        also hold events outside that range: filter by seq."""
         ...
 
     async def last_seq(self, session_id: str) -> int:

@@ -1,0 +1,106 @@
+"""Child processes of the multi-process tests: each runs the library on a store it shares with
+the test. `spawn()` runs one; it reports on stdout, one JSON object a line.
+
+    python tests/workers.py create <store> <image> <count>   make sessions, one after another
+    python tests/workers.py gc <store> <stop-file>           open clients and gc until stopped
+    python tests/workers.py turn <store> <image> <command>   run a turn whose bash tool runs
+                                                             <command>, then wait to be killed
+    python tests/workers.py list <store> <start-file>        list the store's sessions once
+                                                             <start-file> exists
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def spawn(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """Run a worker of this checkout's library, its stdout piped for `read_line`; it is
+    killed (if still running) and reaped on exit."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen([sys.executable, str(Path(__file__)), *args], env=env, text=True,
+                          stdout=subprocess.PIPE, cwd=ROOT) as process:
+        try:
+            yield process
+        finally:
+            process.kill()
+
+
+def read_line(process: subprocess.Popen[str]) -> dict[str, Any]:
+    """The worker's next report; fails when it exits without one."""
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line, f"worker exited with {process.wait()} before reporting"
+    report: dict[str, Any] = json.loads(line)
+    return report
+
+
+def _say(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+async def _create(store: str, image: str, count: str) -> None:
+    from sandbox_sessions import AsyncSandboxClient
+
+    async with AsyncSandboxClient(store=store) as client:
+        agent = client.agent("worker", image=image)
+        for _ in range(int(count)):
+            session = await agent.create_session()
+            _say(created=session.id)
+
+
+async def _gc(store: str, stop: str) -> None:
+    from sandbox_sessions import AsyncSandboxClient
+
+    rounds = 0
+    while not Path(stop).exists():
+        async with AsyncSandboxClient(store=store) as client:  # reaps at open, too
+            await client.gc()
+        rounds += 1
+    _say(rounds=rounds)
+
+
+async def _turn(store: str, image: str, command: str) -> None:
+    from sandbox_sessions import AsyncSandboxClient, Event
+
+    script = [{"tool_calls": [{"name": "bash", "input": {"command": command}}]},
+              {"text": "done"}]
+    async with AsyncSandboxClient(store=store) as client:
+        agent = client.agent("worker", model="scripted", script=script, image=image)
+        session = await agent.create_session()
+        _say(session=session.id)
+
+        def report(event: Event) -> None:
+            if event.type == "tool-running":
+                _say(running=event.part.call_id)
+
+        await session.send("go", on_event=report)
+        _say(finished=True)
+        await anyio.sleep_forever()
+
+
+async def _list(store: str, start: str) -> None:
+    from sandbox_sessions import AsyncSandboxClient
+
+    async with AsyncSandboxClient(store=store, reap_orphans=False) as client:
+        while not Path(start).exists():
+            await anyio.sleep(0.01)
+        _say(listed=[info.id for info in await client.list_sessions()])
+
+
+COMMANDS = {"create": _create, "gc": _gc, "turn": _turn, "list": _list}
+
+if __name__ == "__main__":
+    anyio.run(COMMANDS[sys.argv[1]], *sys.argv[2:])
