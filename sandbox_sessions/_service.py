@@ -48,6 +48,8 @@ log: logging.Logger = logging.getLogger("sandbox_sessions")
 
 LABEL = "sandbox-sessions"
 ARTIFACTS = "/artifacts"
+CLOSE_GRACE = 60.0
+"""Seconds closing waits for the creations under way (so none leaves a container behind)."""
 DownloadProgress = Callable[[str, int, int], object]
 """Called as `(key, files_done, files_total)` after each artifact is written."""
 
@@ -72,6 +74,9 @@ class SessionService:
         self.turns = turns
         self._live: dict[str, Sandbox] = {}
         self._attach_lock = anyio.Lock()
+        self._creating = 0
+        self._created = anyio.Event()
+        self._closing = False
 
     def labels(self, session_id: str) -> dict[str, str]:
         """The labels every container of `session_id` carries."""
@@ -88,6 +93,18 @@ class SessionService:
         """Record the session as `creating` under a lease, start its container, then make it
         `idle` if the lease still holds; a failed or cancelled start leaves no session and no
         container. `SessionEnded` if the session was ended (or reaped) meanwhile."""
+        if self._closing:
+            raise InvalidArgument("the client is closed")
+        self._creating += 1
+        try:
+            return await self._create(agent=agent, title=title, options=options, config=config)
+        finally:
+            self._creating -= 1
+            self._created.set()
+
+    async def _create(
+        self, *, agent: str, title: str | None, options: SandboxOptions, config: AgentConfig
+    ) -> SessionInfo:
         now, session_id = _now(), _new_id()
         info = SessionInfo(id=session_id, title=title or f"Session {now:%Y-%m-%d %H:%M:%S}",
                            agent=agent, status="creating", time_created=now, time_updated=now,
@@ -338,7 +355,14 @@ class SessionService:
         return await self.store.finish_create(lease, ended)
 
     async def aclose(self) -> None:
-        """Drop every live connection; the containers keep running for later processes."""
+        """Refuse new sessions, let the creations under way finish (up to `CLOSE_GRACE`
+        seconds), then drop every live connection; the containers keep running for later
+        processes."""
+        self._closing = True
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_GRACE):
+            while self._creating:
+                self._created = anyio.Event()
+                await self._created.wait()
         live, self._live = self._live, {}
         for sandbox in live.values():
             with anyio.CancelScope(shield=True):

@@ -12,14 +12,18 @@ import anyio
 import pytest
 
 from sandbox_sessions import (
+    AsyncAgent,
     AsyncSandboxClient,
     AsyncSessionHandle,
     SandboxSessionsError,
     SendResult,
     SessionBusy,
 )
+from sandbox_sessions.sandbox._engine import Engine
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
+
+ENGINE = Engine()
 
 SLEEPER: list[dict[str, Any]] = [
     {"tool_calls": [{"name": "bash", "input": {"command": "sleep 300"}}]},
@@ -110,6 +114,11 @@ async def test_closing_the_client_while_calls_run_raises_only_our_errors(
         async for _ in session.events():
             pass
 
+    made: list[str] = []
+
+    async def create(agent: AsyncAgent) -> None:
+        made.append((await agent.create_session()).id)
+
     with anyio.fail_after(120):
         async with anyio.create_task_group() as group:  # the calls outlive the client
             async with AsyncSandboxClient(store=store_path) as client:
@@ -123,6 +132,7 @@ async def test_closing_the_client_while_calls_run_raises_only_our_errors(
                     lambda: streamer.shell("sleep 300"),
                     lambda: watch(sender),
                     lambda: streamer.download_artifacts(tmp_path / "out"),
+                    *[lambda: create(agent)] * 5,
                 ]
                 for call in calls:
                     group.start_soon(_record, errors, call)
@@ -130,9 +140,15 @@ async def test_closing_the_client_while_calls_run_raises_only_our_errors(
                     await anyio.sleep(0.05)
             # closed here, with every call still running: closing raised nothing
     foreign = [exc for exc in errors if not isinstance(exc, SandboxSessionsError)]
+    labels = {"sandbox-sessions.store": str(store_path.resolve())}
+    containers = {c["Labels"]["sandbox-sessions.session"] for c in ENGINE.list_containers(labels)}
 
-    async with AsyncSandboxClient(store=store_path) as reopened:
-        for session in (sender, streamer):
-            await reopened.session(session.id).end()
+    async with AsyncSandboxClient(store=store_path, reap_orphans=False) as reopened:
+        records = await reopened.list_sessions(include_ended=True)
+        for record in records:
+            await reopened.session(record.id).end()
 
     assert foreign == []
+    # Each creation under way at close either made a whole session or left nothing.
+    assert containers == {sender.id, streamer.id, *made}
+    assert {record.id: record.status for record in records} == dict.fromkeys(containers, "idle")

@@ -42,6 +42,8 @@ def translate(not_found: Callable[[], SandboxSessionsError] | None = None) -> It
     """Turn docker and requests errors raised in the block into our own."""
     try:
         yield
+    except SandboxSessionsError:  # already ours (some subclass builtins caught below)
+        raise
     except docker.errors.NotFound as exc:
         if not_found is None:
             raise SandboxError(_explain(exc)) from exc
@@ -106,7 +108,7 @@ class Engine:
     @property
     def api(self) -> docker.APIClient:
         if self._closed:
-            raise SandboxUnavailable("the connection to the Docker engine is closed")
+            raise SandboxUnavailable("the client is closed: it no longer calls the Docker engine")
         if self._client is None:
             with translate():
                 if self._base_url is None:
