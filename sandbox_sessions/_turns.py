@@ -114,15 +114,8 @@ class TurnLeases:
         if hold.lost:
             return
         hold.over = True
-        try:
-            await self._events.flush()
-            await self._store.release_lease(hold.lease)
-        except StoreError as exc:
-            log.warning("session %s: lease kept until its events are stored: %s",
-                        hold.lease.session_id, exc)
-            return
-        hold.scope.cancel()
-        self._drop(hold)
+        if await self._released(hold):
+            hold.scope.cancel()
 
     async def settle(self, session_id: str) -> None:
         """On a session's first use by this client: close its turn if its owner is gone.
@@ -179,26 +172,43 @@ class TurnLeases:
             del self._held[hold.lease.session_id]
 
     async def _keep(self, hold: Hold) -> None:
-        """Renew the lease until it is released; release it once its events are stored."""
+        """Renew the lease until it is released, or lost; release it once its events are
+        stored."""
         with hold.scope:
             while True:
                 await anyio.sleep(RELEASE_RETRY if hold.over else HEARTBEAT)
-                try:
-                    if hold.over:
-                        await self._events.flush()
-                        await self._store.release_lease(hold.lease)
-                        self._drop(hold)
-                        return
-                    renewed = replace(hold.lease, expires=time.time() + TURN_LEASE)
-                    if not await self._store.renew_lease(renewed):
-                        log.warning("session %s: turn lease taken over by another client",
-                                    hold.lease.session_id)
-                        self._drop(hold)
-                        hold.lose()
-                        return
-                    hold.lease = renewed
-                except StoreError as exc:
-                    log.warning("session %s: lease not renewed: %s", hold.lease.session_id, exc)
+                if hold.over and await self._released(hold):
+                    return
+                if not await self._renewed(hold):
+                    return
+
+    async def _released(self, hold: Hold) -> bool:
+        try:
+            await self._events.flush()
+            await self._store.release_lease(hold.lease)
+        except StoreError as exc:
+            log.warning("session %s: lease kept until its events are stored: %s",
+                        hold.lease.session_id, exc)
+            return False
+        self._drop(hold)
+        return True
+
+    async def _renewed(self, hold: Hold) -> bool:
+        """Renew the lease; False once it is lost (taken over by another client)."""
+        renewed = replace(hold.lease, expires=time.time() + TURN_LEASE)
+        try:
+            held = await self._store.renew_lease(renewed)
+        except StoreError as exc:
+            log.warning("session %s: lease not renewed: %s", hold.lease.session_id, exc)
+            return True
+        if held:
+            hold.lease = renewed
+            return True
+        log.warning("session %s: turn lease taken over by another client",
+                    hold.lease.session_id)
+        self._drop(hold)
+        hold.lose()
+        return False
 
     async def _recover(self, stale: Lease) -> None:
         """Take the lease over from its gone owner and close its turn, unless another client

@@ -100,11 +100,14 @@ async def test_closing_the_client_while_calls_run_raises_only_our_errors(
     tmp_path: Path, store_path: Path, image: str
 ) -> None:
     errors: list[BaseException] = []
-    running = 0
+    running: list[str] = []
+    both_running = anyio.Event()
 
     def on_event(event: Any) -> None:
-        nonlocal running
-        running += event.type == "tool-running"
+        if event.type == "tool-running":
+            running.append(event.session_id)
+            if len(running) == 2:
+                both_running.set()
 
     async def stream(session: AsyncSessionHandle) -> None:
         async for event in session.stream("go"):
@@ -120,27 +123,27 @@ async def test_closing_the_client_while_calls_run_raises_only_our_errors(
         made.append((await agent.create_session()).id)
 
     with anyio.fail_after(120):
-        async with anyio.create_task_group() as group:  # the calls outlive the client
-            async with AsyncSandboxClient(store=store_path) as client:
-                agent = client.agent("closer", model="scripted", script=SLEEPER, image=image)
-                sender, streamer = await agent.create_session(), await agent.create_session()
-                await streamer.shell("head -c 200000000 /dev/zero > /artifacts/big")
-                calls: list[Callable[[], Awaitable[object]]] = [
-                    lambda: sender.send("go", on_event=on_event),
-                    lambda: stream(streamer),
-                    lambda: sender.shell("sleep 300"),
-                    lambda: streamer.shell("sleep 300"),
-                    lambda: watch(sender),
-                    lambda: streamer.download_artifacts(tmp_path / "out"),
-                    *[lambda: create(agent)] * 5,
-                ]
-                for call in calls:
-                    group.start_soon(_record, errors, call)
-                while running < 2:  # both turns run their tools
-                    await anyio.sleep(0.05)
-            # closed here, with every call still running: closing raised nothing
+        # The calls run in a task group that outlives the client.
+        async with anyio.create_task_group() as group, AsyncSandboxClient(
+                store=store_path) as client:
+            agent = client.agent("closer", model="scripted", script=SLEEPER, image=image)
+            sender, streamer = await agent.create_session(), await agent.create_session()
+            await streamer.shell("head -c 200000000 /dev/zero > /artifacts/big")
+            calls: list[Callable[[], Awaitable[object]]] = [
+                lambda: sender.send("go", on_event=on_event),
+                lambda: stream(streamer),
+                lambda: sender.shell("sleep 300"),
+                lambda: streamer.shell("sleep 300"),
+                lambda: watch(sender),
+                lambda: streamer.download_artifacts(tmp_path / "out"),
+                *[lambda: create(agent)] * 5,
+            ]
+            for call in calls:
+                group.start_soon(_record, errors, call)
+            await both_running.wait()  # both turns run their tools
+        # closed here, with every call still running: closing raised nothing
     foreign = [exc for exc in errors if not isinstance(exc, SandboxSessionsError)]
-    labels = {"sandbox-sessions.store": str(store_path.resolve())}
+    labels = {"sandbox-sessions.store": str(await anyio.Path(store_path).resolve())}
     containers = {c["Labels"]["sandbox-sessions.session"] for c in ENGINE.list_containers(labels)}
 
     async with AsyncSandboxClient(store=store_path, reap_orphans=False) as reopened:

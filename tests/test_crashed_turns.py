@@ -10,7 +10,14 @@ import anyio
 import pytest
 from workers import read_line, spawn
 
-from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, Event, SessionBusy, ToolPart
+from sandbox_sessions import (
+    AssistantMessage,
+    AsyncSandboxClient,
+    AsyncSessionHandle,
+    Event,
+    SessionBusy,
+    ToolPart,
+)
 from sandbox_sessions._types import SessionStatusEvent, TurnEndEvent
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
@@ -36,7 +43,7 @@ async def sleepers(session: AsyncSessionHandle) -> str:
 
 
 async def test_a_turn_whose_process_was_killed_is_closed_once_when_next_listed(
-    tmp_path: Path, store_path: Path, image: str
+    store_path: Path, image: str
 ) -> None:
     with spawn("turn", str(store_path), image, "sleep 1000") as runner:
         session_id = read_line(runner)["session"]
@@ -44,12 +51,16 @@ async def test_a_turn_whose_process_was_killed_is_closed_once_when_next_listed(
         runner.send_signal(signal.SIGKILL)
         runner.wait(timeout=30)
 
-    go = tmp_path / "go"
-    with (spawn("list", str(store_path), str(go)) as first,
-          spawn("list", str(store_path), str(go)) as second,
-          spawn("list", str(store_path), str(go)) as third):
-        go.touch()  # three processes notice the dead turn at the same moment
-        listings = [read_line(lister)["listed"] for lister in (first, second, third)]
+    with (spawn("list", str(store_path)) as first, spawn("list", str(store_path)) as second,
+          spawn("list", str(store_path)) as third):
+        listers = (first, second, third)
+        for lister in listers:
+            assert read_line(lister)["ready"]
+        for lister in listers:  # three processes notice the dead turn at the same moment
+            assert lister.stdin is not None
+            lister.stdin.write("go\n")
+            lister.stdin.flush()
+        listings = [read_line(lister)["listed"] for lister in listers]
 
     async with AsyncSandboxClient(store=store_path, reap_orphans=False) as client:
         session = client.session(session_id)
@@ -84,6 +95,7 @@ async def test_opening_a_session_closes_its_dead_turn(store_path: Path, image: s
         messages = await client.session(session_id).get_messages()  # first use: no listing
         await client.session(session_id).end()
 
+    assert isinstance(messages[-1], AssistantMessage)
     assert messages[-1].error == "interrupted: the process running this turn is gone"
     tool = next(part for part in messages[-1].parts if isinstance(part, ToolPart))
     assert tool.state.status == "error"

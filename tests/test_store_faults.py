@@ -48,11 +48,14 @@ async def event_log(store: SQLiteStore) -> AsyncIterator[tuple[EventLog, anyio.a
     await store.aclose()
 
 
-async def collect(log: EventLog, into: list[Event | StoreError], strict: bool) -> None:
-    """Read the session's log into `into` until it fails."""
+async def collect(log: EventLog, into: list[Event | StoreError], strict: bool,
+                  full: anyio.Event) -> None:
+    """Read the session's log into `into` until it fails; `full` is set at 5 items."""
     try:
         async for event in log.subscribe("s", strict=strict):
             into.append(event)
+            if len(into) == 5:
+                full.set()
     except StoreError as exc:
         into.append(exc)
 
@@ -66,8 +69,9 @@ async def test_a_locked_store_delays_events_and_loses_none(tmp_path: Path) -> No
             await log.flush()
             seen: list[Event | StoreError] = []
             strict: list[Event | StoreError] = []
-            group.start_soon(collect, log, seen, False)
-            group.start_soon(collect, log, strict, True)
+            all_seen = anyio.Event()
+            group.start_soon(collect, log, seen, False, all_seen)
+            group.start_soon(collect, log, strict, True, anyio.Event())
             other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
             for index in range(3):
                 emit(log, f"locked {index}")
@@ -77,8 +81,7 @@ async def test_a_locked_store_delays_events_and_loses_none(tmp_path: Path) -> No
             other.execute("COMMIT")  # healthy again
             with anyio.fail_after(10):
                 await log.flush()
-                while len(seen) < 5:
-                    await anyio.sleep(0.01)
+                await all_seen.wait()
             stored = await log.history("s")
 
     assert refused.value.retryable

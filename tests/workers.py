@@ -5,8 +5,8 @@ the test. `spawn()` runs one; it reports on stdout, one JSON object a line.
     python tests/workers.py gc <store> <stop-file>           open clients and gc until stopped
     python tests/workers.py turn <store> <image> <command>   run a turn whose bash tool runs
                                                              <command>, then wait to be killed
-    python tests/workers.py list <store> <start-file>        list the store's sessions once
-                                                             <start-file> exists
+    python tests/workers.py list <store>                     list the store's sessions once a
+                                                             line comes on stdin
 """
 
 from __future__ import annotations
@@ -15,23 +15,24 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
 def spawn(*args: str) -> Iterator[subprocess.Popen[str]]:
-    """Run a worker of this checkout's library, its stdout piped for `read_line`; it is
-    killed (if still running) and reaped on exit."""
+    """Run a worker of this checkout's library, its stdin and stdout piped (`read_line`); it
+    is killed (if still running) and reaped on exit."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with subprocess.Popen([sys.executable, str(Path(__file__)), *args], env=env, text=True,
-                          stdout=subprocess.PIPE, cwd=ROOT) as process:
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT) as process:
         try:
             yield process
         finally:
@@ -65,7 +66,7 @@ async def _gc(store: str, stop: str) -> None:
     from sandbox_sessions import AsyncSandboxClient
 
     rounds = 0
-    while not Path(stop).exists():
+    while not await anyio.Path(stop).exists():
         async with AsyncSandboxClient(store=store) as client:  # reaps at open, too
             await client.gc()
         rounds += 1
@@ -75,8 +76,8 @@ async def _gc(store: str, stop: str) -> None:
 async def _turn(store: str, image: str, command: str) -> None:
     from sandbox_sessions import AsyncSandboxClient, Event
 
-    script = [{"tool_calls": [{"name": "bash", "input": {"command": command}}]},
-              {"text": "done"}]
+    script: list[dict[str, Any]] = [
+        {"tool_calls": [{"name": "bash", "input": {"command": command}}]}, {"text": "done"}]
     async with AsyncSandboxClient(store=store) as client:
         agent = client.agent("worker", model="scripted", script=script, image=image)
         session = await agent.create_session()
@@ -91,16 +92,17 @@ async def _turn(store: str, image: str, command: str) -> None:
         await anyio.sleep_forever()
 
 
-async def _list(store: str, start: str) -> None:
+async def _list(store: str) -> None:
     from sandbox_sessions import AsyncSandboxClient
 
     async with AsyncSandboxClient(store=store, reap_orphans=False) as client:
-        while not Path(start).exists():
-            await anyio.sleep(0.01)
+        _say(ready=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)  # the go
         _say(listed=[info.id for info in await client.list_sessions()])
 
 
-COMMANDS = {"create": _create, "gc": _gc, "turn": _turn, "list": _list}
+COMMANDS: dict[str, Callable[..., Awaitable[None]]] = {
+    "create": _create, "gc": _gc, "turn": _turn, "list": _list}
 
 if __name__ == "__main__":
     anyio.run(COMMANDS[sys.argv[1]], *sys.argv[2:])
