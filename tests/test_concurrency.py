@@ -82,11 +82,11 @@ async def test_fifty_sessions_at_once_twenty_times_without_a_warning(
                 for session in sessions:
                     group.start_soon(session.end)
         assert len(sessions) == 50
+        assert [record.getMessage() for record in caplog.records] == []
     async with AsyncSandboxClient(store=store_path) as client:
         left = await client.list_sessions()
 
     assert left == []
-    assert [record.getMessage() for record in caplog.records] == []
 
 
 async def _record(errors: list[BaseException], call: Callable[[], Awaitable[object]]) -> None:
