@@ -118,10 +118,12 @@ class AsyncSessionHandle:
             await self.end()
 
     async def get_info(self) -> SessionInfo:
-        """The session's record: id, title, status (`busy` while a turn runs), times,
-        container, sandbox options and agent config (with its permission rules)."""
+        """The session's record: id, title, status (`busy` while a turn runs, here or in
+        another process), times, container, sandbox options and agent config (with its
+        permission rules)."""
         info = await self._service.get_info(self.id)
-        if info.status != "ended" and self._conversations.busy(self.id):
+        if info.status == "idle" and (self._conversations.busy(self.id)
+                                      or await self._service.turns.running_elsewhere(self.id)):
             info = info.model_copy(update={"status": "busy"})
         return info
 

@@ -88,6 +88,12 @@ class TurnLeases:
             return hold is None or hold.lease.holder != lease.holder
         return is_stale(lease)
 
+    async def running_elsewhere(self, session_id: str) -> bool:
+        """Whether another client (of this process or another) runs a turn of the session."""
+        lease = await self._store.get_lease(session_id)
+        return (lease is not None and lease.kind == "turn" and lease.owner != str(self.owner)
+                and not self.stale(lease))
+
     async def acquire(
         self, session_id: str, *, message_id: str, after: int, on_lost: Callable[[], object]
     ) -> Hold:

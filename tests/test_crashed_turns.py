@@ -115,6 +115,7 @@ async def test_a_turn_alive_in_another_process_is_left_alone(
             with pytest.raises(SessionBusy):
                 await session.send("me too")  # one turn at a time, across processes
             running = (await session.shell("pgrep -x sleep | wc -l")).stdout.strip()
+            status = (await session.get_info()).status
         assert runner.poll() is None  # still running its turn, untouched
     async with AsyncSandboxClient(store=store_path, reap_orphans=False) as client:
         await client.session(session_id).end()
@@ -124,3 +125,4 @@ async def test_a_turn_alive_in_another_process_is_left_alone(
     tool = next(part for part in messages[-1].parts if isinstance(part, ToolPart))
     assert tool.state.status == "running"
     assert running == "1"
+    assert status == "busy"
