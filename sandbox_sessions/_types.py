@@ -349,7 +349,8 @@ class PermissionRequest(_Frozen):
     call_id: str
     tool: str
     patterns: list[str]
-    """What the rules matched: the command line, or the path."""
+    """What the rules matched: the command line, or the path as written and, when it differs,
+    as the container resolves it (links followed)."""
     always: list[str]
     """The patterns an `always` reply adds to the session's rules."""
     metadata: dict[str, Any] = Field(default_factory=dict)
