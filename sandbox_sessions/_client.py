@@ -47,6 +47,7 @@ class SandboxKwargs(TypedDict, total=False):
     env: dict[str, str]
     workdir: str
     user: str
+    disk: str
 
 
 def sandbox_options(base: SandboxOptions | None, overrides: SandboxKwargs) -> SandboxOptions:
