@@ -15,7 +15,7 @@ import io
 import logging
 import socket
 import tarfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
 from importlib import resources
@@ -28,6 +28,7 @@ import anyio.to_thread
 from .._exceptions import ContainerDied, ContainerGone, ImageNotFound, ProtocolError, SandboxError
 from .._types import SandboxOptions, ShellResult
 from ._channel import ChannelClosed, HelperChannel
+from ._disk import DiskMode, disk_host_config, find_home, quota_unsupported
 from ._engine import Engine
 from ._exec_runtime import ExecRuntime
 from ._runtime import HelperRuntime
@@ -198,8 +199,9 @@ class DockerSandbox:
             await runtime.aclose()
 
 
-def _host_config(options: SandboxOptions) -> dict[str, Any]:
-    return {
+def _host_config(options: SandboxOptions, *, disk: Mapping[str, Any]) -> dict[str, Any]:
+    """The hardening of every session container, plus `disk`: its writable-space cap."""
+    return {**disk,
         "init": True,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
@@ -230,10 +232,23 @@ def _folders_archive(user: str, folders: tuple[str, ...]) -> bytes:
 class DockerBackend:
     """Creates, attaches to and removes session containers on one Docker engine."""
 
-    def __init__(self, engine: Engine, *, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self, engine: Engine, *, task_group: anyio.abc.TaskGroup, disk_mode: DiskMode = "auto"
+    ) -> None:
+        """`disk_mode` is how `SandboxOptions.disk` is enforced (see `sandbox._disk`): `auto`
+        asks the engine for a quota and falls back to tmpfs folders if it refuses; `quota`
+        or `tmpfs` forces one (`quota` then fails where the engine cannot)."""
         self.engine = engine
         self._task_group = task_group
         self._image_labels: dict[str, dict[str, str]] = {}
+        self._disk_mode: DiskMode = disk_mode
+        self._homes: dict[tuple[str, str], str | None] = {}
+
+    @property
+    def disk_mode(self) -> DiskMode:
+        """How disks are capped: `auto` until the first capped create tells `quota` or
+        `tmpfs` apart, then that."""
+        return self._disk_mode
 
     async def _labels_of(self, image: str) -> dict[str, str]:
         if image not in self._image_labels:
@@ -268,15 +283,9 @@ class DockerBackend:
     async def _create(
         self, options: SandboxOptions, labels: Mapping[str, str], *, attach: bool
     ) -> DockerSandbox:
-        container = await anyio.to_thread.run_sync(
-            partial(self.engine.create_container, options.image,
-                    command=[*HELPER_ARGV, "main"] if attach else ["sleep", "infinity"],
-                    stdin_open=attach, stdin_once=attach, labels=dict(labels), user=options.user,
-                    working_dir=options.workdir, environment=dict(options.env), detach=True,
-                    host_config=_host_config(options))
-        )
+        container, on_tmpfs = await self._create_container(options, labels, attach=attach)
         try:
-            channel = await self._start(container, options, attach=attach)
+            channel = await self._start(container, options, attach=attach, on_tmpfs=on_tmpfs)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.engine.remove, container)
@@ -285,15 +294,55 @@ class DockerBackend:
             self.engine, container, options, task_group=self._task_group, channel=channel
         )
 
+    async def _create_container(
+        self, options: SandboxOptions, labels: Mapping[str, str], *, attach: bool
+    ) -> tuple[str, bool]:
+        """Create the container with its disk capped; return its id and whether its writable
+        folders are tmpfs mounts (on a read-only root, which nothing may be copied into)."""
+        create = partial(
+            self.engine.create_container, options.image,
+            command=[*HELPER_ARGV, "main"] if attach else ["sleep", "infinity"],
+            stdin_open=attach, stdin_once=attach, labels=dict(labels), user=options.user,
+            working_dir=options.workdir, environment=dict(options.env), detach=True)
+        if options.disk_bytes is None:
+            return await self._run(create, _host_config(options, disk={})), False
+        if self._disk_mode != "tmpfs":
+            quota = _host_config(options, disk=disk_host_config(options, "quota", home=None))
+            try:
+                container = await self._run(create, quota)
+            except SandboxError as exc:
+                if self._disk_mode == "quota" or not quota_unsupported(str(exc)):
+                    raise
+                log.warning("the engine cannot cap a container's disk (%s): sessions get a "
+                            "read-only root and tmpfs folders instead", exc)
+                self._disk_mode = "tmpfs"
+            else:
+                self._disk_mode = "quota"
+                return container, False
+        home = await self._home_of(options, labels)
+        tmpfs = _host_config(options, disk=disk_host_config(options, "tmpfs", home=home))
+        return await self._run(create, tmpfs), True
+
+    async def _run(self, create: Callable[..., str], host_config: dict[str, Any]) -> str:
+        return await anyio.to_thread.run_sync(partial(create, host_config=host_config))
+
+    async def _home_of(self, options: SandboxOptions, labels: Mapping[str, str]) -> str | None:
+        key = (options.image, options.user)
+        if key not in self._homes:
+            self._homes[key] = await anyio.to_thread.run_sync(
+                find_home, self.engine, options.image, options.user, labels)
+        return self._homes[key]
+
     async def _start(
-        self, container: str, options: SandboxOptions, *, attach: bool
+        self, container: str, options: SandboxOptions, *, attach: bool, on_tmpfs: bool
     ) -> HelperChannel | None:
         if not attach:  # a foreign image may lack our folders, or own them as root
-            archive = _folders_archive(options.user, (options.workdir, "/artifacts"))
-            await anyio.to_thread.run_sync(self.engine.put_archive, container, "/", archive)
+            if not on_tmpfs:  # else the tmpfs mounts make them, owned by the user
+                archive = _folders_archive(options.user, (options.workdir, "/artifacts"))
+                await anyio.to_thread.run_sync(self.engine.put_archive, container, "/", archive)
             await anyio.to_thread.run_sync(self.engine.start, container)
             return None
-        if options.workdir != OWN_WORKDIR:  # Docker would make it root-owned: unwritable
+        if options.workdir != OWN_WORKDIR and not on_tmpfs:  # Docker would make it root's
             archive = _folders_archive(options.user, (options.workdir,))
             await anyio.to_thread.run_sync(self.engine.put_archive, container, "/", archive)
         sock = await anyio.to_thread.run_sync(self.engine.attach_socket, container)
