@@ -227,13 +227,15 @@ class Conversations:
         try:
             if hold is None or not hold.lost:
                 self._close(turn, message, outcome)
+            stored = True
             try:
                 await self.events.flush()
             except StoreError as exc:  # queued, and stored once the store heals
                 log.warning("session %s: the end of a turn is not stored yet: %s",
                             turn.session_id, exc)
+                stored = False
             if hold is not None:
-                await self.sessions.turns.release(hold)
+                await self.sessions.turns.release(hold, stored=stored)
         finally:
             self._running.pop(turn.session_id, None)
             running.done.set()

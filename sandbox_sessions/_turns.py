@@ -100,6 +100,9 @@ class TurnLeases:
         """Take the session's turn lease for the turn `message_id`, closing first an interrupted
         turn that holds it; `SessionBusy` when a live turn (here or elsewhere) or the session's
         creation holds it. `on_lost` is called if the lease is ever taken over."""
+        held = self._held.get(session_id)
+        if held is not None and held.over and await self._released(held):
+            held.scope.cancel()  # the last turn's events are stored now: its lease is free
         if session_id in self._held:
             raise SessionBusy(session_id)
         lease = new_lease(self.owner, session_id, "turn", holder=message_id, after=after)
@@ -114,13 +117,14 @@ class TurnLeases:
             await self._recover(current)
         raise SessionBusy(session_id)
 
-    async def release(self, hold: Hold) -> None:
+    async def release(self, hold: Hold, *, stored: bool = True) -> None:
         """Release the lease once every event emitted so far is stored. Never raises: while the
-        store fails, the lease is kept (and renewed) and released in the background."""
+        store fails (or, with `stored=False`, is known to be failing), the lease is kept (and
+        renewed) and released in the background."""
         if hold.lost:
             return
         hold.over = True
-        if await self._released(hold):
+        if stored and await self._released(hold):
             hold.scope.cancel()
 
     async def settle(self, session_id: str) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, closing
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -17,6 +18,7 @@ import pytest
 
 from sandbox_sessions import (
     AsyncSandboxClient,
+    AsyncSessionHandle,
     SandboxOptions,
     SessionInfo,
     StoreError,
@@ -24,7 +26,13 @@ from sandbox_sessions import (
     UserMessage,
 )
 from sandbox_sessions._eventlog import EventLog
-from sandbox_sessions._types import Event, MessageCreatedEvent, TextDeltaEvent
+from sandbox_sessions._types import (
+    Event,
+    MessageCreatedEvent,
+    SessionStatusEvent,
+    TextDeltaEvent,
+    TurnEndEvent,
+)
 from sandbox_sessions.store._sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -204,3 +212,53 @@ async def test_a_corrupt_events_row_is_a_store_error_naming_it(store_path: Path)
 
     assert all("ses_a" in text and "first_seq=1" in text for text in failures)
     assert [message.id for message in healthy] == ["msg_ses_b"]
+
+
+@pytest.mark.docker
+async def test_send_on_a_locked_store_raises_store_error_and_then_all_is_stored(
+    store_path: Path, image: str
+) -> None:
+    script: list[dict[str, Any]] = [
+        {"tool_calls": [{"name": "bash", "input": {"command": "sleep 1"}}]}, {"text": "done"}]
+    with closing(sqlite3.connect(store_path, isolation_level=None)) as other:
+        async with (AsyncSandboxClient(store=store_path) as client,
+                    anyio.create_task_group() as group):
+            agent = client.agent("locked", model="scripted", script=script * 2, image=image)
+            session = await agent.create_session()
+
+            async def unlock_later() -> None:
+                # Past one busy timeout (10 s) after the tool ends: its events fail once.
+                await anyio.sleep(20)
+                other.execute("COMMIT")
+
+            def lock(event: Event) -> None:
+                if event.type == "tool-running" and not other.in_transaction:
+                    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+                    group.start_soon(unlock_later)
+
+            with anyio.fail_after(90), pytest.raises(StoreError) as refused:
+                await session.send("go", on_event=lock)
+            first = await session.get_messages()  # healthy again: everything is stored
+            again = await session.send("again")
+            events = await _until_idle(session)
+            await session.end()
+
+    assert refused.value.retryable
+    assert "locked" in str(refused.value)
+    assert [message.role for message in first] == ["user", "assistant"]
+    ends = [event for event in events if isinstance(event, TurnEndEvent)]
+    assert [end.message_id for end in ends] == [first[1].id, again.message_id]
+    assert [event.seq for event in events] == list(range(1, len(events) + 1))
+    assert again.reason == "completed"
+
+
+async def _until_idle(session: AsyncSessionHandle) -> list[Event]:
+    """The session's stored events up to its second `turn-end` and the idle after it."""
+    events: list[Event] = []
+    with anyio.fail_after(10):
+        async for event in session.events():
+            events.append(event)
+            ends = sum(isinstance(seen, TurnEndEvent) for seen in events)
+            if ends == 2 and isinstance(event, SessionStatusEvent):
+                return events
+    raise AssertionError("unreachable: events() never ends by itself")
