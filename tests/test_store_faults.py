@@ -262,3 +262,19 @@ async def _until_idle(session: AsyncSessionHandle) -> list[Event]:
             if ends == 2 and isinstance(event, SessionStatusEvent):
                 return events
     raise AssertionError("unreachable: events() never ends by itself")
+
+
+@pytest.mark.docker
+async def test_gc_keeps_a_container_whose_record_is_corrupt(store_path: Path, image: str) -> None:
+    async with AsyncSandboxClient(store=store_path) as client:
+        session = await client.agent("kept", image=image).create_session()
+        info = await session.get_info()
+        corrupt(store_path, "UPDATE sessions SET info='not json' WHERE id=?", session.id)
+        removed = await client.gc()  # neither raises nor removes what it cannot read
+        still_there = (await session.shell("echo here")).stdout
+        corrupt(store_path, "UPDATE sessions SET info=? WHERE id=?", info.model_dump_json(),
+                session.id)
+        await session.end()
+
+    assert info.container_id not in removed
+    assert still_there == "here\n"
