@@ -7,6 +7,8 @@ through its routes. It holds no per-caller state beyond live sandbox connections
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import posixpath
 import secrets
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -30,13 +32,21 @@ from ._types import (
     ArtifactDownload,
     ArtifactInfo,
     SandboxOptions,
+    SandboxRestartedEvent,
     SessionInfo,
     ShellResult,
     ShellRunEvent,
     SkippedArtifact,
 )
 from .sandbox._archive import Caps, SafeWriter, unsafe_key_reason
-from .sandbox.base import FileEntry, OutputCallback, Sandbox, SandboxBackend, ShellRequest
+from .sandbox.base import (
+    FileEntry,
+    OutputCallback,
+    RestartCallback,
+    Sandbox,
+    SandboxBackend,
+    ShellRequest,
+)
 from .store.base import Store
 
 log: logging.Logger = logging.getLogger("sandbox_sessions")
@@ -86,7 +96,8 @@ class SessionService:
         # container that the reaper removes, never a live session without a container.
         await self.store.put_session(info.model_copy(update={"status": "ended"}))
         try:
-            sandbox = await self.backend.create(options, labels=self.labels(session_id))
+            sandbox = await self.backend.create(options, labels=self.labels(session_id),
+                                                on_restart=self._restart_recorder(session_id))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.store.delete_session(session_id)
@@ -132,9 +143,17 @@ class SessionService:
             raise SessionEnded(session_id)
         async with self._attach_lock:
             if session_id not in self._live:
-                sandbox = await self.backend.attach(info.container_id, info.sandbox)
+                sandbox = await self.backend.attach(
+                    info.container_id, info.sandbox, on_restart=self._restart_recorder(session_id))
                 self._live[session_id] = sandbox
             return self._live[session_id]
+
+    def _restart_recorder(self, session_id: str) -> RestartCallback:
+        async def record(reason: str) -> None:
+            await self.events.open(session_id)
+            self.events.emit(session_id, SandboxRestartedEvent, reason=reason)
+
+        return record
 
     async def shell(
         self,
@@ -148,9 +167,11 @@ class SessionService:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> ShellResult:
-        """Run a command in the session's sandbox; see `Sandbox.shell`."""
-        if timeout is not None and timeout <= 0:
-            raise InvalidArgument(f"timeout must be positive, not {timeout}")
+        """Run a command in the session's sandbox; see `Sandbox.shell`.
+
+        `timeout` is a finite number of seconds >= 0 (0 kills the command at once), or None.
+        """
+        timeout = _seconds(timeout)
         if max_output < 0:
             raise InvalidArgument(f"max_output must be zero or more, not {max_output}")
         sandbox = await self._sandbox(session_id)
@@ -288,6 +309,21 @@ class SessionService:
         for sandbox in live.values():
             with anyio.CancelScope(shield=True):
                 await sandbox.aclose()
+
+
+def _seconds(timeout: object) -> float | None:
+    """`timeout` as seconds: a finite real number >= 0 (not a bool), or None."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise InvalidArgument(f"timeout must be a number of seconds, not {timeout!r}")
+    try:
+        seconds = float(timeout)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidArgument(f"timeout must be a finite number of seconds >= 0, not {timeout!r}")
+    return seconds
 
 
 def _refusal(entry: FileEntry) -> str | None:

@@ -1,12 +1,22 @@
 # The in-container helper. The host starts it once per connection with `python3 -c <this file>`
-# over an attached `docker exec` and speaks to it on its stdin and stdout; it is never imported
-# on the host. It must run on any python3 from 3.6 on, with the standard library only.
+# over an attached `docker exec` (or, in our image, as the container's main process) and speaks
+# to it on its stdin and stdout; it is never imported on the host. It must run on any python3
+# from 3.6 on, with the standard library only.
 #
 # Frames, both ways: a 9-byte header (kind: u8, request id: u32, length: u32, big-endian) and
 # `length` bytes of payload. Requests are JSON; data travels as raw bytes. Requests are served
-# concurrently, one thread each, so a long command never blocks a file read.
+# concurrently, one thread each, so a long command never blocks a file read, and the main loop
+# only reads frames and hands them on: no request's I/O ever blocks it. A malformed frame or
+# request is answered with a FAIL frame; nothing a request does ends the helper.
+#
+# In our image the helper is the container's PID 1. The kernel then delivers it no signal from
+# inside the container unless it installed a handler (it installs none), so the sandbox user can
+# neither `kill -9 1` nor `kill -9 -1` it; it must in turn reap every orphan, as an init does.
+import errno
 import json
+import math
 import os
+import queue
 import selectors
 import signal
 import stat
@@ -19,24 +29,38 @@ import time
 HEADER = struct.Struct(">BII")
 # host -> helper
 REQ, DATA_IN, END_IN, CANCEL = 1, 2, 3, 4
-# helper -> host
-OUT, ERR, DATA_OUT, DONE, FAIL, HELLO = 10, 11, 12, 13, 14, 15
+# helper -> host; ACK: one DATA_IN frame of an upload is written, the host may send another
+OUT, ERR, DATA_OUT, DONE, FAIL, HELLO, ACK = 10, 11, 12, 13, 14, 15, 16
 CHUNK = 256 * 1024
+MAX_FRAME = 16 * 1024 * 1024  # a longer frame is skipped and refused, never buffered
 DRAIN_IDLE = 0.05  # once a command has exited, how long its leftover children may stay silent
+KILL_FOR = 1.0  # seconds a timed-out group is killed again and again until it is empty
+PIPE_GRACE = 1.0  # after the kill, how long a process outside the group may hold the pipes
+COMMAND_OOM_SCORE_ADJ = b"500"  # the OOM killer takes a command before the helper
 
 _write_lock = threading.Lock()
+_host_gone = threading.Event()
 _running = {}  # request id -> Popen, for CANCEL and for clean-up at EOF
 _cancelled = set()
-_uploads = {}  # request id -> (open file, temporary path, final path)
+_uploads = {}  # request id -> Upload, or None while a refused upload's frames still arrive
 SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+
+
+class BadRequest(Exception):
+    """A request the host should never have sent: answered with a `bad_request` FAIL."""
 
 
 def send(kind, rid, payload=b""):
     frame = HEADER.pack(kind, rid, len(payload)) + payload
     with _write_lock:
+        if _host_gone.is_set():
+            return
         view = memoryview(frame)
-        while view:
-            view = view[os.write(1, view):]
+        try:
+            while view:
+                view = view[os.write(1, view):]
+        except OSError:  # the host went away; what is left to say has no reader
+            _host_gone.set()
 
 
 def send_json(kind, rid, obj):
@@ -56,82 +80,223 @@ def os_error_kind(exc):
         return "not_found"
     if isinstance(exc, PermissionError):
         return "permission"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return "no_space"
     return "os_error"
 
 
-def kill_group(proc):
+def field(req, name, kinds, default=None):
+    """`req[name]`, or `default` when absent or null; BadRequest when it has another type
+    (a bool is never taken for a number)."""
+    value = req.get(name)
+    if value is None:
+        return default
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise BadRequest("%s must be %s, not %r" % (
+            name, " or ".join(kind.__name__ for kind in kinds), value))
+    return value
+
+
+def path_field(req, name, optional=False):
+    value = field(req, name, (str,))
+    if value is None and optional:
+        return None
+    if not value or "\0" in value:
+        raise BadRequest("%s must be a non-empty string without NUL, not %r" % (name, value))
+    return value
+
+
+# --- children: one reaper for all ----------------------------------------------------------
+
+
+class Reaper(object):
+    """Reaps every child, and as PID 1 every orphan too, and hands exit statuses on.
+
+    Nothing else may wait for a child (no `Popen.wait`/`poll`): a pid the reaper already
+    reaped could be reused by another process by then. `spawn` registers the pid under the
+    lock that the reaper takes before handing a status on, so a child that exits at once is
+    not lost.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.waiters = {}  # pid -> Exit
+        self.spawned = threading.Event()
+
+    def spawn(self, argv, **options):
+        with self.lock:
+            proc = subprocess.Popen(argv, **options)
+            done = self.waiters[proc.pid] = Exit()
+        self.spawned.set()
+        return proc, done
+
+    def run(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                # No child now; as PID 1 an orphan may become ours at any moment.
+                self.spawned.wait(0.5)
+                self.spawned.clear()
+                continue
+            with self.lock:
+                done = self.waiters.pop(pid, None)
+            if done is not None:
+                done.set(status)
+
+
+class Exit(object):
+    """The exit status of one child, once the reaper has it."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.code = None
+
+    def set(self, status):
+        self.code = 128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else (
+            os.WEXITSTATUS(status))
+        self.event.set()
+
+
+REAPER = Reaper()
+# --- commands ------------------------------------------------------------------------------
+
+
+def kill_group(pgid):
+    """SIGKILL the group again and again until it is empty, for at most KILL_FOR seconds: a
+    dying fork bomb keeps forking. Its zombies leave the group once the reaper (ours, or the
+    container's init) has them. A process that left the group (`setsid`) is out of reach."""
+    end = time.monotonic() + KILL_FOR
+    while True:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:  # ESRCH: the group is empty
+            return
+        if time.monotonic() >= end:
+            return
+        time.sleep(0.01)
+
+
+def prefer_for_oom(pid):
+    # The sandbox user may lower it back to 0, never below the helper's own score.
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        fd = os.open("/proc/%d/oom_score_adj" % pid, os.O_WRONLY)
+        try:
+            os.write(fd, COMMAND_OOM_SCORE_ADJ)
+        finally:
+            os.close(fd)
     except OSError:
         pass
 
 
-def pump(rid, proc, deadline, cap):
-    """Forward the command's output until both pipes close, capped at `cap` bytes each."""
+def exec_env(req):
+    env = dict(os.environ)
+    for key, value in field(req, "env", (dict,), {}).items():
+        if not isinstance(value, str) or not key or "=" in key or "\0" in key + value:
+            raise BadRequest("env entry %r=%r is not usable" % (key, value))
+        env[key] = value
+    return env
+
+
+def exec_limits(req):
+    timeout = field(req, "timeout", (int, float))
+    if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
+        raise BadRequest("timeout must be a finite number of seconds >= 0, not %r" % timeout)
+    cap = field(req, "max_output", (int,), 1 << 20)
+    if cap < 0:
+        raise BadRequest("max_output must be >= 0, not %r" % cap)
+    return timeout, cap
+
+
+def pump(rid, proc, done, deadline, cap):
+    """Forward the command's output, at most `cap` bytes a stream, until it has exited and its
+    pipes closed (or stayed quiet for DRAIN_IDLE). Past `deadline`, or once cancelled, kill its
+    group. Returns (timed_out, truncated)."""
     sel = selectors.DefaultSelector()
     sent = {OUT: 0, ERR: 0}
     sel.register(proc.stdout, selectors.EVENT_READ, OUT)
     sel.register(proc.stderr, selectors.EVENT_READ, ERR)
     truncated = timed_out = False
-    idle_since = None
-    while sel.get_map():
-        wait = 0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic()))
-        events = sel.select(wait)
-        for key, _ in events:
-            data = os.read(key.fd, CHUNK)
-            if not data:
-                sel.unregister(key.fileobj)
+    stop_at = idle_since = None
+    try:
+        while True:
+            now = time.monotonic()
+            late = deadline is not None and now >= deadline
+            if stop_at is None and (rid in _cancelled or late):
+                timed_out = rid not in _cancelled
+                kill_group(proc.pid)
+                stop_at = time.monotonic() + PIPE_GRACE
+            elif stop_at is not None and now >= stop_at:
+                break  # something outside the group holds the pipes open
+            tick = 0.05 if deadline is None or stop_at else max(0.0, min(0.05, deadline - now))
+            if not sel.get_map():  # both pipes closed: only the exit is left to wait for
+                if done.event.wait(tick):
+                    break
                 continue
-            room = cap - sent[key.data]
-            if len(data) > room:
-                truncated = True
-                data = data[:max(room, 0)]
-            if data:
-                sent[key.data] += len(data)
-                send(key.data, rid, data)
-        if events:
-            idle_since = None
-        if deadline is not None and not timed_out and time.monotonic() >= deadline:
-            timed_out = True
-            kill_group(proc)
-            deadline = time.monotonic() + 1.0  # grace for the pipes to close
-        elif deadline is not None and timed_out and time.monotonic() >= deadline:
-            break  # something outside the group holds the pipes open
-        if not events and proc.poll() is not None:
-            # The command exited but a child of it still holds a pipe: stop once it is quiet.
-            idle_since = idle_since or time.monotonic()
-            if time.monotonic() - idle_since >= DRAIN_IDLE:
-                break
-    sel.close()
+            events = sel.select(tick)
+            for key, _ in events:
+                data = os.read(key.fd, CHUNK)
+                if not data:
+                    sel.unregister(key.fileobj)
+                    continue
+                room = cap - sent[key.data]
+                if len(data) > room:
+                    truncated = True
+                    data = data[:max(room, 0)]
+                if data:
+                    sent[key.data] += len(data)
+                    send(key.data, rid, data)
+            if events:
+                idle_since = None
+            elif done.event.is_set():
+                # The command exited but a child of it still holds a pipe: stop once it is quiet.
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= DRAIN_IDLE:
+                    break
+    finally:
+        sel.close()
     return timed_out, truncated
 
 
 def run_exec(rid, req):
-    env = dict(os.environ)
-    env.update(req.get("env") or {})
+    cmd = field(req, "cmd", (str,))
+    if cmd is None:
+        raise BadRequest("cmd is missing")
+    cwd, env = path_field(req, "cwd", optional=True), exec_env(req)
+    timeout, cap = exec_limits(req)
+    if rid in _cancelled:  # cancelled before it began (sent to a paused container, say)
+        _cancelled.discard(rid)
+        return
     started = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            [SHELL, "-c", req["cmd"]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=req.get("cwd") or None, env=env, start_new_session=True)
+        proc, done = REAPER.spawn(
+            [SHELL, "-c", cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, cwd=cwd, env=env, start_new_session=True)
     except OSError as exc:
         fail(rid, os_error_kind(exc), "cannot start command: %s" % exc)
         return
+    except ValueError as exc:  # a NUL in the command or its environment
+        raise BadRequest(str(exc)) from None
+    prefer_for_oom(proc.pid)
     _running[rid] = proc
-    timeout = req.get("timeout")
-    deadline = None if timeout is None else started + float(timeout)
     try:
-        timed_out, truncated = pump(rid, proc, deadline, int(req.get("max_output", 1 << 20)))
-        code = proc.wait()
+        timed_out, truncated = pump(rid, proc, done, None if timeout is None
+                                    else started + timeout, cap)
+    except BaseException:
+        kill_group(proc.pid)
+        raise
     finally:
         _running.pop(rid, None)
         proc.stdout.close()
         proc.stderr.close()
+    done.event.wait(KILL_FOR)
+    code = 128 + signal.SIGKILL if done.code is None else done.code
+    proc.returncode = code  # so that Popen never waits for a pid the reaper may have reused
     cancelled = rid in _cancelled
     _cancelled.discard(rid)
     send_json(DONE, rid, {
-        "exit_code": 124 if timed_out else (128 - code if code < 0 else code),
-        "timed_out": timed_out, "truncated": truncated, "cancelled": cancelled,
+        "exit_code": 124 if timed_out else code, "timed_out": timed_out,
+        "truncated": truncated, "cancelled": cancelled,
         "duration": time.monotonic() - started})
 
 
@@ -177,42 +342,109 @@ def run_walk(rid, req):
     send_json(DONE, rid, {"entries": entries})
 
 
+# --- uploads -------------------------------------------------------------------------------
+
+CANCELLED = object()
+
+
+class Upload(object):
+    """A file being written by its own thread. The main loop queues each DATA_IN frame and
+    moves on; the host sends more only as ACKs come back (a window of frames), so the queue
+    stays short and a slow disk or a stuck file holds up this upload only."""
+
+    def __init__(self, path, mode):
+        self.path, self.mode = path, mode
+        self.chunks = queue.Queue()
+        self.closed = False
+
+
 def start_upload(rid, req):
-    path = req["path"]
+    path, mode = path_field(req, "path"), field(req, "mode", (int,))
+    if mode is not None and not 0 <= mode <= 0o7777:
+        raise BadRequest("mode must be within 0o0 and 0o7777, not %r" % mode)
+    upload = _uploads[rid] = Upload(path, mode)
+    if not start_thread(rid, run_upload, rid, upload):
+        _uploads.pop(rid, None)
+
+
+def open_temporary(path):
+    """A new, unpredictable file beside `path`: created here (O_EXCL), never through a link
+    or into a FIFO someone planted."""
     folder = os.path.dirname(path) or "."
-    tmp = os.path.join(folder, ".%s.%d.part" % (os.path.basename(path), rid))
+    os.makedirs(folder, exist_ok=True)
+    name = ".%s.%s.part" % (os.path.basename(path)[:200], os.urandom(8).hex())
+    tmp = os.path.join(folder, name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return tmp, os.open(tmp, flags, 0o666)
+
+
+def write_chunks(rid, upload, fd):
+    """Write the queued chunks until the end (their size) or a cancel (None)."""
+    size = 0
+    while True:
+        chunk = upload.chunks.get()
+        if chunk is None or chunk is CANCELLED:
+            return None if chunk is CANCELLED else size
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+        size += len(chunk)
+        send(ACK, rid)
+
+
+def run_upload(rid, upload):
+    tmp = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        f = open(tmp, "wb")
+        tmp, fd = open_temporary(upload.path)
+        try:
+            size = write_chunks(rid, upload, fd)
+            if size is not None and upload.mode is not None:
+                os.fchmod(fd, upload.mode)
+        finally:
+            os.close(fd)
+        if size is None:
+            return  # cancelled: the host no longer listens
+        os.replace(tmp, upload.path)
+        tmp = None
     except OSError as exc:
-        fail(rid, os_error_kind(exc), "%s: %s" % (path, exc.strerror or exc))
-        _uploads[rid] = None  # swallow the data frames that follow
+        fail(rid, os_error_kind(exc), "%s: %s" % (upload.path, exc.strerror or exc))
         return
-    _uploads[rid] = (f, tmp, path, req.get("mode"))
+    finally:
+        upload.closed = True
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    send_json(DONE, rid, {"size": size})
+
+
+def on_data(rid, payload):
+    upload = _uploads.get(rid)
+    if upload is not None and not upload.closed:
+        upload.chunks.put(payload)
 
 
 def finish_upload(rid):
     upload = _uploads.pop(rid, None)
-    if upload is None:
-        return
-    f, tmp, path, mode = upload
-    try:
-        f.close()
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except OSError as exc:
-        fail(rid, os_error_kind(exc), "%s: %s" % (path, exc.strerror or exc))
-        return
-    send_json(DONE, rid, {"size": os.path.getsize(path)})
+    if upload is not None:
+        upload.chunks.put(None)
 
 
 def cancel(rid):
-    _cancelled.add(rid)
+    upload = _uploads.pop(rid, None)
+    if upload is not None:
+        upload.chunks.put(CANCELLED)
+    _cancelled.add(rid)  # seen by the command's thread, even one not yet started
     proc = _running.get(rid)
     if proc is not None:
-        kill_group(proc)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # once here; its thread kills until empty
+        except OSError:
+            pass
 
+
+# --- requests ------------------------------------------------------------------------------
 
 HANDLERS = {"exec": run_exec, "read": run_read, "walk": run_walk,
             "ping": lambda rid, req: send_json(DONE, rid, {})}
@@ -221,64 +453,123 @@ HANDLERS = {"exec": run_exec, "read": run_read, "walk": run_walk,
 def guarded(handler, rid, req):
     try:
         handler(rid, req)
+    except BadRequest as exc:
+        fail(rid, "bad_request", str(exc))
     except Exception as exc:  # the host must always get an answer
         fail(rid, "internal", "%s: %s" % (type(exc).__name__, exc))
 
 
-def on_request(rid, req):
-    op = req.get("op")
-    if op == "write":
-        start_upload(rid, req)
-        return
-    handler = HANDLERS.get(op)
-    if handler is None:
-        fail(rid, "bad_request", "unknown op %r" % (op,))
-        return
-    threading.Thread(target=guarded, args=(handler, rid, req), daemon=True).start()
+def start_thread(rid, handler, *args):
+    try:
+        threading.Thread(target=guarded, args=(handler, *args), daemon=True).start()
+    except RuntimeError as exc:  # no pid (or memory) left for a thread
+        fail(rid, "busy", "the sandbox cannot start a thread (%s): too many processes?" % exc)
+        return False
+    return True
 
 
-def on_data(rid, payload):
-    upload = _uploads.get(rid)
-    if upload is not None:
-        upload[0].write(payload)
+def on_request(rid, payload):
+    try:
+        req = json.loads(payload.decode("utf-8"))
+        if not isinstance(req, dict):
+            raise BadRequest("a request must be a JSON object, not %s" % type(req).__name__)
+        op = req.get("op")
+        if op == "write":
+            start_upload(rid, req)
+            return
+        handler = HANDLERS.get(op) if isinstance(op, str) else None
+        if handler is None:
+            raise BadRequest("unknown op %r" % (op,))
+        start_thread(rid, handler, rid, req)
+    except (BadRequest, ValueError) as exc:  # ValueError: not UTF-8, not JSON
+        fail(rid, "bad_request", str(exc))
 
 
-def read_exact(n):
+def on_frame(kind, rid, payload):
+    if kind == REQ:
+        on_request(rid, payload)
+    elif kind == DATA_IN:
+        on_data(rid, payload)
+    elif kind == END_IN:
+        finish_upload(rid)
+    elif kind == CANCEL:
+        cancel(rid)
+    # Any other kind is ignored.
+
+
+# --- the main loop -------------------------------------------------------------------------
+
+
+def read_exact(n, keep=True):
+    """`n` bytes of stdin (dropped unless `keep`), or None at its end."""
     parts = []
     while n:
-        data = os.read(0, min(n, CHUNK))
+        try:
+            data = os.read(0, min(n, CHUNK))
+        except OSError:
+            return None
         if not data:
             return None
-        parts.append(data)
+        if keep:
+            parts.append(data)
         n -= len(data)
     return b"".join(parts)
 
 
-def main():
-    send_json(HELLO, 0, {"version": 1, "pid": os.getpid(), "python": sys.version.split()[0]})
+def serve():
+    """Read frames and hand each on, until stdin ends; nothing here waits on a request."""
     while True:
         header = read_exact(HEADER.size)
         if header is None:
-            break
+            return
         kind, rid, length = HEADER.unpack(header)
+        if length > MAX_FRAME:
+            if read_exact(length, keep=False) is None:
+                return
+            cancel(rid)  # an upload missing a chunk must not complete
+            fail(rid, "bad_request", "a frame of %d bytes is over the limit" % length)
+            continue
         payload = read_exact(length) if length else b""
         if payload is None:
-            break
-        if kind == REQ:
-            on_request(rid, json.loads(payload.decode()))
-        elif kind == DATA_IN:
-            on_data(rid, payload)
-        elif kind == END_IN:
-            finish_upload(rid)
-        elif kind == CANCEL:
+            return
+        try:
+            on_frame(kind, rid, payload)
+        except Exception as exc:  # even MemoryError: answer it, and serve the others
+            try:
+                fail(rid, "internal", "%s: %s" % (type(exc).__name__, exc))
+            except Exception:
+                pass
+
+
+def harden():
+    # Python's own SIGINT handler would let `kill -INT 1` end PID 1 with a KeyboardInterrupt;
+    # with no handler at all, the kernel drops every signal sent to PID 1 from inside.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        import ctypes
+        # Not dumpable: the sandbox user (our own uid) can then neither ptrace us nor open our
+        # /proc/<pid>/mem or /proc/<pid>/fd/1, the host's connection.
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+    except Exception:
+        pass
+
+
+def main():
+    harden()
+    threading.Thread(target=REAPER.run, daemon=True).start()
+    send_json(HELLO, 0, {"version": 2, "pid": os.getpid(), "python": sys.version.split()[0]})
+    try:
+        serve()
+    finally:
+        # The host is gone: leave nothing of ours running.
+        for rid in list(_running) + list(_uploads):
             cancel(rid)
-    # The host is gone: leave nothing of ours running.
-    for proc in list(_running.values()):
-        kill_group(proc)
     if "main" in sys.argv:
-        # We are the container's main process: stay, so the container (and its files) lives
-        # on for the next connection, which comes through `docker exec`.
-        os.close(1)
+        # We are the container's main process: stay (and reap), so the container and its
+        # files live on for the next connection, which comes through `docker exec`. Later
+        # output goes nowhere; fd 1 must not be reused by a file that a late frame would hit.
+        _host_gone.set()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
         while True:
             signal.pause()
 
