@@ -42,7 +42,8 @@ async def assert_still_works(session: AsyncSessionHandle) -> None:
 async def main_helper_host_pid(container: str) -> int:
     """The host pid of the container's oldest helper (its main process, in our image)."""
     listing = await docker_cli("top", container, "-eo", "pid,args")
-    pids = [int(line.split()[0]) for line in listing.splitlines()[1:] if HELPER_MARK in line]
+    pids = [int(pid) for pid, args in (line.split(None, 1) for line in listing.splitlines()[1:])
+            if args.startswith("python3") and HELPER_MARK in args]
     assert pids, listing
     return min(pids, key=_start_time)
 

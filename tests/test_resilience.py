@@ -179,24 +179,52 @@ async def test_the_sandbox_user_cannot_trace_the_helper_or_open_its_connection(
     await assert_still_works(session)
 
 
+async def works_once_reaped(session: AsyncSessionHandle) -> None:
+    """Until the last killed process is reaped, a call may find no pid for its thread: that
+    is a plain `SandboxError` ("busy"), never a dead container."""
+    with anyio.fail_after(30):
+        while True:
+            try:
+                await assert_still_works(session)
+                return
+            except SandboxError as exc:
+                if type(exc) is not SandboxError:
+                    raise
+                await anyio.sleep(0.5)
+
+
+async def test_a_command_holding_every_pid(client: AsyncSandboxClient, image: str) -> None:
+    async with await client.agent("pids", image=image, pids=64).create_session() as session:
+        started = anyio.Event()
+
+        async def meanwhile() -> None:
+            await started.wait()
+            await anyio.sleep(2)  # every pid is taken by then: no thread for this request
+            with pytest.raises(SandboxError, match="cannot start a thread") as busy:
+                await session.shell("echo meanwhile")
+            assert type(busy.value) is SandboxError
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                group.start_soon(meanwhile)
+                result = await session.shell("echo begun; while :; do sleep 1000 & done",
+                                             timeout=5, on_stdout=lambda _text: started.set())
+
+        assert result.timed_out is True
+        await works_once_reaped(session)
+        assert (await session.shell("pgrep -c -x sleep")).stdout == "0\n"
+        assert await restarts(session) == []
+
+
 async def test_a_fork_bomb_is_cleaned_up_by_its_timeout(
     client: AsyncSandboxClient, image: str
 ) -> None:
     async with await client.agent("bomb", image=image, pids=64).create_session() as session:
         with anyio.fail_after(60):
             result = await session.shell("bomb() { bomb | bomb & }; bomb; sleep 60", timeout=3)
-        assert result.timed_out is True
 
-        # Until the last of it is reaped, a call may find no pid left for its thread.
-        with anyio.fail_after(30):
-            while True:
-                try:
-                    await assert_still_works(session)
-                    break
-                except SandboxError as exc:
-                    if type(exc) is not SandboxError:  # "busy" only, never a dead container
-                        raise
-                    await anyio.sleep(0.5)
+        assert result.timed_out is True
+        await works_once_reaped(session)
         left = await session.shell("ps -eo args | grep -c '^/bin/bash -c bomb'")
         assert left.stdout == "0\n"
         assert await restarts(session) == []
