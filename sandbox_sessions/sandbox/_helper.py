@@ -42,7 +42,7 @@ _write_lock = threading.Lock()
 _host_gone = threading.Event()
 _running = {}  # request id -> Popen, for CANCEL and for clean-up at EOF
 _cancelled = set()
-_uploads = {}  # request id -> Upload, or None while a refused upload's frames still arrive
+_uploads = {}  # request id -> Upload, until its END_IN or CANCEL
 SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 
 
