@@ -7,7 +7,9 @@ helper that took the blow) still answers afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from sandbox_sessions import (
     SandboxPermissionError,
 )
 from sandbox_sessions.sandbox._channel import DONE, FAIL, decode_json
+from sandbox_sessions.sandbox._runtime import UPLOAD_CHUNK, UPLOAD_WINDOW
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -116,8 +119,8 @@ async def test_failed_uploads_are_answered_and_leave_nothing_behind(
     # A full disk: /dev/shm is a 64 MiB tmpfs the sandbox user can fill.
     fill = await session.shell("head -c 100M /dev/zero > /dev/shm/fill")
     assert "No space left" in fill.stderr
-    with pytest.raises(SandboxError, match="No space left on device"):
-        await session.put_file("/dev/shm/more", b"x" * (1 << 20))
+    with pytest.raises(SandboxError, match="No space left on device"):  # past the ACK window
+        await session.put_file("/dev/shm/more", b"x" * (8 << 20))
     # A file size limit (`ulimit -f`) on the helper itself, set by the sandbox user.
     limit = await session.shell(f"prlimit --pid {HELPER_PID} --fsize=65536")
     assert limit.exit_code == 0, limit.stderr
@@ -132,6 +135,18 @@ async def test_failed_uploads_are_answered_and_leave_nothing_behind(
     await session.put_file("small.txt", "fits")
     assert await session.get_file("small.txt") == "fits"
     await assert_still_works(session)
+
+
+async def test_a_large_upload_goes_through_its_window_intact(
+    session: AsyncSessionHandle,
+) -> None:
+    blob = os.urandom(3 * UPLOAD_WINDOW * UPLOAD_CHUNK + 12345)  # three windows and a bit
+    async with anyio.create_task_group() as group:
+        group.start_soon(session.put_file, "blob.bin", blob)
+        await assert_still_works(session)  # served while the upload is written
+
+    digest = await session.shell("sha256sum < blob.bin")
+    assert digest.stdout.split()[0] == hashlib.sha256(blob).hexdigest()
 
 
 # --- the sandbox user against the helper ---------------------------------------------------

@@ -40,8 +40,8 @@ COMMAND_OOM_SCORE_ADJ = b"500"  # the OOM killer takes a command before the help
 
 _write_lock = threading.Lock()
 _host_gone = threading.Event()
-_running = {}  # request id -> Popen, for CANCEL and for clean-up at EOF
-_cancelled = set()
+_running = {}  # request id -> Popen (None until spawned), for CANCEL and clean-up at EOF
+_cancelled = set()  # of commands in `_running`
 _uploads = {}  # request id -> Upload, until its END_IN or CANCEL
 SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 
@@ -259,13 +259,20 @@ def pump(rid, proc, done, deadline, cap):
 
 
 def run_exec(rid, req):
+    try:
+        exec_command(rid, req)
+    finally:
+        _running.pop(rid, None)
+        _cancelled.discard(rid)
+
+
+def exec_command(rid, req):
     cmd = field(req, "cmd", (str,))
     if cmd is None:
         raise BadRequest("cmd is missing")
     cwd, env = path_field(req, "cwd", optional=True), exec_env(req)
     timeout, cap = exec_limits(req)
     if rid in _cancelled:  # cancelled before it began (sent to a paused container, say)
-        _cancelled.discard(rid)
         return
     started = time.monotonic()
     try:
@@ -286,14 +293,12 @@ def run_exec(rid, req):
         kill_group(proc.pid)
         raise
     finally:
-        _running.pop(rid, None)
         proc.stdout.close()
         proc.stderr.close()
     done.event.wait(KILL_FOR)
     code = 128 + signal.SIGKILL if done.code is None else done.code
     proc.returncode = code  # so that Popen never waits for a pid the reaper may have reused
     cancelled = rid in _cancelled
-    _cancelled.discard(rid)
     send_json(DONE, rid, {
         "exit_code": 124 if timed_out else code, "timed_out": timed_out,
         "truncated": truncated, "cancelled": cancelled,
@@ -411,6 +416,8 @@ def run_upload(rid, upload):
         return
     finally:
         upload.closed = True
+        if _uploads.get(rid) is upload:  # failed before its end: drop what still comes
+            _uploads.pop(rid, None)
         if tmp is not None:
             try:
                 os.unlink(tmp)
@@ -435,6 +442,8 @@ def cancel(rid):
     upload = _uploads.pop(rid, None)
     if upload is not None:
         upload.chunks.put(CANCELLED)
+    if rid not in _running:
+        return
     _cancelled.add(rid)  # seen by the command's thread, even one not yet started
     proc = _running.get(rid)
     if proc is not None:
@@ -480,7 +489,10 @@ def on_request(rid, payload):
         handler = HANDLERS.get(op) if isinstance(op, str) else None
         if handler is None:
             raise BadRequest("unknown op %r" % (op,))
-        start_thread(rid, handler, rid, req)
+        if handler is run_exec:
+            _running[rid] = None  # so that a cancel coming before its thread runs is kept
+        if not start_thread(rid, handler, rid, req):
+            _running.pop(rid, None)
     except (BadRequest, ValueError) as exc:  # ValueError: not UTF-8, not JSON
         fail(rid, "bad_request", str(exc))
 
