@@ -13,7 +13,12 @@ from typing import Literal, Protocol, runtime_checkable
 from .._types import DEFAULT_MAX_OUTPUT, SandboxOptions, ShellResult
 
 __all__ = [
-    "FileEntry", "OutputCallback", "RestartCallback", "Sandbox", "SandboxBackend", "ShellRequest",
+    "FileEntry",
+    "OutputCallback",
+    "RestartCallback",
+    "Sandbox",
+    "SandboxBackend",
+    "ShellRequest",
 ]
 
 OutputCallback = Callable[[str], object]
