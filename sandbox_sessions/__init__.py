@@ -36,8 +36,10 @@ from ._exceptions import (
 from ._session import AsyncAgent, AsyncSessionHandle, PermissionAnswer, PermissionCallback
 from ._sync import Agent, SandboxClient, SessionHandle
 from ._types import (
+    DEFAULT_DISK,
     DEFAULT_IMAGE,
     DEFAULT_MAX_OUTPUT,
+    DEFAULT_MAX_READ,
     AgentConfig,
     AgentPart,
     ArtifactDownload,
@@ -80,8 +82,10 @@ from .sandbox._archive import Caps
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_DISK",
     "DEFAULT_IMAGE",
     "DEFAULT_MAX_OUTPUT",
+    "DEFAULT_MAX_READ",
     "Agent",
     "AgentConfig",
     "AgentPart",

@@ -29,6 +29,7 @@ from ._sync import SandboxClient
 from ._types import DEFAULT_IMAGE
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 1, 2, 3, 4
+log: logging.Logger = logging.getLogger("sandbox_sessions.cli")
 
 
 def _emit(args: argparse.Namespace, value: Any, text: str) -> None:
@@ -166,6 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exit_code(error)
     except KeyboardInterrupt:
         return 130
+    except Exception as error:  # a bug of ours: still one line, the traceback only with -v
+        log.debug("traceback of the internal error", exc_info=True)
+        print(f"sandbox-sessions: internal error: {type(error).__name__}: {error}"
+              f"{'' if args.verbose else ' (run with -v for details)'}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from ._session import AsyncAgent, AsyncSessionHandle
 from ._types import AgentConfig, PermissionRules, SandboxOptions, SessionInfo
 from .agent._permissions import validate_rules
 from .agent._pricing import DEFAULT_PRICES, Price
+from .agent._tools import agent_tools, check_rule_keys
 from .agent.base import Tool
 from .providers._scripted import ScriptedProvider
 from .sandbox._engine import Engine
@@ -46,6 +47,7 @@ class SandboxKwargs(TypedDict, total=False):
     env: dict[str, str]
     workdir: str
     user: str
+    disk: str
 
 
 def sandbox_options(base: SandboxOptions | None, overrides: SandboxKwargs) -> SandboxOptions:
@@ -162,23 +164,27 @@ class AsyncSandboxClient:
         """An agent named `name`: its model (`provider/model`), system prompt, tools (names of
         built-in tools, or `Tool` objects), permission rules and, for `scripted`, its script.
         `config` gives every `AgentConfig` field at once; the keywords override it. Keyword
-        sandbox options (`image`, `network`, `memory`, ...) override `sandbox`'s fields."""
-        names = None if tools is None else [self._register(tool) for tool in tools]
+        sandbox options (`image`, `network`, `memory`, ...) override `sandbox`'s fields.
+
+        Everything is checked here, before anything is registered: an unknown tool name, a
+        custom tool named like a built-in or like another tool registered on this client, and
+        a permission rule whose top-level key is not `"*"`, a built-in tool or one of the
+        agent's tools raise `InvalidArgument`. `Tool` objects are registered on the client by
+        name, for every session this client runs (register them again in a new process)."""
+        conversations = self._opened()
+        chosen = tools if tools is not None else (config or AgentConfig()).tools
+        names, custom = agent_tools(chosen, registered=self._tools)
         overrides = {"model": model, "system": system, "tools": names,
                      "permissions": permissions, "script": script}
         agent_config = _validated(AgentConfig, config or AgentConfig(), overrides, "agent")
         if agent_config.permissions:
             validate_rules(agent_config.permissions)
+            check_rule_keys(agent_config.permissions, agent_config.tools)
         if agent_config.script is not None:
             ScriptedProvider(agent_config.script)  # a malformed script fails here, not later
-        return AsyncAgent(self._opened(), name, sandbox_options(sandbox, options),
-                          agent_config)
-
-    def _register(self, tool: str | Tool) -> str:
-        if isinstance(tool, str):
-            return tool
-        self._tools[tool.name] = tool
-        return tool.name
+        options_checked = sandbox_options(sandbox, options)
+        self._tools.update(custom)  # the live registry `Conversations` looks tools up in
+        return AsyncAgent(conversations, name, options_checked, agent_config)
 
     def session(self, session_id: str) -> AsyncSessionHandle:
         """A handle on an existing session by id. No I/O until it is used; an unknown id then

@@ -43,7 +43,7 @@ from .agent._history import new_id, to_model_messages
 from .agent._loop import Outcome, Turn, run_turn
 from .agent._permissions import validate_rules
 from .agent._pricing import Price
-from .agent._tools import resolve_tools
+from .agent._tools import check_rule_keys, resolve_tools
 from .agent.base import Tool
 from .providers import resolve_provider
 from .providers._scripted import ScriptedProvider
@@ -92,7 +92,8 @@ class Conversations:
         self._prices = prices
         self._api_keys = api_keys
         self._http = http
-        self._extra_tools = dict(extra_tools or {})
+        # Not a copy: the client registers tools in it when agents are made after it opened.
+        self._extra_tools: Mapping[str, Tool] = extra_tools if extra_tools is not None else {}
         self._running: dict[str, _Running] = {}
         self._providers: dict[str, tuple[str, Provider, str]] = {}
 
@@ -243,6 +244,7 @@ class Conversations:
         new_config = config or info.config
         if permissions is not None:
             validate_rules(permissions)
+            check_rule_keys(permissions, new_config.tools)
             new_config = new_config.model_copy(update={"permissions": permissions})
         info = await self.sessions.update_info(session_id, title=title, config=new_config)
         await self.events.open(session_id)

@@ -7,20 +7,20 @@ through its routes. It holds no per-caller state beyond live sandbox connections
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import posixpath
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 
+from ._artifacts import ARTIFACTS, DownloadProgress, download, listing
 from ._eventlog import EventLog
 from ._exceptions import (
     FileDecodeError,
+    FileTooLarge,
     InvalidArgument,
     SandboxFileNotFound,
     SessionEnded,
@@ -28,6 +28,7 @@ from ._exceptions import (
 )
 from ._types import (
     DEFAULT_MAX_OUTPUT,
+    DEFAULT_MAX_READ,
     AgentConfig,
     ArtifactDownload,
     ArtifactInfo,
@@ -36,25 +37,15 @@ from ._types import (
     SessionInfo,
     ShellResult,
     ShellRunEvent,
-    SkippedArtifact,
 )
-from .sandbox._archive import Caps, SafeWriter, unsafe_key_reason
-from .sandbox.base import (
-    FileEntry,
-    OutputCallback,
-    RestartCallback,
-    Sandbox,
-    SandboxBackend,
-    ShellRequest,
-)
+from ._validation import check_timeout
+from .sandbox._archive import Caps, printable, unsafe_key_reason
+from .sandbox.base import OutputCallback, RestartCallback, Sandbox, SandboxBackend, ShellRequest
 from .store.base import Store
 
 log: logging.Logger = logging.getLogger("sandbox_sessions")
 
 LABEL = "sandbox-sessions"
-ARTIFACTS = "/artifacts"
-DownloadProgress = Callable[[str, int, int], object]
-"""Called as `(key, files_done, files_total)` after each artifact is written."""
 
 
 def _now() -> datetime:
@@ -171,7 +162,7 @@ class SessionService:
 
         `timeout` is a finite number of seconds >= 0 (0 kills the command at once), or None.
         """
-        timeout = _seconds(timeout)
+        timeout = check_timeout(timeout)
         if max_output < 0:
             raise InvalidArgument(f"max_output must be zero or more, not {max_output}")
         sandbox = await self._sandbox(session_id)
@@ -200,15 +191,24 @@ class SessionService:
         await (await self._sandbox(session_id)).write_file(target, data, mode=mode)
 
     async def read_bytes(
-        self, session_id: str, path: str, *, max_bytes: int | None = None
+        self, session_id: str, path: str, *, max_bytes: int = DEFAULT_MAX_READ
     ) -> bytes:
-        """A file's bytes; `FileTooLarge` past `max_bytes`."""
+        """A regular file's bytes; `FileTooLarge` past `max_bytes`, `SandboxFileNotFound` for
+        a link (at any folder of the path), FIFO, device, socket or /proc-like file."""
+        _check_max_bytes(max_bytes)
         target = await self._absolute(session_id, path)
         sandbox = await self._sandbox(session_id)
-        return b"".join([chunk async for chunk in sandbox.stream_file(target, max_bytes=max_bytes)])
+        chunks, size = [], 0
+        async for chunk in sandbox.stream_file(target, max_bytes=max_bytes):
+            size += len(chunk)
+            if size > max_bytes:  # the sandbox is not trusted to keep to the cap
+                raise FileTooLarge(f"{path} is over the cap of {max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def read_text(
-        self, session_id: str, path: str, *, encoding: str = "utf-8", max_bytes: int | None = None
+        self, session_id: str, path: str, *, encoding: str = "utf-8",
+        max_bytes: int = DEFAULT_MAX_READ,
     ) -> str:
         """A file's text; `FileDecodeError` when not valid in `encoding`."""
         data = await self.read_bytes(session_id, path, max_bytes=max_bytes)
@@ -222,26 +222,27 @@ class SessionService:
             raise InvalidArgument(f"unknown encoding {encoding!r}") from exc
 
     async def list_artifacts(self, session_id: str) -> list[ArtifactInfo]:
-        """Regular files under `/artifacts` with safe keys, sorted by key."""
-        entries = await (await self._sandbox(session_id)).walk(ARTIFACTS)
-        return sorted(
-            (ArtifactInfo(key=e.path, size=e.size) for e in entries
-             if e.kind == "file" and unsafe_key_reason(e.path) is None),
-            key=lambda artifact: artifact.key,
-        )
+        """Regular files under `/artifacts` with safe keys, sorted by key; unsafe names (not
+        UTF-8 among them) are left out and logged."""
+        return listing(await (await self._sandbox(session_id)).walk(ARTIFACTS))
 
     def _artifact_path(self, key: str) -> str:
         reason = unsafe_key_reason(key)
         if reason is not None:
-            raise InvalidArgument(f"artifact key {key!r}: {reason}")
+            raise InvalidArgument(f"artifact key {printable(key)!r}: {reason}")
         return f"{ARTIFACTS}/{key}"
 
-    async def read_artifact(self, session_id: str, key: str) -> bytes:
+    async def read_artifact(
+        self, session_id: str, key: str, *, max_bytes: int = DEFAULT_MAX_READ
+    ) -> bytes:
         """The bytes of the artifact `key`; `InvalidArgument` for an unsafe key."""
         try:
-            return await self.read_bytes(session_id, self._artifact_path(key))
-        except SandboxFileNotFound:
-            raise SandboxFileNotFound(key, "no such artifact") from None
+            return await self.read_bytes(session_id, self._artifact_path(key),
+                                         max_bytes=max_bytes)
+        except SandboxFileNotFound as exc:
+            if str(exc).endswith(": no such file"):
+                raise SandboxFileNotFound(key, "no such artifact") from None
+            raise
 
     async def download_artifacts(
         self,
@@ -251,26 +252,12 @@ class SessionService:
         caps: Caps | None = None,
         progress: DownloadProgress | None = None,
     ) -> ArtifactDownload:
-        """Copy every artifact into `destination`; links and unsafe names are skipped."""
+        """Copy every artifact into `destination`; see `artifacts.download`."""
+        if caps is not None and not isinstance(caps, Caps):
+            raise InvalidArgument(f"caps must be a Caps, not {type(caps).__name__}")
         sandbox = await self._sandbox(session_id)
-        entries = await sandbox.walk(ARTIFACTS)
-        writer = await anyio.to_thread.run_sync(SafeWriter, Path(destination), caps or Caps())
-        files, skipped = [], []
-        total = sum(1 for entry in entries if entry.kind == "file")
-        for entry in entries:
-            reason = unsafe_key_reason(entry.path) or _refusal(entry)
-            if reason is not None:
-                skipped.append(SkippedArtifact(key=entry.path, reason=reason))
-                continue
-            if entry.kind == "dir":
-                await anyio.to_thread.run_sync(writer.mkdir, entry.path)
-                continue
-            await _copy_out(sandbox, entry.path, writer)
-            files.append(entry.path)
-            if progress is not None:
-                progress(entry.path, len(files), total)
-        return ArtifactDownload(destination=str(writer.destination), files=files,
-                                bytes=writer.bytes, skipped=skipped)
+        return await download(sandbox, Path(destination), caps=caps or Caps(),
+                              progress=progress)
 
     async def end(self, session_id: str) -> SessionInfo:
         """Remove the container at once and mark the session ended. Ending twice is a no-op."""
@@ -311,39 +298,6 @@ class SessionService:
                 await sandbox.aclose()
 
 
-def _seconds(timeout: object) -> float | None:
-    """`timeout` as seconds: a finite real number >= 0 (not a bool), or None."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise InvalidArgument(f"timeout must be a number of seconds, not {timeout!r}")
-    try:
-        seconds = float(timeout)
-    except OverflowError:
-        seconds = math.inf
-    if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidArgument(f"timeout must be a finite number of seconds >= 0, not {timeout!r}")
-    return seconds
-
-
-def _refusal(entry: FileEntry) -> str | None:
-    if entry.kind == "link":
-        return "a link; only regular files and folders are copied out"
-    if entry.kind == "other":
-        return "not a regular file or folder"
-    return None
-
-
-async def _copy_out(sandbox: Sandbox, key: str, writer: SafeWriter) -> None:
-    handle = await anyio.to_thread.run_sync(writer.open, key)
-    written = 0
-    try:
-        chunks: AsyncIterator[bytes] = sandbox.stream_file(
-            f"{ARTIFACTS}/{key}", max_bytes=writer.caps.max_file_bytes
-        )
-        async for chunk in chunks:
-            written += len(chunk)
-            writer.account(key, written, len(chunk))
-            await anyio.to_thread.run_sync(handle.write, chunk)
-    finally:
-        handle.close()
+def _check_max_bytes(max_bytes: int) -> None:
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+        raise InvalidArgument(f"max_bytes must be a whole number >= 0, not {max_bytes!r}")

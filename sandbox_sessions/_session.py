@@ -15,12 +15,13 @@ from typing import Self, cast
 
 import anyio
 
+from ._artifacts import DownloadProgress
 from ._conversation import Conversations
-from ._exceptions import FileDecodeError, PermissionNotFound
+from ._exceptions import FileDecodeError, InvalidArgument, PermissionNotFound
 from ._projection import send_result
-from ._service import DownloadProgress
 from ._types import (
     DEFAULT_MAX_OUTPUT,
+    DEFAULT_MAX_READ,
     AgentConfig,
     ArtifactDownload,
     ArtifactInfo,
@@ -158,30 +159,47 @@ class AsyncSessionHandle:
         await self._service.put_file(self.id, path, content, mode=mode)
 
     async def get_file(
-        self, path: str, *, encoding: str = "utf-8", max_bytes: int | None = None
+        self, path: str, *, encoding: str = "utf-8", max_bytes: int = DEFAULT_MAX_READ
     ) -> str:
-        """A file's text; `FileDecodeError` when it is not valid in `encoding`."""
+        """A regular file's text (a relative `path` is taken from the workdir).
+
+        `FileDecodeError` when it is not valid in `encoding`; otherwise as `get_file_bytes()`.
+        """
         return await self._service.read_text(self.id, path, encoding=encoding, max_bytes=max_bytes)
 
-    async def get_file_bytes(self, path: str, *, max_bytes: int | None = None) -> bytes:
-        """A file's bytes; `FileTooLarge` when it is larger than `max_bytes`."""
+    async def get_file_bytes(self, path: str, *, max_bytes: int = DEFAULT_MAX_READ) -> bytes:
+        """A regular file's bytes (a relative `path` is taken from the workdir).
+
+        At most `max_bytes` come into memory (64 MiB by default): a larger file raises
+        `FileTooLarge`, before any of it is sent. Only regular files are read, and never
+        through a link: a link (also a link to a folder on the path), a FIFO, a device, a
+        socket or a /proc or /sys file raises `SandboxFileNotFound` saying which, at once.
+        """
         return await self._service.read_bytes(self.id, path, max_bytes=max_bytes)
 
     async def list_artifacts(self) -> list[ArtifactInfo]:
-        """Every regular file under `/artifacts`, keyed by its path relative to it, sorted."""
+        """Every regular file under `/artifacts`, keyed by its path relative to it, sorted.
+
+        Entries whose names are unsafe (not valid UTF-8, or climbing out) are left out, each
+        reported as a warning on the `sandbox_sessions` logger.
+        """
         return await self._service.list_artifacts(self.id)
 
-    async def get_artifact(self, key: str, *, encoding: str = "utf-8") -> str:
-        """The text of the artifact `key`."""
-        data = await self._service.read_artifact(self.id, key)
+    async def get_artifact(
+        self, key: str, *, encoding: str = "utf-8", max_bytes: int = DEFAULT_MAX_READ
+    ) -> str:
+        """The text of the artifact `key`; read as `get_file()` reads."""
+        data = await self._service.read_artifact(self.id, key, max_bytes=max_bytes)
         try:
             return data.decode(encoding)
         except UnicodeDecodeError as exc:
             raise FileDecodeError(f"artifact {key} is not valid {encoding}") from exc
+        except LookupError as exc:
+            raise InvalidArgument(f"unknown encoding {encoding!r}") from exc
 
-    async def get_artifact_bytes(self, key: str) -> bytes:
-        """The bytes of the artifact `key`."""
-        return await self._service.read_artifact(self.id, key)
+    async def get_artifact_bytes(self, key: str, *, max_bytes: int = DEFAULT_MAX_READ) -> bytes:
+        """The bytes of the artifact `key`; read as `get_file_bytes()` reads."""
+        return await self._service.read_artifact(self.id, key, max_bytes=max_bytes)
 
     async def download_artifacts(
         self,
@@ -190,11 +208,16 @@ class AsyncSessionHandle:
         caps: Caps | None = None,
         progress: DownloadProgress | None = None,
     ) -> ArtifactDownload:
-        """Copy every artifact into the host folder `destination`, safely.
+        """Copy every artifact into the host folder `destination` (made if missing), safely.
 
         Only regular files and folders are written, never outside `destination` nor through a
-        link; links, special files and unsafe names are listed in `skipped`. Counts and sizes
-        are capped (`caps`); past a cap, `UnsafeArchive` is raised.
+        link, and streamed to disk within `caps` (default `Caps()`: 10,000 files, 4 GiB, 2 GiB
+        per file). An artifact that cannot be copied is listed in `skipped` with the reason,
+        and no file is left for it: a link, FIFO or other special file (also one swapped in
+        while the download runs), a name that is unsafe or not UTF-8, one over a cap, or one
+        the host cannot write; the others are still copied. `progress(key, done, total)` is
+        called after each file. A destination that is a file, cannot be made or is not
+        writable raises `InvalidArgument` before anything is copied.
         """
         return await self._service.download_artifacts(
             self.id, Path(destination), caps=caps, progress=progress

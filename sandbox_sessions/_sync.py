@@ -14,9 +14,9 @@ from typing import Any, Self, TypeVar, Unpack
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._artifacts import DownloadProgress
 from ._client import AsyncSandboxClient, SandboxKwargs
 from ._exceptions import InvalidArgument
-from ._service import DownloadProgress
 from ._session import (
     AsyncAgent,
     AsyncSessionHandle,
@@ -27,6 +27,7 @@ from ._session import (
 )
 from ._types import (
     DEFAULT_MAX_OUTPUT,
+    DEFAULT_MAX_READ,
     AgentConfig,
     ArtifactDownload,
     ArtifactInfo,
@@ -118,11 +119,13 @@ class SessionHandle:
         """Write a file atomically; see `AsyncSessionHandle.put_file`."""
         self._call(self._async.put_file, path, content, mode=mode)
 
-    def get_file(self, path: str, *, encoding: str = "utf-8", max_bytes: int | None = None) -> str:
+    def get_file(
+        self, path: str, *, encoding: str = "utf-8", max_bytes: int = DEFAULT_MAX_READ
+    ) -> str:
         """A file's text; see `AsyncSessionHandle.get_file`."""
         return self._call(self._async.get_file, path, encoding=encoding, max_bytes=max_bytes)
 
-    def get_file_bytes(self, path: str, *, max_bytes: int | None = None) -> bytes:
+    def get_file_bytes(self, path: str, *, max_bytes: int = DEFAULT_MAX_READ) -> bytes:
         """A file's bytes; see `AsyncSessionHandle.get_file_bytes`."""
         return self._call(self._async.get_file_bytes, path, max_bytes=max_bytes)
 
@@ -130,13 +133,15 @@ class SessionHandle:
         """Every artifact, sorted by key; see `AsyncSessionHandle.list_artifacts`."""
         return self._call(self._async.list_artifacts)
 
-    def get_artifact(self, key: str, *, encoding: str = "utf-8") -> str:
+    def get_artifact(
+        self, key: str, *, encoding: str = "utf-8", max_bytes: int = DEFAULT_MAX_READ
+    ) -> str:
         """An artifact's text; see `AsyncSessionHandle.get_artifact`."""
-        return self._call(self._async.get_artifact, key, encoding=encoding)
+        return self._call(self._async.get_artifact, key, encoding=encoding, max_bytes=max_bytes)
 
-    def get_artifact_bytes(self, key: str) -> bytes:
+    def get_artifact_bytes(self, key: str, *, max_bytes: int = DEFAULT_MAX_READ) -> bytes:
         """An artifact's bytes; see `AsyncSessionHandle.get_artifact_bytes`."""
-        return self._call(self._async.get_artifact_bytes, key)
+        return self._call(self._async.get_artifact_bytes, key, max_bytes=max_bytes)
 
     def download_artifacts(
         self,

@@ -6,14 +6,18 @@ store and (later) the HTTP server share them. What we emit is frozen and forbids
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "DEFAULT_DISK",
     "DEFAULT_IMAGE",
     "DEFAULT_MAX_OUTPUT",
+    "DEFAULT_MAX_READ",
+    "MIN_DISK",
     "ArtifactDownload",
     "ArtifactInfo",
     "SandboxOptions",
@@ -29,6 +33,29 @@ DEFAULT_IMAGE = "sandbox-sessions/sandbox:latest"
 
 DEFAULT_MAX_OUTPUT = 1024 * 1024
 """Bytes of stdout, and separately of stderr, that `shell()` keeps by default (1 MiB each)."""
+
+DEFAULT_MAX_READ = 64 * 1024 * 1024
+"""Largest file that `get_file()`, `get_file_bytes()` and the artifact reads take into memory
+by default (64 MiB); pass `max_bytes=` for more, or use `download_artifacts()`."""
+
+DEFAULT_DISK = "4g"
+"""Writable space of a session's container by default (4 GiB); see `SandboxOptions.disk`."""
+
+MIN_DISK = 16 * 1024 * 1024
+"""The smallest `disk` a session may ask for (16 MiB): below it the engine refuses to start
+the container, or the session has no room for its own workings (git snapshots, temp files)."""
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?) ?([kmgtp]?)(?:i?b)?", re.IGNORECASE)
+
+
+def size_in_bytes(text: str) -> int:
+    """Bytes in a size written in Docker's notation (`"512m"`, `"4g"`, `"1.5GiB"`, `"300M"`);
+    units are binary. `ValueError` for anything else."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a size (use Docker's notation: 512m, 4g, 300M)")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** "_kmgtp".index(unit.lower() or "_"))
 
 
 class _Frozen(BaseModel):
@@ -56,6 +83,27 @@ class SandboxOptions(_Frozen):
     """Default working folder of shell commands."""
     user: str = "1000:1000"
     """The user commands run as; never root unless asked for."""
+    disk: str | None = DEFAULT_DISK
+    """Writable space of the container, in Docker's notation (`"4g"`, `"500m"`); at least
+    16 MiB. Writing past it fails inside the container with `ENOSPC` or `EDQUOT`, never on the
+    host. Where the engine's storage can cap a container (btrfs, zfs, overlay2 on XFS with
+    project quotas) the whole writable layer is capped; elsewhere the root filesystem is
+    read-only and the workdir, `/artifacts`, `/tmp` and the user's home are tmpfs mounts of
+    this size each, whose data is held in (and counted against) `memory` and lost when the
+    container stops (see docs/decisions.md). `None` sets no limit at all: unsafe, as a
+    session can then fill the engine's disk."""
+
+    @field_validator("disk")
+    @classmethod
+    def _disk_is_a_size(cls, value: str | None) -> str | None:
+        if value is not None and size_in_bytes(value) < MIN_DISK:
+            raise ValueError(f"disk {value!r} is below the minimum of 16m")
+        return value
+
+    @property
+    def disk_bytes(self) -> int | None:
+        """`disk` in bytes; None for no limit."""
+        return None if self.disk is None else size_in_bytes(self.disk)
 
 
 SessionStatus = Literal["idle", "busy", "compacting", "error", "ended"]
@@ -349,7 +397,8 @@ class PermissionRequest(_Frozen):
     call_id: str
     tool: str
     patterns: list[str]
-    """What the rules matched: the command line, or the path."""
+    """What the rules matched: the command line, or the path as written and, when it differs,
+    as the container resolves it (links followed)."""
     always: list[str]
     """The patterns an `always` reply adds to the session's rules."""
     metadata: dict[str, Any] = Field(default_factory=dict)

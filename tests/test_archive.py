@@ -16,8 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_sessions import UnsafeArchive
-from sandbox_sessions.sandbox._archive import Caps, SafeWriter, iter_tar_files, unsafe_key_reason
+from sandbox_sessions import InvalidArgument, UnsafeArchive
+from sandbox_sessions.sandbox._archive import (
+    Caps,
+    SafeWriter,
+    iter_tar_files,
+    printable,
+    unsafe_key_reason,
+)
 
 # --- unsafe_key_reason ---------------------------------------------------------------------
 
@@ -235,6 +241,56 @@ def test_writer_counts_chunks_of_one_file_against_its_cap(tmp_path: Path) -> Non
     with pytest.raises(UnsafeArchive):
         writer.account("f", 12, 6)
     assert writer.bytes == 12
+
+
+@pytest.mark.parametrize("key", ["\udcff", "a/\udcfe/b", "ok\udc80", "\ud800x"])
+def test_keys_that_are_not_utf8_are_unsafe(key: str) -> None:
+    assert unsafe_key_reason(key) == "name is not valid UTF-8"
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [("\udcff", "\\xff"), ("d\udcfe/x", "d\\xfe/x"), ("ünï", "ünï"), ("\ud800", "\\ud800")],
+)
+def test_printable_keys_escape_what_is_not_utf8(key: str, shown: str) -> None:
+    assert printable(key) == shown
+    shown.encode("utf-8")  # always encodable
+
+
+@pytest.mark.parametrize(
+    "caps",
+    [{"max_files": -1}, {"max_bytes": -5}, {"max_file_bytes": 1.5}, {"max_files": "10"},
+     {"max_bytes": None}, {"max_file_bytes": True}],
+)
+def test_caps_refuse_bad_values(caps: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgument, match="Caps"):
+        Caps(**caps)  # type: ignore[arg-type]
+
+
+def test_writer_refuses_a_destination_that_is_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_bytes(b"mine")
+
+    with pytest.raises(InvalidArgument, match="exists and is not a folder"):
+        SafeWriter(target, Caps())
+    with pytest.raises(InvalidArgument, match="cannot be made"):
+        SafeWriter(target / "below", Caps())
+
+    assert target.read_bytes() == b"mine"
+
+
+def test_writer_discard_removes_the_file_and_gives_back_its_bytes(tmp_path: Path) -> None:
+    writer = SafeWriter(tmp_path / "dest", Caps(max_bytes=10))
+    _write(writer, "kept", b"1234")
+    with writer.open("partial") as handle:
+        handle.write(b"56789")
+    writer.account("partial", 5, 5)
+
+    writer.discard("partial", 5)
+
+    assert (writer.files, writer.bytes) == (1, 4)
+    assert _tree(tmp_path / "dest") == {"kept": "file"}
+    _write(writer, "fits-again", b"123456")  # the discarded bytes no longer count
 
 
 # --- iter_tar_files ------------------------------------------------------------------------

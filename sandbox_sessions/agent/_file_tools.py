@@ -1,7 +1,9 @@
 """The file tools: read, write, edit, list, glob and grep.
 
-Paths are taken from the session's workdir when relative, and every permission pattern is the
-absolute, normalized path the call touches (for glob and grep: the folder searched).
+Paths are taken from the session's workdir when relative. The rules judge the absolute,
+normalized path the call names (for list, glob and grep: the folder searched) and that path
+with its links resolved in the container; the tool then works on the resolved path. Walking a
+folder (glob's walk, grep's `rg` or `grep -r`) does not follow the links found inside it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import shlex
 from pydantic import Field
 
 from ..sandbox.base import ShellRequest
-from ._tool_support import BuiltinTool, ToolInput, file_errors, file_mode, read_text, resolve_path
+from ._tool_support import PathTool, Target, ToolInput, file_errors, file_mode, read_text
 from .base import ToolContext, ToolError, ToolOutput
 
 __all__ = ["EditTool", "GlobTool", "GrepTool", "ListTool", "ReadTool", "WriteTool"]
@@ -43,7 +45,7 @@ class _ReadInput(ToolInput):
     limit: int = Field(default=READ_LINES, ge=1, description="How many lines to read.")
 
 
-class ReadTool(BuiltinTool[_ReadInput]):
+class ReadTool(PathTool[_ReadInput]):
     """`read`: a text file's lines, numbered like `cat -n`, from `offset` for `limit` lines."""
 
     name = "read"
@@ -54,9 +56,9 @@ class ReadTool(BuiltinTool[_ReadInput]):
     )
     input_model = _ReadInput
 
-    async def execute(self, args: _ReadInput, ctx: ToolContext) -> ToolOutput:
+    async def act(self, args: _ReadInput, ctx: ToolContext, target: Target) -> ToolOutput:
         """Number the asked lines; `ToolError` for a missing or binary file or a bad offset."""
-        path = resolve_path(ctx, args.path)
+        path = target.real
         lines = (await read_text(ctx, path)).split("\n")
         if lines[-1] == "":
             lines.pop()  # the final newline ends the last line; it does not start another
@@ -87,7 +89,7 @@ class _WriteInput(ToolInput):
     content: str = Field(description="The file's whole new content.")
 
 
-class WriteTool(BuiltinTool[_WriteInput]):
+class WriteTool(PathTool[_WriteInput]):
     """`write`: replace a file's content (or create it, with its folders), atomically."""
 
     name = "write"
@@ -97,9 +99,9 @@ class WriteTool(BuiltinTool[_WriteInput]):
     )
     input_model = _WriteInput
 
-    async def execute(self, args: _WriteInput, ctx: ToolContext) -> ToolOutput:
+    async def act(self, args: _WriteInput, ctx: ToolContext, target: Target) -> ToolOutput:
         """Write the content; an existing file keeps its permission bits."""
-        path = resolve_path(ctx, args.path)
+        path = target.real
         data = args.content.encode("utf-8")
         mode = await file_mode(ctx, path)
         with file_errors():
@@ -115,7 +117,7 @@ class _EditInput(ToolInput):
     replace_all: bool = Field(default=False, description="Replace every occurrence.")
 
 
-class EditTool(BuiltinTool[_EditInput]):
+class EditTool(PathTool[_EditInput]):
     """`edit`: replace an exact string in a file, which must occur once unless `replace_all`."""
 
     name = "edit"
@@ -126,9 +128,9 @@ class EditTool(BuiltinTool[_EditInput]):
     )
     input_model = _EditInput
 
-    async def execute(self, args: _EditInput, ctx: ToolContext) -> ToolOutput:
+    async def act(self, args: _EditInput, ctx: ToolContext, target: Target) -> ToolOutput:
         """Make the replacement; the metadata carries a unified diff of the change."""
-        path = resolve_path(ctx, args.path)
+        path = target.real
         if not args.old_string:
             raise ToolError("old_string is empty; to create or overwrite a file, use write")
         if args.old_string == args.new_string:
@@ -158,7 +160,7 @@ class _ListInput(ToolInput):
     path: str = Field(default=".", description="The folder to list; the workdir by default.")
 
 
-class ListTool(BuiltinTool[_ListInput]):
+class ListTool(PathTool[_ListInput]):
     """`list`: one level of a folder, hidden entries included, folders marked with `/`."""
 
     name = "list"
@@ -168,9 +170,9 @@ class ListTool(BuiltinTool[_ListInput]):
     )
     input_model = _ListInput
 
-    async def execute(self, args: _ListInput, ctx: ToolContext) -> ToolOutput:
+    async def act(self, args: _ListInput, ctx: ToolContext, target: Target) -> ToolOutput:
         """Run `ls -1Ap` in the sandbox and cap what comes back."""
-        path = resolve_path(ctx, args.path)
+        path = target.real
         quoted = shlex.quote(path)
         # Checked first: behind `| head`, a failing `ls` would look like an empty folder.
         command = (f"if [ ! -d {quoted} ]; then echo 'not a folder' >&2; exit 2; fi\n"
@@ -265,7 +267,7 @@ class _GlobInput(ToolInput):
     path: str = Field(default=".", description="The folder to search; the workdir by default.")
 
 
-class GlobTool(BuiltinTool[_GlobInput]):
+class GlobTool(PathTool[_GlobInput]):
     """`glob`: the files below a folder whose path matches a glob, sorted, as absolute paths."""
 
     name = "glob"
@@ -277,23 +279,29 @@ class GlobTool(BuiltinTool[_GlobInput]):
     )
     input_model = _GlobInput
 
-    async def execute(self, args: _GlobInput, ctx: ToolContext) -> ToolOutput:
-        """Walk the folder (links not followed) and match each regular file's path."""
-        root = resolve_path(ctx, args.path)
-        absolute = args.pattern.startswith("/")
-        regex = glob_regex(args.pattern if absolute else args.pattern.removeprefix("./"))
+    async def act(self, args: _GlobInput, ctx: ToolContext, target: Target) -> ToolOutput:
+        """Walk the folder (links not followed) and match each regular file's path. Paths
+        are listed under the resolved folder; an absolute pattern may name either form."""
+        root = target.real
+        regex = glob_regex(args.pattern if args.pattern.startswith("/")
+                           else args.pattern.removeprefix("./"))
         with file_errors():
             entries = await ctx.sandbox.walk(root)
         found = sorted(
             posixpath.join(root, entry.path) for entry in entries
-            if entry.kind == "file"
-            and regex.fullmatch(posixpath.join(root, entry.path) if absolute else entry.path)
+            if entry.kind == "file" and _glob_match(regex, args.pattern, target, entry.path)
         )
         lines = found[:MAX_ENTRIES] or ["no files match"]
         if len(found) > MAX_ENTRIES:
             lines.append(f"({len(found)} files match; showing the first {MAX_ENTRIES})")
         return ToolOutput(output="\n".join(lines), title=f"{args.pattern} in {root}",
                           metadata={"count": len(found), "truncated": len(found) > MAX_ENTRIES})
+
+
+def _glob_match(regex: re.Pattern[str], pattern: str, target: Target, path: str) -> bool:
+    if not pattern.startswith("/"):
+        return regex.fullmatch(path) is not None
+    return any(regex.fullmatch(posixpath.join(root, path)) for root in target.patterns)
 
 
 class _GrepInput(ToolInput):
@@ -318,7 +326,7 @@ def _grep_command(args: _GrepInput, path: str) -> str:
     )
 
 
-class GrepTool(BuiltinTool[_GrepInput]):
+class GrepTool(PathTool[_GrepInput]):
     """`grep`: lines matching a regex, as `path:line:text`, with ripgrep (else `grep -rE`)."""
 
     name = "grep"
@@ -329,9 +337,10 @@ class GrepTool(BuiltinTool[_GrepInput]):
     )
     input_model = _GrepInput
 
-    async def execute(self, args: _GrepInput, ctx: ToolContext) -> ToolOutput:
-        """Run the search; no match is the output `no matches`, a bad regex a `ToolError`."""
-        path = resolve_path(ctx, args.path)
+    async def act(self, args: _GrepInput, ctx: ToolContext, target: Target) -> ToolOutput:
+        """Run the search; no match is the output `no matches`, a bad regex a `ToolError`.
+        Matches name files under the resolved path."""
+        path = target.real
         result = await ctx.sandbox.shell(ShellRequest(
             command=_grep_command(args, path), timeout=ctx.timeout, cwd="/",
             max_output=MAX_GREP_OUTPUT))

@@ -7,18 +7,20 @@ Every change is an event; the caller emits the turn's single `turn-end`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 
 from .._eventlog import EventLog
-from .._exceptions import ContainerGone, ProviderError, SandboxError, SandboxUnavailable, ToolError
+from .._exceptions import ContainerGone, ProviderError, SandboxError, SandboxUnavailable
 from .._types import (
     AgentConfig,
     ArtifactCreatedEvent,
+    PermissionAction,
     PermissionRequest,
     PermissionRules,
     ReasoningDeltaEvent,
@@ -56,12 +58,15 @@ from ._broker import PermissionBroker, now
 from ._history import capped, new_id
 from ._permissions import always_patterns, evaluate, merge_always
 from ._pricing import Price, cost_of
-from .base import Tool, ToolContext, ToolOutput
+from .base import PreparedCall, Tool, ToolContext, ToolError, ToolOutput
 
 __all__ = ["Outcome", "Turn", "run_turn"]
 
 YIELD_EVERY = 512
 """Model events handled between two trips through the event loop."""
+
+T = TypeVar("T")
+_STRICTNESS: tuple[PermissionAction, ...] = ("allow", "ask", "deny")
 
 
 @dataclass
@@ -237,6 +242,35 @@ def _end(turn: Turn, part: ToolPart, *, error: str | None = None,
                              is_error=output is None or output.is_error)
 
 
+async def _prepare(tool: Tool, input: Mapping[str, Any], ctx: ToolContext) -> PreparedCall:
+    """The call's patterns and its bound run: from `prepare` when the tool has one, else from
+    `permission_pattern` and `run` (see `PreparingTool`)."""
+    prepare = getattr(tool, "prepare", None)  # not isinstance: that would read every property
+    if callable(prepare):
+        prepared = await prepare(input, ctx)
+        if not isinstance(prepared, PreparedCall) or not prepared.patterns:
+            raise ToolError(f"{tool.name}.prepare() gave no PreparedCall with patterns")
+        return prepared
+    return PreparedCall(patterns=(tool.permission_pattern(input, ctx),),
+                        run=functools.partial(tool.run, input, ctx))
+
+
+async def _guarded(turn: Turn, part: ToolPart,
+                   step: Callable[[], Awaitable[T]]) -> T | ToolResultContent:
+    """`step()`'s value, or the ended part's result when it failed as a tool may fail. An
+    abort or a sandbox that is gone ends the part and goes on up."""
+    try:
+        return await step()
+    except anyio.get_cancelled_exc_class():
+        _end(turn, part, error="aborted")
+        raise
+    except (ContainerGone, SandboxUnavailable):
+        _end(turn, part, error="the sandbox is not available")
+        raise
+    except (ToolError, SandboxError) as exc:
+        return _end(turn, part, error=str(exc))
+
+
 async def _run_call(turn: Turn, call: ToolCall) -> ToolResultContent:
     part = _pending_part(turn, call)
     tool = turn.tools.get(call.name)
@@ -244,12 +278,11 @@ async def _run_call(turn: Turn, call: ToolCall) -> ToolResultContent:
         return _end(turn, part, error=f"unknown tool {call.name!r}")
     context = ToolContext(sandbox=turn.sandbox, session_id=turn.session_id, call_id=call.id,
                           workdir=turn.workdir, timeout=turn.config.tool_timeout)
+    prepared = await _guarded(turn, part, functools.partial(_prepare, tool, call.input, context))
+    if isinstance(prepared, ToolResultContent):
+        return prepared
     try:
-        pattern = tool.permission_pattern(call.input, context)
-    except ToolError as exc:
-        return _end(turn, part, error=str(exc))
-    try:
-        refusal = await _permit(turn, part, tool, pattern)
+        refusal = await _permit(turn, part, tool, prepared.patterns)
     except _Rejected:
         _end(turn, part, error="rejected by the user")
         raise
@@ -260,16 +293,9 @@ async def _run_call(turn: Turn, call: ToolCall) -> ToolResultContent:
         return _end(turn, part, error=refusal)
     running = part.model_copy(update={"state": part.state.model_copy(update={"status": "running"})})
     _emit(turn, ToolRunningEvent, part=running)
-    try:
-        output = await tool.run(call.input, context)
-    except anyio.get_cancelled_exc_class():
-        _end(turn, running, error="aborted")
-        raise
-    except (ContainerGone, SandboxUnavailable):
-        _end(turn, running, error="the sandbox is not available")
-        raise
-    except (ToolError, SandboxError) as exc:
-        return _end(turn, running, error=str(exc))
+    output = await _guarded(turn, running, prepared.run)
+    if isinstance(output, ToolResultContent):
+        return output
     if output.todos is not None:
         turn.events.emit(turn.session_id, TodoUpdatedEvent, todos=list(output.todos))
     if output.artifact is not None:
@@ -277,17 +303,28 @@ async def _run_call(turn: Turn, call: ToolCall) -> ToolResultContent:
     return _end(turn, running, output=output)
 
 
-async def _permit(turn: Turn, part: ToolPart, tool: Tool, pattern: str) -> str | None:
-    """None when the call may run; else the error the call ends with. Raises `_Rejected`."""
-    action = evaluate(turn.rules, tool.name, pattern)
+def _verdict(turn: Turn, tool: Tool, patterns: Sequence[str]) -> tuple[PermissionAction, str]:
+    """The strictest action over `patterns`, and the first pattern that drew it."""
+    verdicts = [(evaluate(turn.rules, tool.name, pattern), pattern) for pattern in patterns]
+    return max(verdicts, key=lambda verdict: _STRICTNESS.index(verdict[0]))
+
+
+async def _permit(turn: Turn, part: ToolPart, tool: Tool, patterns: Sequence[str]) -> str | None:
+    """None when the call may run; else the error the call ends with. Raises `_Rejected`.
+
+    Every pattern is judged (a file tool's path as written and resolved) and the strictest
+    verdict wins; an `always` reply allows each of them from then on.
+    """
+    action, pattern = _verdict(turn, tool, patterns)
     if action == "allow":
         return None
     if action == "deny":
         return f"denied by the session's permission rules ({tool.name}: {pattern})"
-    always = always_patterns(tool.name, pattern)
+    always = list(dict.fromkeys(
+        allowed for each in patterns for allowed in always_patterns(tool.name, each)))
     request = PermissionRequest(
         id=new_id("per"), session_id=turn.session_id, message_id=turn.message_id,
-        call_id=part.call_id, tool=tool.name, patterns=[pattern], always=always,
+        call_id=part.call_id, tool=tool.name, patterns=list(patterns), always=always,
         metadata={"input": part.state.input}, time=now())
     answer = await turn.broker.ask(request, turn.config)
     if answer.reply == "always":

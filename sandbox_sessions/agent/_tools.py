@@ -8,6 +8,9 @@
 | todowrite | replaces the session's todo list | `*` |
 | artifact | copies a file to `/artifacts/<key>` | the absolute source path |
 
+A path is judged as written and with its links resolved in the container, and the tool acts
+on the resolved one (see `_tool_support.PathTool`).
+
 Every tool works through the `Sandbox` protocol only, and quotes each value it puts on a
 command line. A call that cannot be done as asked raises `ToolError`; a sandbox that fails
 (a dead container) raises the sandbox's own error.
@@ -15,11 +18,14 @@ command line. A call that cannot be done as asked raises `ToolError`; a sandbox 
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import posixpath
+import re
 import shlex
 from collections import Counter
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -28,8 +34,8 @@ from .._types import ArtifactInfo, Todo
 from ..sandbox._archive import unsafe_key_reason
 from ..sandbox.base import ShellRequest
 from ._file_tools import EditTool, GlobTool, GrepTool, ListTool, ReadTool, WriteTool
-from ._tool_support import BuiltinTool, ToolInput, resolve_path
-from .base import Tool, ToolContext, ToolError, ToolOutput
+from ._tool_support import BuiltinTool, PathTool, Target, ToolInput, real_paths
+from .base import PreparedCall, Tool, ToolContext, ToolError, ToolOutput
 
 __all__ = [
     "BUILTIN_TOOLS",
@@ -42,6 +48,8 @@ __all__ = [
     "ReadTool",
     "TodoWriteTool",
     "WriteTool",
+    "agent_tools",
+    "check_rule_keys",
     "resolve_tools",
 ]
 
@@ -109,10 +117,14 @@ class BashTool(BuiltinTool[_BashInput]):
 
 
 class _TodoInput(ToolInput):
-    id: str = Field(min_length=1, description="A stable id for the item.")
+    id: str | None = Field(default=None, min_length=1,
+                           description="A stable id for the item; assigned when left out.")
     content: str = Field(min_length=1, description="What is to be done.")
     status: Literal["pending", "in_progress", "completed", "cancelled"]
     priority: Literal["high", "medium", "low"] = "medium"
+    active_form: str | None = Field(
+        default=None, alias="activeForm",
+        description="What is being done, as in 'Running tests' (accepted, not kept).")
 
 
 class _TodoWriteInput(ToolInput):
@@ -120,6 +132,26 @@ class _TodoWriteInput(ToolInput):
 
 
 _MARKS = {"pending": "[ ]", "in_progress": "[~]", "completed": "[x]", "cancelled": "[-]"}
+
+
+def _todo_ids(items: list[_TodoInput]) -> list[str]:
+    """Each item's id: its own, else one derived from its content ("t" and 8 hex digits of its
+    SHA-256), so an item keeps its id while its text is unchanged, whatever its place or
+    status. A derived id that is already taken gets "-2", "-3"... appended."""
+    taken = {item.id for item in items if item.id is not None}
+    ids = []
+    for item in items:
+        if item.id is not None:
+            ids.append(item.id)
+            continue
+        base = "t" + hashlib.sha256(item.content.encode("utf-8")).hexdigest()[:8]
+        candidate, count = base, 1
+        while candidate in taken:
+            count += 1
+            candidate = f"{base}-{count}"
+        taken.add(candidate)
+        ids.append(candidate)
+    return ids
 
 
 def _todo_summary(todos: Iterable[Todo]) -> str:
@@ -148,11 +180,15 @@ class TodoWriteTool(BuiltinTool[_TodoWriteInput]):
         return "*"
 
     async def execute(self, args: _TodoWriteInput, ctx: ToolContext) -> ToolOutput:
-        """Check the ids are unique and return the list; nothing runs in the sandbox."""
-        repeated = sorted(i for i, n in Counter(t.id for t in args.todos).items() if n > 1)
+        """Check the given ids are unique, assign the missing ones (see `_todo_ids`) and
+        return the list; nothing runs in the sandbox."""
+        given = Counter(t.id for t in args.todos if t.id is not None)
+        repeated = sorted(i for i, n in given.items() if n > 1)
         if repeated:
             raise ToolError(f"todo ids must be unique; repeated: {', '.join(repeated)}")
-        todos = tuple(Todo(**todo.model_dump()) for todo in args.todos)
+        todos = tuple(
+            Todo(id=id, content=t.content, status=t.status, priority=t.priority)
+            for id, t in zip(_todo_ids(args.todos), args.todos, strict=True))
         return ToolOutput(output=_todo_summary(todos), title=f"{len(todos)} todos",
                           metadata={"count": len(todos)}, todos=todos)
 
@@ -174,7 +210,15 @@ def _copy_command(source: str, target: str) -> str:
     )
 
 
-class ArtifactTool(BuiltinTool[_ArtifactInput]):
+def _artifact_key(args: _ArtifactInput, source: str) -> str:
+    key = args.key if args.key is not None else posixpath.basename(source)
+    reason = unsafe_key_reason(key)
+    if reason is not None:
+        raise ToolError(f"artifact key {key!r} refused: {reason}")
+    return key
+
+
+class ArtifactTool(PathTool[_ArtifactInput]):
     """`artifact`: copy a file from the sandbox to `/artifacts/<key>`, inside the sandbox."""
 
     name = "artifact"
@@ -184,13 +228,23 @@ class ArtifactTool(BuiltinTool[_ArtifactInput]):
     )
     input_model = _ArtifactInput
 
-    async def execute(self, args: _ArtifactInput, ctx: ToolContext) -> ToolOutput:
-        """Copy the file (any size: it never leaves the sandbox); `ToolError` for a bad key."""
-        source = resolve_path(ctx, args.path)
-        key = args.key if args.key is not None else posixpath.basename(source)
-        reason = unsafe_key_reason(key)
-        if reason is not None:
-            raise ToolError(f"artifact key {key!r} refused: {reason}")
+    async def prepare(self, input: Mapping[str, Any], ctx: ToolContext) -> PreparedCall:
+        """The source path in both forms; `ToolError` for a bad key, or for a key whose
+        folder under `/artifacts` leads through a link (the copy would land elsewhere)."""
+        args = self.parse(input)
+        written = self.pattern(args, ctx)
+        folder = posixpath.dirname(f"{ARTIFACTS}/{_artifact_key(args, written)}")
+        real, real_folder = await real_paths(ctx, written, folder)
+        if real_folder != folder:
+            raise ToolError(f"artifact folder {folder} leads through a link to {real_folder}")
+        target = Target(written=written, real=real)
+        return PreparedCall(patterns=target.patterns,
+                            run=functools.partial(self.act, args, ctx, target))
+
+    async def act(self, args: _ArtifactInput, ctx: ToolContext, target: Target) -> ToolOutput:
+        """Copy the file (any size: it never leaves the sandbox) from `target.real`; the key
+        defaults to the name the call gave it."""
+        source, key = target.real, _artifact_key(args, target.written)
         result = await ctx.sandbox.shell(ShellRequest(
             command=_copy_command(source, f"{ARTIFACTS}/{key}"), timeout=ctx.timeout, cwd="/"))
         size = result.stdout.strip()
@@ -231,3 +285,84 @@ def resolve_tools(names_or_tools: Iterable[str | Tool]) -> list[Tool]:
     if repeated:
         raise InvalidArgument(f"tools named more than once: {', '.join(repeated)}")
     return resolved
+
+
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _check_custom(tool: object) -> Tool:
+    """`tool` if it has what the `Tool` protocol asks; else `InvalidArgument` naming the gap."""
+    name = getattr(tool, "name", None)
+    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        raise InvalidArgument(f"tool {tool!r}: its name must be 1 to 64 letters, digits, '_' "
+                              f"or '-', not {name!r}")
+    if not isinstance(getattr(tool, "description", None), str):
+        raise InvalidArgument(f"tool {name!r}: its description must be a string")
+    if not isinstance(getattr(tool, "parameters", None), Mapping):
+        raise InvalidArgument(f"tool {name!r}: its parameters must be a JSON Schema mapping")
+    for method in ("permission_pattern", "run"):
+        if not callable(getattr(tool, method, None)):
+            raise InvalidArgument(f"tool {name!r} has no {method}() method")
+    return tool  # type: ignore[return-value]  # checked member by member just above
+
+
+def _custom_tool(checked: Tool, registered: Mapping[str, Tool]) -> Tool | None:
+    """The custom tool to register for `checked`, or None for a built-in one."""
+    builtin = BUILTIN_TOOLS.get(checked.name)
+    if builtin is not None:
+        if type(checked) is type(builtin):
+            return None  # an instance of a built-in class: the same tool
+        raise InvalidArgument(f"tool {checked.name!r} has the name of a built-in tool; "
+                              "give it another name")
+    known = registered.get(checked.name)
+    if known is not None and known is not checked:
+        raise InvalidArgument(
+            f"another tool named {checked.name!r} is already registered on this client; "
+            "sessions find tools by name, so pass the same object or give it another name")
+    return checked
+
+
+def agent_tools(
+    items: object, *, registered: Mapping[str, Tool]
+) -> tuple[list[str], dict[str, Tool]]:
+    """The tool names of an agent made with `items`, and the custom tools to register.
+
+    `items` holds built-in tool names, names of tools `registered` on the client, and `Tool`
+    objects. Raises `InvalidArgument`, before anything is registered, for an unknown name, an
+    object that is not a tool, a custom tool named like a built-in one or like another
+    registered tool, and a name given twice.
+    """
+    if isinstance(items, str | bytes) or not isinstance(items, Iterable):
+        raise InvalidArgument(f"tools must be a list of names or Tool objects, not {items!r}")
+    names: list[str] = []
+    new: dict[str, Tool] = {}
+    for item in items:
+        if isinstance(item, str):
+            if item not in BUILTIN_TOOLS and item not in registered:
+                known = ", ".join(sorted({*BUILTIN_TOOLS, *registered}))
+                raise InvalidArgument(f"unknown tool {item!r}; the tools known are {known}")
+            names.append(item)
+            continue
+        tool = _check_custom(item)
+        custom = _custom_tool(tool, {**registered, **new})
+        if custom is not None:
+            new[custom.name] = custom
+        names.append(tool.name)
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        raise InvalidArgument(f"tools named more than once: {', '.join(repeated)}")
+    return names, new
+
+
+def check_rule_keys(rules: Mapping[str, object], tools: Iterable[str]) -> None:
+    """`InvalidArgument` unless every top-level key of `rules` is `"*"`, a built-in tool's
+    name or one of `tools` (the agent's): a key such as `"git status*"` is a pattern put one
+    level too high, and would silently match nothing."""
+    allowed = {"*", *BUILTIN_TOOLS, *tools}
+    for key in rules:
+        if key not in allowed:
+            hint = (f'; to match a command line, nest it: {{"bash": {{{key!r}: ...}}}}'
+                    if " " in key or "*" in key else "")
+            raise InvalidArgument(
+                f"permission rules: {key!r} is not a tool name (use \"*\", a built-in tool or "
+                f"one of the agent's tools: {', '.join(sorted(allowed - {'*'}))}){hint}")

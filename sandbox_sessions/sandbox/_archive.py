@@ -8,6 +8,7 @@ destination; counts and sizes are capped.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import stat
@@ -16,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, BinaryIO
 
-from .._exceptions import UnsafeArchive
+from .._exceptions import InvalidArgument, UnsafeArchive
 
-__all__ = ["Caps", "SafeWriter", "iter_tar_files", "unsafe_key_reason"]
+__all__ = ["Caps", "SafeWriter", "iter_tar_files", "printable", "unsafe_key_reason"]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 # A FIFO planted at a file's name would block a plain open() for ever; with O_NONBLOCK it
@@ -27,18 +28,39 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 class Caps:
-    """Limits on what one download may write."""
+    """Limits on what one download may write: files, bytes in all, bytes per file.
+
+    An artifact that would go past a cap is skipped and reported; the others are written.
+    """
 
     def __init__(
         self, *, max_files: int = 10_000, max_bytes: int = 4 << 30, max_file_bytes: int = 2 << 30
     ) -> None:
+        for name, value in (("max_files", max_files), ("max_bytes", max_bytes),
+                            ("max_file_bytes", max_file_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgument(f"Caps({name}=...) must be a whole number >= 0, not "
+                                      f"{value!r}")
         self.max_files = max_files
         self.max_bytes = max_bytes
         self.max_file_bytes = max_file_bytes
 
 
+def printable(key: str) -> str:
+    """`key` fit to show and serialize: bytes that were not UTF-8 (carried as lone surrogates)
+    are written as `\\xNN` escapes."""
+    try:
+        return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def unsafe_key_reason(key: str) -> str | None:
     """Why `key` may not be written under a destination, or None when it may."""
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name is not valid UTF-8"
     if not key or "\x00" in key:
         return "empty name or NUL byte"
     if key.startswith("/") or PurePosixPath(key).is_absolute():
@@ -55,11 +77,22 @@ class SafeWriter:
     """Writes files named by untrusted keys below one host folder, within caps."""
 
     def __init__(self, destination: Path, caps: Caps) -> None:
+        """Make `destination` (and its parents); `InvalidArgument` when it is not a folder,
+        cannot be made, or cannot be written in."""
         self.destination = destination.resolve()
         self.caps = caps
         self.files = 0
         self.bytes = 0
-        self.destination.mkdir(parents=True, exist_ok=True)
+        try:
+            self.destination.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise InvalidArgument(f"download destination {destination} exists and is not a "
+                                  "folder") from None
+        except OSError as exc:
+            raise InvalidArgument(f"download destination {destination} cannot be made: "
+                                  f"{exc.strerror or exc}") from exc
+        if not os.access(self.destination, os.W_OK | os.X_OK):
+            raise InvalidArgument(f"download destination {destination} is not writable")
 
     def _folder_for(self, key: str) -> Path:
         """Create the key's parent folders, refusing any that is a link or not a folder."""
@@ -101,6 +134,16 @@ class SafeWriter:
             raise UnsafeArchive(f"{key}: larger than {self.caps.max_file_bytes} bytes")
         if self.bytes > self.caps.max_bytes:
             raise UnsafeArchive(f"download larger than {self.caps.max_bytes} bytes")
+
+    def discard(self, key: str, written: int) -> None:
+        """Remove the file of `key` after a failed copy and give back its `written` bytes, so
+        no empty or partial file is left and the caps count only what stays."""
+        target = self.destination / key
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(target).st_mode):
+                os.unlink(target)
+        self.files -= 1
+        self.bytes -= written
 
     def mkdir(self, key: str) -> None:
         """Create the folder `key` (and its parents) inside the destination."""

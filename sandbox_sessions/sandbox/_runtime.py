@@ -10,6 +10,7 @@ call raises `OperationTimeout` once the helper makes no progress for `FILE_IDLE_
 from __future__ import annotations
 
 import codecs
+import logging
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
@@ -40,7 +41,20 @@ from ._channel import (
 )
 from .base import FileEntry, OutputCallback, ShellRequest
 
+log: logging.Logger = logging.getLogger("sandbox_sessions")
+
 _KINDS: Mapping[str, Any] = {"f": "file", "d": "dir", "l": "link", "o": "other"}
+# Why the helper refused to read a path that exists (its FAIL frame's `what`); the text is
+# ours, not the container's.
+_NOT_REGULAR: Mapping[str, str] = {
+    "link": "is a symbolic link; links are not followed",
+    "link_in_path": "a folder on its path is a symbolic link; links are not followed",
+    "fifo": "is a FIFO, not a regular file",
+    "socket": "is a socket, not a regular file",
+    "char_device": "is a device, not a regular file",
+    "block_device": "is a device, not a regular file",
+    "pseudo": "is a kernel interface (/proc, /sys), not a regular file",
+}
 T = TypeVar("T")
 
 DONE_WAIT = 2.5
@@ -111,6 +125,9 @@ def failure(payload: bytes, path: str) -> SandboxError:
         return SandboxFileNotFound(path)
     if kind == "is_directory":
         return SandboxFileNotFound(path, "is a folder, not a file")
+    if kind == "not_regular":
+        return SandboxFileNotFound(path, _NOT_REGULAR.get(str(body.get("what")),
+                                                          "is not a regular file"))
     if kind == "permission":
         return SandboxPermissionError(message)
     if kind == "too_large":
@@ -230,13 +247,16 @@ class HelperRuntime:
             kind, payload = await within(call.receive(), f"listing {root}")
         if kind != DONE:
             raise failure(payload, root)
+        body = decode_json(payload)
         try:
-            return [
-                FileEntry(path=str(path), kind=_KINDS[kind_code], size=int(size))
-                for path, kind_code, size in decode_json(payload)["entries"]
-            ]
+            entries = [FileEntry(path=str(path), kind=_KINDS[kind_code], size=int(size))
+                       for path, kind_code, size in body["entries"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise ProtocolError(f"helper sent a malformed listing: {exc}") from exc
+        if body.get("truncated"):  # the helper bounds a listing; say so rather than hide it
+            log.warning("%s holds more entries than listed: only the first %d are used",
+                        root, len(entries))
+        return entries
 
     async def aclose(self) -> None:
         await self.channel.aclose()

@@ -75,7 +75,11 @@ class Sandbox(Protocol):
         ...
 
     def stream_file(self, path: str, *, max_bytes: int | None) -> AsyncIterator[bytes]:
-        """The bytes of a regular file, in chunks; `FileTooLarge` past `max_bytes`."""
+        """The bytes of a regular file, in chunks; `FileTooLarge` past `max_bytes`.
+
+        Never read through a link (at the end of `path` or on it), nor from a FIFO, device,
+        socket or kernel (/proc, /sys) file: those raise `SandboxFileNotFound` at once.
+        """
         ...
 
     async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None:

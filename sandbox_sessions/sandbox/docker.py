@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import logging
 import tarfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -23,10 +23,11 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from .._exceptions import ContainerDied, ImageNotFound
+from .._exceptions import ContainerDied, ImageNotFound, SandboxError
 from .._types import SandboxOptions
 from ._channel import HelperChannel
 from ._container import HELPER_ARGV, DockerSandbox, death_of, start_attached
+from ._disk import DiskMode, disk_host_config, find_home, quota_unsupported
 from ._engine import Engine
 from .base import RestartCallback
 
@@ -39,9 +40,14 @@ OWN_WORKDIR = "/workspace"
 """The workdir our images make, owned by their sandbox user."""
 
 
-def _host_config(options: SandboxOptions) -> dict[str, Any]:
-    return {
-        "init": True,
+def _host_config(
+    options: SandboxOptions, *, disk: Mapping[str, Any], attach: bool
+) -> dict[str, Any]:
+    """The hardening of every session container, plus `disk`: its writable-space cap."""
+    return {**disk,
+        # With `attach` our helper is PID 1: unkillable from inside, and the reaper of
+        # orphans. A foreign image's `sleep infinity` needs Docker's init to reap.
+        "init": not attach,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "network_mode": "bridge" if options.network else "none",
@@ -71,10 +77,23 @@ def _folders_archive(user: str, folders: tuple[str, ...]) -> bytes:
 class DockerBackend:
     """Creates, attaches to and removes session containers on one Docker engine."""
 
-    def __init__(self, engine: Engine, *, task_group: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self, engine: Engine, *, task_group: anyio.abc.TaskGroup, disk_mode: DiskMode = "auto"
+    ) -> None:
+        """`disk_mode` is how `SandboxOptions.disk` is enforced (see `sandbox._disk`): `auto`
+        asks the engine for a quota and falls back to tmpfs folders if it refuses; `quota`
+        or `tmpfs` forces one (`quota` then fails where the engine cannot)."""
         self.engine = engine
         self._task_group = task_group
         self._image_labels: dict[str, dict[str, str]] = {}
+        self._disk_mode: DiskMode = disk_mode
+        self._homes: dict[tuple[str, str], str | None] = {}
+
+    @property
+    def disk_mode(self) -> DiskMode:
+        """How disks are capped: `auto` until the first capped create tells `quota` or
+        `tmpfs` apart, then that."""
+        return self._disk_mode
 
     async def _labels_of(self, image: str) -> dict[str, str]:
         if image not in self._image_labels:
@@ -121,18 +140,9 @@ class DockerBackend:
         *,
         attach: bool,
     ) -> DockerSandbox:
-        # Our helper is PID 1 (unkillable from inside, and the reaper of orphans); a foreign
-        # image's `sleep infinity` needs Docker's init to reap.
-        host_config = {**_host_config(options), "init": not attach}
-        container = await anyio.to_thread.run_sync(
-            partial(self.engine.create_container, options.image,
-                    command=[*HELPER_ARGV, "main"] if attach else ["sleep", "infinity"],
-                    stdin_open=attach, stdin_once=attach, labels=dict(labels), user=options.user,
-                    working_dir=options.workdir, environment=dict(options.env), detach=True,
-                    host_config=host_config)
-        )
+        container, on_tmpfs = await self._create_container(options, labels, attach=attach)
         try:
-            channel = await self._start(container, options, attach=attach)
+            channel = await self._start(container, options, attach=attach, on_tmpfs=on_tmpfs)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.engine.remove, container)
@@ -140,15 +150,57 @@ class DockerBackend:
         return DockerSandbox(self.engine, container, options, task_group=self._task_group,
                              channel=channel, on_restart=on_restart)
 
+    async def _create_container(
+        self, options: SandboxOptions, labels: Mapping[str, str], *, attach: bool
+    ) -> tuple[str, bool]:
+        """Create the container with its disk capped; return its id and whether its writable
+        folders are tmpfs mounts (on a read-only root, which nothing may be copied into)."""
+        create = partial(
+            self.engine.create_container, options.image,
+            command=[*HELPER_ARGV, "main"] if attach else ["sleep", "infinity"],
+            stdin_open=attach, stdin_once=attach, labels=dict(labels), user=options.user,
+            working_dir=options.workdir, environment=dict(options.env), detach=True)
+        if options.disk_bytes is None:
+            return await self._run(create, _host_config(options, disk={}, attach=attach)), False
+        if self._disk_mode != "tmpfs":
+            quota = _host_config(options, disk=disk_host_config(options, "quota", home=None),
+                                 attach=attach)
+            try:
+                container = await self._run(create, quota)
+            except SandboxError as exc:
+                if self._disk_mode == "quota" or not quota_unsupported(str(exc)):
+                    raise
+                log.warning("the engine cannot cap a container's disk (%s): sessions get a "
+                            "read-only root and tmpfs folders instead", exc)
+                self._disk_mode = "tmpfs"
+            else:
+                self._disk_mode = "quota"
+                return container, False
+        home = await self._home_of(options, labels)
+        tmpfs = _host_config(options, disk=disk_host_config(options, "tmpfs", home=home),
+                             attach=attach)
+        return await self._run(create, tmpfs), True
+
+    async def _run(self, create: Callable[..., str], host_config: dict[str, Any]) -> str:
+        return await anyio.to_thread.run_sync(partial(create, host_config=host_config))
+
+    async def _home_of(self, options: SandboxOptions, labels: Mapping[str, str]) -> str | None:
+        key = (options.image, options.user)
+        if key not in self._homes:
+            self._homes[key] = await anyio.to_thread.run_sync(
+                find_home, self.engine, options.image, options.user, labels)
+        return self._homes[key]
+
     async def _start(
-        self, container: str, options: SandboxOptions, *, attach: bool
+        self, container: str, options: SandboxOptions, *, attach: bool, on_tmpfs: bool
     ) -> HelperChannel | None:
         if not attach:  # a foreign image may lack our folders, or own them as root
-            archive = _folders_archive(options.user, (options.workdir, "/artifacts"))
-            await anyio.to_thread.run_sync(self.engine.put_archive, container, "/", archive)
+            if not on_tmpfs:  # else the tmpfs mounts make them, owned by the user
+                archive = _folders_archive(options.user, (options.workdir, "/artifacts"))
+                await anyio.to_thread.run_sync(self.engine.put_archive, container, "/", archive)
             await anyio.to_thread.run_sync(self.engine.start, container)
             return None
-        if options.workdir != OWN_WORKDIR:  # Docker would make it root-owned: unwritable
+        if options.workdir != OWN_WORKDIR and not on_tmpfs:  # Docker would make it root's
             archive = _folders_archive(options.user, (options.workdir,))
             await anyio.to_thread.run_sync(self.engine.put_archive, container, "/", archive)
         return await start_attached(self.engine, container, self._task_group)
