@@ -384,7 +384,10 @@ def open_regular(path, shown):
     try:
         if not parts:
             raise Refused("is_directory", "dir", shown)
-        check_kind(shown, os.stat(parts[-1], dir_fd=folder, follow_symlinks=False).st_mode)
+        st = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+        check_kind(shown, st.st_mode)
+        if st.st_dev in pseudo_devices():  # before the open, which some refuse (/proc/1/*)
+            raise Refused("not_regular", "pseudo", shown)
         try:
             fd = os.open(parts[-1], _READ_FLAGS, dir_fd=folder)
         except OSError as exc:
