@@ -47,7 +47,28 @@ __all__ = ["DockerSandbox", "death_of", "open_channel", "start_attached"]
 
 log: logging.Logger = logging.getLogger("sandbox_sessions.docker")
 
-HELPER_SOURCE = resources.files(__package__).joinpath("_helper.py").read_bytes()
+HELPER_MODULES = ("_helper_frames", "_helper_commands", "_helper_reads", "_helper_uploads",
+                  "_helper")
+"""The helper's modules, in the order they load: each imports only those before it, and the
+last, `_helper`, runs the main loop."""
+
+
+def helper_source() -> bytes:
+    """The helper as one program: it makes each of `HELPER_MODULES` from its source, in order."""
+    files = resources.files(__package__)
+    lines = [
+        "import sys, types",
+        "def _module(name, source):",
+        "    module = sys.modules[name] = types.ModuleType(name)",
+        "    exec(compile(source, name + '.py', 'exec'), module.__dict__)",
+    ]
+    for name in HELPER_MODULES:
+        source = files.joinpath(f"{name}.py").read_text(encoding="utf-8")
+        lines.append(f"_module({name!r}, {source!r})")
+    return "\n".join(lines).encode()
+
+
+HELPER_SOURCE = helper_source()
 # A short command line that reads the helper's source from stdin, so `ps` stays readable.
 _STUB = (
     "import os\nn={size};s=b''\nwhile len(s)<n:s+=os.read(0,n-len(s)) or exit(1)\n"
