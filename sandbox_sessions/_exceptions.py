@@ -186,9 +186,12 @@ class ContainerGone(SandboxError, RuntimeError):
 
 
 class ContainerDied(ContainerGone):
-    """The session's container stopped: killed, out of memory, or its main process exited.
+    """The session's container stopped (killed, out of memory, its main process exited) or was
+    paused while a call ran. Only that call fails: the next one starts (or unpauses) the
+    container again, with its files, and logs a `sandbox-restarted` event.
 
-    `reason` says which, as far as the engine knows (`"oom-killed"`, `"exited with code 137"`).
+    `reason` says which, as far as the engine knows (`"oom-killed"`, `"exited with code 137"`,
+    `"paused"`).
     """
 
     code = "container_died"

@@ -38,12 +38,14 @@ from ._types import (
     ArtifactDownload,
     ArtifactInfo,
     SandboxOptions,
+    SandboxRestartedEvent,
     SessionInfo,
     ShellResult,
     ShellRunEvent,
 )
+from ._validation import check_timeout
 from .sandbox._archive import Caps, printable, unsafe_key_reason
-from .sandbox.base import OutputCallback, Sandbox, SandboxBackend, ShellRequest
+from .sandbox.base import OutputCallback, RestartCallback, Sandbox, SandboxBackend, ShellRequest
 from .store.base import Lease, Store
 
 log: logging.Logger = logging.getLogger("sandbox_sessions")
@@ -112,7 +114,8 @@ class SessionService:
         await self.store.create_session(info, lease)
         sandbox: Sandbox | None = None
         try:
-            sandbox = await self.backend.create(options, labels=self.labels(session_id))
+            sandbox = await self.backend.create(options, labels=self.labels(session_id),
+                                                on_restart=self._restart_recorder(session_id))
             ready = info.model_copy(update={"status": "idle", "container_id": sandbox.id})
             if not await self.store.finish_create(lease, ready):
                 raise SessionEnded(session_id)  # ended, or reaped as its lease ran out
@@ -178,9 +181,17 @@ class SessionService:
             raise SessionEnded(session_id)
         async with self._attach_lock:
             if session_id not in self._live:
-                sandbox = await self.backend.attach(info.container_id, info.sandbox)
+                sandbox = await self.backend.attach(
+                    info.container_id, info.sandbox, on_restart=self._restart_recorder(session_id))
                 self._live[session_id] = sandbox
             return self._live[session_id]
+
+    def _restart_recorder(self, session_id: str) -> RestartCallback:
+        async def record(reason: str) -> None:
+            await self.events.open(session_id)
+            self.events.emit(session_id, SandboxRestartedEvent, reason=reason)
+
+        return record
 
     async def shell(
         self,
@@ -194,9 +205,11 @@ class SessionService:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> ShellResult:
-        """Run a command in the session's sandbox; see `Sandbox.shell`."""
-        if timeout is not None and timeout <= 0:
-            raise InvalidArgument(f"timeout must be positive, not {timeout}")
+        """Run a command in the session's sandbox; see `Sandbox.shell`.
+
+        `timeout` is a finite number of seconds >= 0 (0 kills the command at once), or None.
+        """
+        timeout = check_timeout(timeout)
         if max_output < 0:
             raise InvalidArgument(f"max_output must be zero or more, not {max_output}")
         sandbox = await self._sandbox(session_id)

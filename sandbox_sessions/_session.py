@@ -143,8 +143,11 @@ class AsyncSessionHandle:
 
         `cwd` defaults to the session's workdir (`/workspace`). Output reaches the callbacks
         as it comes; at most `max_output` bytes of each stream are kept (`truncated` says so).
-        At `timeout` seconds the command's whole process group is killed: `timed_out` is set
-        and `exit_code` is 124. Cancelling the call kills the process group too.
+        At `timeout` seconds (a finite number >= 0; 0 kills the command at once) the command's
+        whole process group is killed: `timed_out` is set and `exit_code` is 124. The call
+        returns within `timeout` + 5 s whatever the container does; `ContainerDied` if it was
+        found stopped or paused (the next call starts it again). Cancelling the call kills the
+        process group too.
         """
         return await self._service.shell(self.id, command, timeout=timeout, cwd=cwd, env=env,
                                          max_output=max_output, on_stdout=on_stdout,

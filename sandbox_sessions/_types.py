@@ -560,6 +560,18 @@ class ShellRunEvent(EventBase):
     duration: float
 
 
+class SandboxRestartedEvent(EventBase):
+    """The session's container was found stopped (or paused) and runs again, files intact.
+
+    `reason` says how it was found: `"exited with code 137 (killed)"`, `"oom-killed"`,
+    `"paused"`... The call that was running when it stopped got `ContainerDied`; processes
+    that ran in it are gone (except after a pause).
+    """
+
+    type: Literal["sandbox-restarted"] = "sandbox-restarted"
+    reason: str
+
+
 class TurnEndEvent(EventBase):
     """The one terminal event of every turn."""
 
@@ -575,7 +587,7 @@ Event = Annotated[
     | ToolStartEvent | ToolRunningEvent | ToolEndEvent | StepStartEvent | StepFinishEvent
     | RetryEvent | PermissionAskedEvent | PermissionRepliedEvent | TodoUpdatedEvent
     | ArtifactCreatedEvent | SessionStatusEvent | SessionUpdatedEvent | ShellRunEvent
-    | TurnEndEvent,
+    | SandboxRestartedEvent | TurnEndEvent,
     Field(discriminator="type"),
 ]
 

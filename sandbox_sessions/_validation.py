@@ -98,7 +98,10 @@ def check_timeout(value: object, name: str = "timeout") -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidArgument(f"{name} must be a number of seconds, not {_type_name(value)}")
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for any float
+        seconds = math.inf
     if not math.isfinite(seconds) or seconds < 0:
         raise InvalidArgument(f"{name} must be a finite number of seconds, 0 or more, "
                               f"not {value}")

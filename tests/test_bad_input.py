@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import re
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
@@ -312,9 +313,11 @@ async def test_bad_agent_options(client: AsyncSandboxClient, options: dict[str, 
     assert await client.list_sessions(include_ended=True) == []
 
 
-@pytest.mark.parametrize("timeout", [0, -1, -0.5])
-async def test_non_positive_shell_timeout(session: AsyncSessionHandle, timeout: float) -> None:
-    with pytest.raises(InvalidArgument, match="timeout must be positive") as caught:
+@pytest.mark.parametrize(
+    "timeout", [-1, -0.5, math.nan, math.inf, -math.inf, 10**400, True, "5", [1]],
+    ids=["-1", "-0.5", "nan", "inf", "-inf", "huge-int", "bool", "str", "list"])
+async def test_bad_shell_timeout(session: AsyncSessionHandle, timeout: float) -> None:
+    with pytest.raises(InvalidArgument, match="timeout must be a") as caught:
         await session.shell("touch ran", timeout=timeout)
 
     assert isinstance(caught.value, ValueError)
@@ -446,9 +449,7 @@ async def test_output_under_the_cap_is_not_truncated(session: AsyncSessionHandle
 # --- containers that die or vanish ---------------------------------------------------------
 
 
-async def test_container_killed_mid_command(
-    client: AsyncSandboxClient, image: str, store_path: Path
-) -> None:
+async def test_container_killed_mid_command(client: AsyncSandboxClient, image: str) -> None:
     session = await client.agent("bad-input", image=image).create_session()
     container = await container_of(session)
     started = anyio.Event()
@@ -474,15 +475,9 @@ async def test_container_killed_mid_command(
     assert "killed" in died.reason
     assert died.reason in str(died)
 
-    # The next call says the same, never a raw engine error, and so does a new client.
-    for call in (lambda: session.shell("true"), lambda: session.get_file("x"),
-                 session.list_artifacts):
-        with pytest.raises(ContainerDied) as again:
-            await call()
-        assert again.value.reason == died.reason
-    async with AsyncSandboxClient(store=store_path, reap_orphans=False) as other:
-        with pytest.raises(ContainerDied):
-            await other.session(session.id).shell("true")
+    # Only that call failed: the next one starts the container again (tests/test_resilience.py
+    # has the details).
+    await assert_still_works(session)
 
     # Removed entirely, it is gone; the session can still be ended.
     await docker_cli("rm", "-f", container)

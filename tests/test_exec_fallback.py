@@ -13,6 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from sandbox_support import restarts
 
 from sandbox_sessions import (
     AsyncSandboxClient,
@@ -20,6 +21,7 @@ from sandbox_sessions import (
     FileTooLarge,
     SandboxFileNotFound,
 )
+from sandbox_sessions.sandbox._exec_runtime import EXEC_GRACE
 from sandbox_sessions.sandbox._images import DEFAULT_BASE_IMAGE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -205,3 +207,24 @@ async def test_an_image_derived_from_ours_without_python_still_makes_sessions(
         assert info.container_id is not None
     finally:
         await anyio.run_process(["docker", "rmi", "-f", derived], check=False)
+
+
+async def test_a_command_holding_its_output_open_is_bounded_on_the_host(
+    session: AsyncSessionHandle,
+) -> None:
+    # The command stops `timeout(1)` itself (its parent), then runs on for 60 s.
+    with anyio.fail_after(1 + EXEC_GRACE + 10):
+        result = await session.shell("kill -STOP $PPID; echo started; sleep 60", timeout=1)
+
+    assert (result.timed_out, result.exit_code, result.stdout) == (True, 124, "started\n")
+
+
+async def test_a_killed_container_restarts_with_its_files(session: AsyncSessionHandle) -> None:
+    await session.put_file("kept.txt", "kept")
+    container = (await session.get_info()).container_id
+    assert container is not None
+    await anyio.run_process(["docker", "kill", container])
+
+    assert await session.get_file("kept.txt") == "kept"  # no call was running: none fails
+    assert (await session.shell("echo back")).stdout == "back\n"
+    assert await restarts(session) == ["exited with code 137 (killed)"]

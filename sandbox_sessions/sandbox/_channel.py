@@ -26,9 +26,10 @@ log: logging.Logger = logging.getLogger("sandbox_sessions.helper")
 HEADER = struct.Struct(">BII")
 DOCKER_HEADER = struct.Struct(">BxxxI")
 REQ, DATA_IN, END_IN, CANCEL = 1, 2, 3, 4
-OUT, ERR, DATA_OUT, DONE, FAIL, HELLO = 10, 11, 12, 13, 14, 15
+OUT, ERR, DATA_OUT, DONE, FAIL, HELLO, ACK = 10, 11, 12, 13, 14, 15, 16
 TERMINAL = (DONE, FAIL)
-UPLOAD_CHUNK = 256 * 1024
+CANCEL_WAIT = 1.0
+"""Seconds that leaving an unfinished call may spend telling the helper to cancel it."""
 
 Frame = tuple[int, bytes]
 
@@ -56,12 +57,9 @@ class Call:
             self.finished = True
         return kind, payload
 
-    async def send_data(self, data: bytes) -> None:
-        """Send `data` as the request's upload, in chunks; then mark its end."""
-        view = memoryview(data)
-        for start in range(0, len(view), UPLOAD_CHUNK):
-            await self._channel.send_frame(DATA_IN, self.rid, view[start : start + UPLOAD_CHUNK])
-        await self._channel.send_frame(END_IN, self.rid, b"")
+    async def send(self, kind: int, payload: bytes | memoryview = b"") -> None:
+        """Send a frame of this request (`DATA_IN`, `END_IN`); `ChannelClosed` if it ended."""
+        await self._channel.send_frame(kind, self.rid, payload)
 
 
 def decode_json(payload: bytes) -> dict[str, Any]:
@@ -171,11 +169,12 @@ class HelperChannel:
                 raise ChannelClosed() from exc
 
     @asynccontextmanager
-    async def call(self, request: Mapping[str, Any]) -> AsyncIterator[Call]:
-        """Send `request` and yield its `Call`.
+    async def call(self, request: Mapping[str, Any] | bytes) -> AsyncIterator[Call]:
+        """Send `request` (JSON-encoded here unless given as bytes) and yield its `Call`.
 
-        Leaving the block before the call finished (an error, or cancellation) tells the helper
-        to cancel it, which kills a running command's process group.
+        Leaving the block before the call finished (an error, cancellation, a deadline) tells
+        the helper to cancel it, which kills a running command's process group; that costs at
+        most `CANCEL_WAIT` seconds, even when the helper does not read.
         """
         rid = self._next_rid
         self._next_rid += 1
@@ -183,7 +182,8 @@ class HelperChannel:
         self._inboxes[rid] = send
         call = Call(self, rid, receive)
         try:
-            await self.send_frame(REQ, rid, json.dumps(request).encode())
+            payload = request if isinstance(request, bytes) else json.dumps(request).encode()
+            await self.send_frame(REQ, rid, payload)
             yield call
         finally:
             self._inboxes.pop(rid, None)
@@ -191,7 +191,7 @@ class HelperChannel:
             send.close()
             if not call.finished and not self.closed:
                 shielded = anyio.CancelScope(shield=True)
-                with shielded, anyio.move_on_after(2), suppress(ChannelClosed):
+                with shielded, anyio.move_on_after(CANCEL_WAIT), suppress(ChannelClosed):
                     await self.send_frame(CANCEL, rid, b"")
 
     async def aclose(self) -> None:

@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 import docker
@@ -176,9 +176,14 @@ class Engine:
         return str(created["Id"])
 
     def start(self, container: str) -> None:
-        """Start a created container."""
+        """Start a created or stopped container."""
         with translate(not_found=lambda: ContainerGone(f"container {container[:12]} is gone")):
             self.api.start(container)
+
+    def unpause(self, container: str) -> None:
+        """Resume a paused container."""
+        with translate(not_found=lambda: ContainerGone(f"container {container[:12]} is gone")):
+            self.api.unpause(container)
 
     def remove(self, container: str) -> None:
         """Remove the container with force (no stop grace); a missing one is not an error."""
@@ -233,8 +238,8 @@ class Engine:
         user: str,
         workdir: str | None,
         env: Mapping[str, str],
-    ) -> tuple[str, Iterator[tuple[bytes | None, bytes | None]]]:
-        """Start `cmd` and return its exec id and a stream of (stdout, stderr) chunks."""
+    ) -> tuple[str, ExecOutput]:
+        """Start `cmd` and return its exec id and its output."""
         gone = lambda: ContainerGone(f"container {container[:12]} is gone")  # noqa: E731
         with translate(not_found=gone):
             exec_id = self.api.exec_create(
@@ -242,7 +247,7 @@ class Engine:
             )["Id"]
             # The raw socket, made ours: docker-py's stream would leave its socket unclosed.
             sock = _own_socket(self.api.exec_start(exec_id, socket=True))
-        return exec_id, _demuxed(sock)
+        return exec_id, ExecOutput(sock)
 
     def exec_exit_code(self, exec_id: str) -> int | None:
         """The exit code of a finished exec, or None while it runs."""
@@ -302,6 +307,21 @@ def _own_socket(wrapper: Any) -> socket.socket:
     # Closing the wrapper leaves docker-py's socket open (and warned about when collected).
     raw.close()
     return owned
+
+
+class ExecOutput:
+    """The (stdout, stderr) chunks of a running exec, read once, in a worker thread."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def __iter__(self) -> Iterator[tuple[bytes | None, bytes | None]]:
+        return _demuxed(self._sock)
+
+    def stop(self) -> None:
+        """End the output early, from any thread: the reader sees its end at once."""
+        with suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
 
 def _demuxed(sock: socket.socket) -> Iterator[tuple[bytes | None, bytes | None]]:

@@ -3,7 +3,9 @@
 The fallback for images without python3, where the helper cannot run. It is slower (one exec
 or archive call per operation, ~40 ms each) and weaker: a timeout relies on the image's
 `timeout(1)`, which kills the command's process group, and cancelling a running command
-cannot stop it inside the container.
+cannot stop it inside the container. The host still bounds a command with a timeout: past
+`timeout + EXEC_GRACE` it stops reading and returns it as timed out. File calls are bounded by
+the engine client's own timeout (60 s without progress).
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from ._engine import Engine
 from ._runtime import shell_result, sinks
 from .base import FileEntry, ShellRequest
 
+EXEC_GRACE = 5.0
+"""Seconds past its timeout that a command's output is read before the host gives up on it."""
+
 
 class ExecRuntime:
     """Runs commands with `docker exec` and moves files as tar archives."""
@@ -35,28 +40,39 @@ class ExecRuntime:
         self._container = container
         self._options = options
 
+    @property
+    def closed(self) -> bool:
+        """Never: each call makes its own connection."""
+        return False
+
     async def shell(self, request: ShellRequest) -> ShellResult:
         timeout = request.timeout
         argv = ["sh", "-c", request.command]
-        if timeout is not None:
-            argv = ["timeout", "-k", "1", f"{timeout:g}", *argv]
+        if timeout is not None:  # `timeout 0` would mean no limit at all
+            argv = ["timeout", "-k", "1", f"{max(timeout, 0.001):g}", *argv]
         out, err = sinks(request)
         started = anyio.current_time()
-        exec_id, chunks = await anyio.to_thread.run_sync(
+        exec_id, output = await anyio.to_thread.run_sync(
             partial(self._engine.exec_stream, self._container, argv,
                     user=self._options.user, workdir=request.cwd, env=request.env)
         )
 
         def pump() -> None:
-            for stdout, stderr in chunks:
+            for stdout, stderr in output:
                 if stdout:
                     anyio.from_thread.run_sync(out.feed, stdout)
                 if stderr:
                     anyio.from_thread.run_sync(err.feed, stderr)
 
-        await anyio.to_thread.run_sync(pump)
-        code = await anyio.to_thread.run_sync(self._engine.exec_exit_code, exec_id)
-        timed_out = timeout is not None and code == 124
+        with anyio.move_on_after(None if timeout is None else timeout + EXEC_GRACE) as late:
+            try:
+                await anyio.to_thread.run_sync(pump, abandon_on_cancel=True)
+            except BaseException:  # cancelled, or past the grace: end the abandoned reader
+                output.stop()
+                raise
+        code = None if late.cancelled_caught else await anyio.to_thread.run_sync(
+            self._engine.exec_exit_code, exec_id)
+        timed_out = timeout is not None and code in (124, None)
         done = {"exit_code": 124 if timed_out else (code if code is not None else -1),
                 "timed_out": timed_out, "duration": anyio.current_time() - started}
         return shell_result(out, err, done)

@@ -1,21 +1,44 @@
-"""Commands and files over a `HelperChannel`: the fast path of the Docker sandbox."""
+"""Commands and files over a `HelperChannel`: the fast path of the Docker sandbox.
+
+Every call is bounded in time on the host, whatever the container does. A command with a
+timeout gets the helper's answer until `timeout + DONE_WAIT`; past that the runtime cancels it
+and raises `CommandStalled`, carrying a timed-out result with whatever output arrived. A file
+call raises `OperationTimeout` once the helper makes no progress for `FILE_IDLE_TIMEOUT`.
+`DockerSandbox` then finds out why (a paused or stopped container, or a wedged helper).
+"""
 
 from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, TypeVar
+
+import anyio
 
 from .._exceptions import (
     FileTooLarge,
+    OperationTimeout,
     ProtocolError,
     SandboxError,
     SandboxFileNotFound,
     SandboxPermissionError,
 )
 from .._types import ShellResult
-from ._channel import DATA_OUT, DONE, ERR, FAIL, OUT, HelperChannel, decode_json
+from ._channel import (
+    ACK,
+    DATA_IN,
+    DATA_OUT,
+    DONE,
+    END_IN,
+    ERR,
+    FAIL,
+    OUT,
+    Call,
+    HelperChannel,
+    decode_json,
+)
 from .base import FileEntry, OutputCallback, ShellRequest
 
 log: logging.Logger = logging.getLogger("sandbox_sessions")
@@ -32,6 +55,33 @@ _NOT_REGULAR: Mapping[str, str] = {
     "block_device": "is a device, not a regular file",
     "pseudo": "is a kernel interface (/proc, /sys), not a regular file",
 }
+T = TypeVar("T")
+
+DONE_WAIT = 2.5
+"""Seconds past a command's timeout that its answer is awaited (the helper needs about 1 s to
+kill the group and let its pipes close)."""
+FILE_IDLE_TIMEOUT = 30.0
+"""A file call fails with `OperationTimeout` when the helper makes no progress for this long."""
+UPLOAD_CHUNK = 256 * 1024
+UPLOAD_WINDOW = 16
+"""Upload chunks sent ahead of the helper's ACKs: at most 4 MiB waits in the container."""
+
+
+class CommandStalled(OperationTimeout):
+    """The helper did not answer a command by its deadline; `result` is what the caller gets
+    if the container turns out to be running (a wedged or mute helper)."""
+
+    def __init__(self, result: ShellResult) -> None:
+        super().__init__("the sandbox helper did not answer by the command's deadline")
+        self.result = result
+
+
+async def within(step: Awaitable[T], what: str) -> T:
+    """Await one step of a file call; `OperationTimeout` past `FILE_IDLE_TIMEOUT`."""
+    with anyio.move_on_after(FILE_IDLE_TIMEOUT):
+        return await step
+    raise OperationTimeout(
+        f"the sandbox helper made no progress for {FILE_IDLE_TIMEOUT:g} s ({what})")
 
 
 class OutputSink:
@@ -84,6 +134,7 @@ def failure(payload: bytes, path: str) -> SandboxError:
         return FileTooLarge(message)
     if kind in ("bad_request", "internal"):
         return ProtocolError(f"helper: {message}")
+    # "no_space", "busy" (no pid left for a thread), "os_error": the message says it all.
     return SandboxError(message)
 
 
@@ -105,30 +156,59 @@ class HelperRuntime:
     def __init__(self, channel: HelperChannel) -> None:
         self.channel = channel
 
+    @property
+    def closed(self) -> bool:
+        """Whether the connection to the helper has ended."""
+        return self.channel.closed
+
     async def shell(self, request: ShellRequest) -> ShellResult:
+        """Run the command; `CommandStalled` when no answer came by `timeout + DONE_WAIT`."""
         out, err = sinks(request)
-        cwd = request.cwd
-        message = {"op": "exec", "cmd": request.command, "cwd": cwd, "env": dict(request.env),
-                   "timeout": request.timeout, "max_output": request.max_output}
-        async with self.channel.call(message) as call:
-            while True:
-                kind, payload = await call.receive()
-                if kind == OUT:
-                    out.feed(payload)
-                elif kind == ERR:
-                    err.feed(payload)
-                elif kind == DONE:
-                    return shell_result(out, err, decode_json(payload))
-                elif kind == FAIL:
-                    error = failure(payload, cwd or "working folder")
-                    if isinstance(error, SandboxFileNotFound):
-                        raise SandboxFileNotFound(cwd or "", "no such working folder")
-                    raise error
+        message = {"op": "exec", "cmd": request.command, "cwd": request.cwd,
+                   "env": dict(request.env), "timeout": request.timeout,
+                   "max_output": request.max_output}
+        started = anyio.current_time()
+        limit = None if request.timeout is None else request.timeout + DONE_WAIT
+        with anyio.move_on_after(limit):
+            async with self.channel.call(message) as call:  # leaving it early sends CANCEL
+                return await self._command(call, out, err, request.cwd)
+        raise CommandStalled(ShellResult(
+            stdout=out.finish(), stderr=err.finish(), exit_code=124, timed_out=True,
+            truncated=out.truncated or err.truncated,
+            duration=anyio.current_time() - started))
+
+    @staticmethod
+    async def _command(call: Call, out: OutputSink, err: OutputSink, cwd: str | None
+                       ) -> ShellResult:
+        while True:
+            kind, payload = await call.receive()
+            if kind == OUT:
+                out.feed(payload)
+            elif kind == ERR:
+                err.feed(payload)
+            elif kind == DONE:
+                return shell_result(out, err, decode_json(payload))
+            elif kind == FAIL:
+                error = failure(payload, cwd or "working folder")
+                if isinstance(error, SandboxFileNotFound):
+                    raise SandboxFileNotFound(cwd or "", "no such working folder")
+                raise error
+
+    @asynccontextmanager
+    async def _file_call(self, request: Mapping[str, Any]) -> AsyncIterator[Call]:
+        async with AsyncExitStack() as stack:
+            yield await within(stack.enter_async_context(self.channel.call(request)),
+                               f"sending a {request['op']} request")
+
+    async def ping(self) -> None:
+        """Return once the helper answers; its main loop and threads are alive."""
+        async with self.channel.call({"op": "ping"}) as call:
+            await call.receive()
 
     async def stream_file(self, path: str, *, max_bytes: int | None) -> AsyncIterator[bytes]:
-        async with self.channel.call({"op": "read", "path": path, "max_bytes": max_bytes}) as call:
+        async with self._file_call({"op": "read", "path": path, "max_bytes": max_bytes}) as call:
             while True:
-                kind, payload = await call.receive()
+                kind, payload = await within(call.receive(), f"reading {path}")
                 if kind == DATA_OUT:
                     yield payload
                 elif kind == DONE:
@@ -137,15 +217,34 @@ class HelperRuntime:
                     raise failure(payload, path)
 
     async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None:
-        async with self.channel.call({"op": "write", "path": path, "mode": mode}) as call:
-            await call.send_data(data)
-            kind, payload = await call.receive()
-            if kind == FAIL:
-                raise failure(payload, path)
+        """Upload `data` in chunks, never more than `UPLOAD_WINDOW` ahead of the helper."""
+        async with self._file_call({"op": "write", "path": path, "mode": mode}) as call:
+            view, unacked = memoryview(data), 0
+            for start in range(0, len(view), UPLOAD_CHUNK):
+                while unacked >= UPLOAD_WINDOW:
+                    if await self._upload_reply(call, path):
+                        raise ProtocolError("helper: an upload ended before its data")
+                    unacked -= 1
+                chunk = view[start : start + UPLOAD_CHUNK]
+                await within(call.send(DATA_IN, chunk), f"writing {path}")
+                unacked += 1
+            await within(call.send(END_IN), f"writing {path}")
+            while not await self._upload_reply(call, path):
+                pass
+
+    @staticmethod
+    async def _upload_reply(call: Call, path: str) -> bool:
+        """The helper's next word on an upload: False for an ACK, True once it is done."""
+        kind, payload = await within(call.receive(), f"writing {path}")
+        if kind == FAIL:
+            raise failure(payload, path)
+        if kind not in (ACK, DONE):
+            raise ProtocolError(f"helper: unexpected frame {kind} in an upload")
+        return kind == DONE
 
     async def walk(self, root: str) -> list[FileEntry]:
-        async with self.channel.call({"op": "walk", "root": root}) as call:
-            kind, payload = await call.receive()
+        async with self._file_call({"op": "walk", "root": root}) as call:
+            kind, payload = await within(call.receive(), f"listing {root}")
         if kind != DONE:
             raise failure(payload, root)
         body = decode_json(payload)

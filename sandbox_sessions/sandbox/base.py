@@ -6,16 +6,26 @@ implementation is `sandbox_sessions.sandbox.docker.DockerSandbox`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 from .._types import DEFAULT_MAX_OUTPUT, SandboxOptions, ShellResult
 
-__all__ = ["FileEntry", "OutputCallback", "Sandbox", "SandboxBackend", "ShellRequest"]
+__all__ = [
+    "FileEntry",
+    "OutputCallback",
+    "RestartCallback",
+    "Sandbox",
+    "SandboxBackend",
+    "ShellRequest",
+]
 
 OutputCallback = Callable[[str], object]
 """Receives decoded output as it arrives, in order. It runs on the event loop: keep it short."""
+RestartCallback = Callable[[str], Awaitable[None]]
+"""Awaited with the reason (`"oom-killed"`, `"paused"`...) once a sandbox that was found
+stopped or paused runs again, before the call that brought it back goes on."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,7 +34,7 @@ class ShellRequest:
 
     command: str
     timeout: float | None = None
-    """Seconds before the process group is killed; None waits for ever."""
+    """Seconds before the process group is killed (0: at once); None waits for ever."""
     cwd: str | None = None
     """Working folder; None is the sandbox's workdir."""
     env: Mapping[str, str] = field(default_factory=dict)
@@ -58,7 +68,9 @@ class Sandbox(Protocol):
 
         Output goes to the callbacks as it comes, and at most `max_output` bytes of each stream
         are kept. At `timeout` seconds the whole process group is killed and the result says
-        `timed_out`. Cancelling the call kills the process group too.
+        `timed_out`; the call returns within a bounded grace past the timeout whatever the
+        machine does (`ContainerDied` when it turns out stopped or paused). Cancelling the call
+        kills the process group too.
         """
         ...
 
@@ -86,12 +98,25 @@ class Sandbox(Protocol):
 class SandboxBackend(Protocol):
     """Makes, finds and removes sandboxes. Each resource carries the given labels."""
 
-    async def create(self, options: SandboxOptions, *, labels: Mapping[str, str]) -> Sandbox:
-        """Create and start a machine, ready for commands."""
+    async def create(
+        self,
+        options: SandboxOptions,
+        *,
+        labels: Mapping[str, str],
+        on_restart: RestartCallback | None = None,
+    ) -> Sandbox:
+        """Create and start a machine, ready for commands.
+
+        A call that finds the machine stopped raises `ContainerDied`; the next call starts it
+        again with its files, and awaits `on_restart` with the reason first.
+        """
         ...
 
-    async def attach(self, sandbox_id: str, options: SandboxOptions) -> Sandbox:
-        """A handle on an existing machine; `ContainerGone` or `ContainerDied` if it is not up."""
+    async def attach(
+        self, sandbox_id: str, options: SandboxOptions, *, on_restart: RestartCallback | None = None
+    ) -> Sandbox:
+        """A handle on an existing machine, stopped or not (its first call starts it again, as
+        for `create`); `ContainerGone` if it no longer exists."""
         ...
 
     async def destroy(self, sandbox_id: str) -> None:
