@@ -110,6 +110,7 @@ class _Walker:
         self.findings = findings
         self._depth = depth
         self._nesting = nesting
+        self._source = b""
 
     def line(self, text: str) -> None:
         """Judge `text`, a line some command runs (`eval`, `bash -c`, `trap`...)."""
@@ -121,6 +122,7 @@ class _Walker:
     def parse(self, text: str) -> None:
         """Parse `text` and walk its tree."""
         parsed = parse(text)
+        self._source = parsed.source
         self.findings.blind.extend(parsed.blind)
         if parsed.root is not None:
             self._visit(parsed.root)
@@ -296,9 +298,16 @@ class _Walker:
         body, end = parts.get("heredoc_body"), parts.get("heredoc_end")
         if body is not None:
             self._heredoc_body(body, delimiter, quoted=raw != delimiter, strip=strip)
-        end_text = _text(end).lstrip("\t") if strip else _text(end)
-        if end is not None and not end.is_missing and end_text != delimiter:
+        if end is not None and not end.is_missing and self._line_of(end, strip) != delimiter:
             self._blind("a here-document whose end bash finds elsewhere")
+
+    def _line_of(self, node: Node, strip: bool) -> str:
+        """The whole source line `node` stands on: bash ends a here-document only at a line
+        that is exactly its delimiter (after leading tabs, for `<<-`)."""
+        start = self._source.rfind(b"\n", 0, node.start_byte) + 1
+        end = self._source.find(b"\n", node.end_byte)
+        line = self._source[start:end if end >= 0 else len(self._source)]
+        return (line.lstrip(b"\t") if strip else line).decode("utf-8", "surrogateescape")
 
     def _heredoc_body(self, body: Node, delimiter: str, *, quoted: bool, strip: bool) -> None:
         text = _text(body)

@@ -50,28 +50,30 @@ _STATEMENTS = frozenset({
 
 @dataclass(frozen=True, slots=True)
 class Parsed:
-    """A parsed line: its tree (None when it was not parsed) and why it may be misread."""
+    """A parsed line: its tree (None when it was not parsed), its bytes, and why it may be
+    misread."""
 
     root: Node | None
+    source: bytes
     blind: tuple[str, ...]
 
 
 def parse(text: str) -> Parsed:
     """Parse `text` as a bash line and check the tree against how bash reads it."""
     if "\x00" in text:
-        return Parsed(None, ("a NUL byte",))
+        return Parsed(None, b"", ("a NUL byte",))
     try:
         source = text.encode("utf-8")
     except UnicodeEncodeError:
-        return Parsed(None, ("text that is not valid Unicode",))
+        return Parsed(None, b"", ("text that is not valid Unicode",))
     if len(source) > MAX_LINE_BYTES:
-        return Parsed(None, ("a line too long to parse",))
+        return Parsed(None, b"", ("a line too long to parse",))
     root = _parser().parse(source).root_node
     if root.descendant_count > MAX_NODES:
-        return Parsed(None, ("a line with too many parts to judge",))
+        return Parsed(None, b"", ("a line with too many parts to judge",))
     blind = ["syntax the parser could not read"] if root.has_error else []
     blind.extend(_misread(root, source))
-    return Parsed(root, tuple(blind))
+    return Parsed(root, source, tuple(blind))
 
 
 def _parser() -> Parser:
