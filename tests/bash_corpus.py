@@ -198,6 +198,10 @@ COMPOUND = [
     other("[[ -f x ]] && echo y"),
     other("[ -f x ]"),
     other("f() { ls; }; f"),
+    other("case x in @(a|b)) ls;; esac"),
+    touches("[[ x =~ ^a$(touch y)b ]]"),
+    touches("[[ x == *$(touch y)* ]]"),
+    blind("case x in @(a|`touch y`)) ;; esac"),  # an extglob is one token to the parser
 ]
 
 HEREDOCS = [
@@ -270,7 +274,6 @@ LINE_RUNNERS = [
     touches("bash -c \"bash -c 'touch x'\""),
     touches("trap 'touch x' EXIT"),
     touches("trap -- 'touch x' ERR"),
-    touches("alias ll='touch x'"),
     touches("su -c 'touch x'"),
     touches("script -q -c 'touch x' /dev/null"),
     other("bash -c 'ls'"),
@@ -287,6 +290,11 @@ LINE_RUNNERS = [
     blind("bash -s < f"),
     blind("su"),
     blind("script -qc 'ls' /dev/null"),  # combined options are not read: the line is unknown
+    # An alias's value is pasted into later text: judging it alone is not enough.
+    blind("shopt -s expand_aliases; alias x='echo hi;'\nx touch y"),
+    blind("alias ll='touch x'"),
+    blind("alias ll='ls -la'"),
+    other("alias"),
 ]
 
 VARIABLES = [

@@ -14,10 +14,10 @@ judge the line as if it could run anything (`_permissions`). That is:
 
 - where tree-sitter and bash may read the line differently (`_bash_syntax`): a syntax
   error, text skipped as blank, a glued reserved word, a NUL byte, a line too long...;
-- here-documents whose end bash would find elsewhere, backquotes or unparsed `$` in an
-  unquoted here-document, backslashes inside backquotes (another quoting layer), a
-  redirection target that swallows arguments (`git >/dev/null push`), two words the parser
-  split where bash sees one;
+- here-documents bash would read otherwise (`_bash_syntax.heredoc_problems`), backslashes
+  inside backquotes (another quoting layer), a redirection target that swallows arguments
+  (`git >/dev/null push`), two words the parser split where bash sees one, an expansion
+  inside a regex or extglob pattern (one token to the parser);
 - a command name only known when it runs (`$cmd`, `$(echo rm)`, `r*`), node types this
   module does not model, nesting past a bound;
 - what `_bash_runners` and `_bash_variables` report (runners whose command can't be found,
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from tree_sitter import Node
 
 from ._bash_runners import judge
-from ._bash_syntax import parse
+from ._bash_syntax import heredoc_expands, heredoc_problems, parse
 from ._bash_variables import Findings, assign_to
 from ._bash_words import Word, join_words, static_word, word_value
 from ._patterns import Value
@@ -283,48 +283,15 @@ class _Walker:
         self._children(node)
 
     def _heredoc(self, node: Node, arith: bool) -> None:
-        parts = {child.type: child for child in node.children}
+        self.findings.blind.extend(heredoc_problems(node, self._source))
         for index, child in enumerate(node.children):
             if node.field_name_for_child(index) == "argument":
                 self._blind("arguments after a here-document operator")
+            elif child.type == "heredoc_body" and heredoc_expands(node):
+                self._children(child)
             elif child.is_named and child.type not in ("heredoc_start", "heredoc_body",
                                                         "heredoc_end"):
                 self._visit(child)
-        raw = _text(parts.get("heredoc_start"))
-        delimiter = re.sub(r"\\(.)", r"\1", raw).replace("'", "").replace('"', "")
-        strip = "<<-" in parts
-        if not delimiter or "$" in raw:
-            self._blind("a here-document delimiter not modelled here")
-        body, end = parts.get("heredoc_body"), parts.get("heredoc_end")
-        if body is not None:
-            self._heredoc_body(body, delimiter, quoted=raw != delimiter, strip=strip)
-        if end is not None and not end.is_missing and self._line_of(end, strip) != delimiter:
-            self._blind("a here-document whose end bash finds elsewhere")
-
-    def _line_of(self, node: Node, strip: bool) -> str:
-        """The whole source line `node` stands on: bash ends a here-document only at a line
-        that is exactly its delimiter (after leading tabs, for `<<-`)."""
-        start = self._source.rfind(b"\n", 0, node.start_byte) + 1
-        end = self._source.find(b"\n", node.end_byte)
-        line = self._source[start:end if end >= 0 else len(self._source)]
-        return (line.lstrip(b"\t") if strip else line).decode("utf-8", "surrogateescape")
-
-    def _heredoc_body(self, body: Node, delimiter: str, *, quoted: bool, strip: bool) -> None:
-        text = _text(body)
-        if any((line.lstrip("\t") if strip else line) == delimiter for line in text.split("\n")):
-            self._blind("a here-document whose end bash finds elsewhere")
-        if quoted:
-            return
-        expansions = [child for child in body.named_children if child.type != "heredoc_content"]
-        literal = bytearray(body.text or b"")
-        for child in expansions:
-            start, stop = child.start_byte - body.start_byte, child.end_byte - body.start_byte
-            literal[start:stop] = b" " * (stop - start)
-        rest = re.sub(rb"\\.", b"", bytes(literal), flags=re.DOTALL)
-        if b"\\\n" in (body.text or b"") or b"`" in rest or re.search(rb"\$(?![ \t\n]|$)", rest):
-            self._blind("an expansion in a here-document the parser did not read")
-        for child in expansions:
-            self._visit(child)
 
     def _substitution(self, node: Node, arith: bool) -> None:
         if arith:
@@ -365,6 +332,11 @@ class _Walker:
         if arith:
             self.findings.arithmetic(_text(node))
 
+    def _pattern(self, node: Node, arith: bool) -> None:
+        # A regex or extglob is one token to the parser: an expansion in it was not parsed.
+        if any(opening in _text(node) for opening in ("`", "$(", "${", "$[")):
+            self._blind("an expansion inside a pattern the parser did not read")
+
     def _nothing(self, node: Node, arith: bool) -> None:
         return
 
@@ -382,8 +354,9 @@ _HANDLERS: dict[str, _Handler] = {
     ], _Walker._children),
     **dict.fromkeys([
         "comment", "special_variable_name", "file_descriptor", "heredoc_start", "heredoc_end",
-        "heredoc_content", "regex", "extglob_pattern", "test_operator",
+        "heredoc_content", "test_operator",
     ], _Walker._nothing),
+    **dict.fromkeys(["regex", "extglob_pattern"], _Walker._pattern),
     **dict.fromkeys(["word", "variable_name", "raw_string", "ansi_c_string", "string_content"],
                     _Walker._name),
     "list": _Walker._list,

@@ -9,11 +9,12 @@ path name cut to its base name: `/bin/rm` is also `rm`), then looks at its name:
   table does not know may take an argument, so the inner command cannot be found and the
   line is blind).
 - **Line runners** run a string as a shell line: `eval`, `bash|sh|dash|ksh -c`, `trap`,
-  `alias` values, `watch`, `su -c`, `flock -c`, `script -c`. A static string is parsed and
-  judged like the line itself; anything else is blind.
+  `watch`, `su -c`, `flock -c`, `script -c`. A static string is parsed and judged like the
+  line itself; anything else is blind.
 - **Blind**: a name only known when the command runs, a shell reading commands from its
-  input, `zsh`/`fish -c` (another language), `enable -f`, `fc`, `hash -p`, `compgen -C/-F/-W`,
-  and tools that run their arguments in ways not modelled here (`parallel`, `strace`...).
+  input, `zsh`/`fish -c` (another language), an alias definition (its value is pasted into
+  later text), `enable -f`, `fc`, `hash -p`, `compgen -C/-F/-W`, and tools that run their
+  arguments in ways not modelled here (`parallel`, `strace`...).
 - **Builtins that set or name variables** (`read`, `declare`, `unset`...) are checked by
   `_bash_variables`.
 
@@ -207,10 +208,12 @@ def _trap(words: Sequence[Word], sink: Sink) -> None:
 
 
 def _alias(words: Sequence[Word], sink: Sink) -> None:
-    for text in _texts(words[1:], sink) or []:
-        name, eq, value = text.partition("=")
-        if eq and not name.startswith("-"):
-            sink.line(value)
+    # A value is pasted into the text after it (`alias x='echo;'` then `x rm y` runs rm), so
+    # judging the value alone does not account for what the line runs.
+    for word in words[1:]:
+        if word.text is None or ("=" in word.text and not word.text.startswith("-")):
+            _blind(sink, "an alias, which changes how bash reads later words")
+            return
 
 
 def _line_option(words: Sequence[Word], sink: Sink) -> None:

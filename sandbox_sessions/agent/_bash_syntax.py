@@ -11,17 +11,21 @@ place where it and bash may disagree, each a reason to judge the line blind:
 - a reserved word glued to other text (`{ls;}`), which bash reads as part of a word;
 - a NUL byte, text that is not valid Unicode, a line over `MAX_LINE_BYTES` or with more
   than `MAX_NODES` parts.
+
+`heredoc_problems` does the same for a here-document, whose end and expansions the parser
+finds by rules of its own.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 
 import tree_sitter_bash
 from tree_sitter import Language, Node, Parser
 
-__all__ = ["MAX_LINE_BYTES", "MAX_NODES", "Parsed", "parse"]
+__all__ = ["MAX_LINE_BYTES", "MAX_NODES", "Parsed", "heredoc_expands", "heredoc_problems", "parse"]
 
 MAX_LINE_BYTES = 1 << 20
 """Lines longer than this (in UTF-8) are not parsed: they are blind."""
@@ -139,3 +143,58 @@ def _glued_reserved_word(leaf: Node, source: bytes) -> bool:
     before = source[leaf.start_byte - 1] if leaf.start_byte else None
     after = source[leaf.end_byte] if leaf.end_byte < len(source) else None
     return any(byte is not None and byte not in _DELIMITERS for byte in (before, after))
+
+
+def _delimiter(redirect: Node) -> tuple[str, str]:
+    """The here-document's delimiter as written and as bash compares it (quotes removed)."""
+    start = next((child for child in redirect.children if child.type == "heredoc_start"), None)
+    raw = (start.text or b"").decode("utf-8", "surrogateescape") if start else ""
+    return raw, re.sub(r"\\(.)", r"\1", raw).replace("'", "").replace('"', "")
+
+
+def heredoc_expands(redirect: Node) -> bool:
+    """Whether bash expands `$...` and backquotes in the body: its delimiter is unquoted."""
+    raw, delimiter = _delimiter(redirect)
+    return raw == delimiter
+
+
+def heredoc_problems(redirect: Node, source: bytes) -> list[str]:
+    """Where bash may read the here-document of `redirect` otherwise than the tree: its end
+    on another line, or an expansion in its body that the parser did not read."""
+    raw, delimiter = _delimiter(redirect)
+    strip = any(child.type == "<<-" for child in redirect.children)
+    body = next((child for child in redirect.children if child.type == "heredoc_body"), None)
+    end = next((child for child in redirect.children if child.type == "heredoc_end"), None)
+    problems = []
+    if not delimiter or "$" in raw:
+        problems.append("a here-document delimiter not modelled here")
+    lines = (body.text or b"").decode("utf-8", "surrogateescape").split("\n") if body else []
+    misplaced = end is not None and not end.is_missing and (
+        _line_of(source, end, strip) != delimiter)
+    if misplaced or any((line.lstrip("\t") if strip else line) == delimiter for line in lines):
+        problems.append("a here-document whose end bash finds elsewhere")
+    if body is not None and raw == delimiter and _unread_expansion(body):
+        problems.append("an expansion in a here-document the parser did not read")
+    return problems
+
+
+def _line_of(source: bytes, node: Node, strip: bool) -> str:
+    """The whole line `node` stands on: bash ends a here-document only at a line that is
+    exactly its delimiter (after leading tabs, for `<<-`)."""
+    start = source.rfind(b"\n", 0, node.start_byte) + 1
+    end = source.find(b"\n", node.end_byte)
+    line = source[start:end if end >= 0 else len(source)]
+    return (line.lstrip(b"\t") if strip else line).decode("utf-8", "surrogateescape")
+
+
+def _unread_expansion(body: Node) -> bool:
+    """A `$` or backquote left in the body once the parsed expansions are blanked out, or a
+    line continuation (bash joins the lines before looking for the end)."""
+    literal = bytearray(body.text or b"")
+    for child in body.named_children:
+        if child.type != "heredoc_content":
+            start, stop = child.start_byte - body.start_byte, child.end_byte - body.start_byte
+            literal[start:stop] = b" " * (stop - start)
+    rest = re.sub(rb"\\.", b"", bytes(literal), flags=re.DOTALL)
+    unread = b"`" in rest or re.search(rb"\$(?![ \t\n]|$)", rest) is not None
+    return unread or b"\\\n" in (body.text or b"")
