@@ -16,21 +16,32 @@ The **last** matching rule wins, reading the `"*"` tool's entry first and then t
 each in insertion order; a bare action counts as the pattern `*`. When nothing matches, the
 call is **allowed**: sessions that want to be asked must say so (`{"*": "ask"}`).
 
-A pattern is matched against the whole command line, so `"git status *"` also matches
-`git status; rm -rf ~`. Use `allow` patterns on commands for convenience, not as a sandbox:
-the container is the boundary.
+A **bash line** is parsed with a real bash parser (`_bash`), and judged as the strictest of:
+the whole line as written, and every command it can run (each simple command, wherever it
+stands, and the commands that runners such as `env`, `xargs`, `bash -c` or `eval` run),
+as its words with quoting removed. So `git status *` does not allow `git status; rm -rf ~`,
+nor `echo $(rm x)`. Parts only known when bash runs (`$HOME`, `$(date)`, a glob) are unknown
+text: a rule counts if it could match them, and the search stops at one that must.
+
+It **fails closed**: a line the parser cannot fully account for (a syntax error, a name only
+known at run time, a construct not modelled...) is judged as if it could run anything, by the
+strictest rule that could apply to any text, and never better than `ask`.
+
+Rules are a policy for the agent, not a sandbox: a command they allow may run others of its
+own (an interpreter, `make`, git aliases). The container is the boundary.
 """
 
 from __future__ import annotations
 
-import functools
 import re
-import shlex
 from collections.abc import Iterable, Mapping
 from typing import cast, get_args
 
 from .._exceptions import InvalidArgument
 from .._types import PermissionAction, PermissionRules
+from ._bash import analyze
+from ._bash_words import Word, join_words
+from ._patterns import ANY, Value, could_match, matches, must_match
 
 __all__ = [
     "DEFAULT_ACTION",
@@ -61,20 +72,6 @@ _SUBCOMMANDS = frozenset({
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 
 
-@functools.lru_cache(maxsize=1024)
-def _compile(pattern: str) -> re.Pattern[str]:
-    body, optional_tail = (pattern[:-2], True) if pattern.endswith(" *") else (pattern, False)
-    regex = "".join(
-        ".*" if char == "*" else "." if char == "?" else re.escape(char) for char in body
-    )
-    return re.compile(regex + ("(?: .*)?" if optional_tail else ""), re.DOTALL)
-
-
-def matches(pattern: str, value: str) -> bool:
-    """Whether the rule pattern `pattern` matches the whole of `value`."""
-    return _compile(pattern).fullmatch(value) is not None
-
-
 def _entries(entry: PermissionAction | Mapping[str, PermissionAction]) -> Iterable[
         tuple[str, PermissionAction]]:
     return [("*", entry)] if isinstance(entry, str) else entry.items()
@@ -85,67 +82,56 @@ def evaluate(rules: Rules, tool: str, pattern: str) -> PermissionAction:
 
     The last matching rule wins: the `"*"` entry's rules are read first, then the tool's own.
     `DEFAULT_ACTION` ("allow") when none matches. A bash command line is judged command by
-    command (see `_evaluate_bash`), so `git status *` does not allow `git status; rm -rf x`.
+    command and fails closed (see the module docstring), so `git status *` does not allow
+    `git status; rm -rf x`.
     """
     if tool == "bash":
         return _evaluate_bash(rules, pattern)
-    return _evaluate_one(rules, tool, pattern)
+    return _evaluate_value(rules, tool, (pattern,))
 
 
 _SEVERITY = {"allow": 0, "ask": 1, "deny": 2}
-_SEPARATORS = frozenset({";", "&&", "||", "|", "&", "|&", ";;", "(", ")"})
-_SUBSTITUTION = re.compile(r"\$\(|`|<\(|>\(")
-_NOTHING_ELSE = "\x00sandbox-sessions: a command no rule names\x00"
 
 
-def simple_commands(command: str) -> list[str]:
-    """The simple commands of a command line: split on `;`, `&&`, `||`, `|`, `&` and new
-    lines, outside quotes. An unparsable line (an open quote) is one command."""
-    lexer = shlex.shlex(command.replace("\n", " ; "), posix=True, punctuation_chars=";&|()")
-    lexer.whitespace_split = True
-    commands: list[str] = []
-    words: list[str] = []
-    try:
-        for token in lexer:
-            if token in _SEPARATORS:
-                commands.append(" ".join(words))
-                words = []
-            else:
-                words.append(token)
-    except ValueError:
-        return [command]
-    commands.append(" ".join(words))
-    return [c for c in commands if c]
+def _strictest(actions: Iterable[PermissionAction]) -> PermissionAction:
+    return max(actions, key=_SEVERITY.__getitem__)
 
 
-def _evaluate_bash(rules: Rules, command: str) -> PermissionAction:
-    """The strictest action over the whole line and each of its simple commands. A command
-    or process substitution (`$(...)`, backticks) hides commands no pattern can see: then
-    `allow` needs a rule that allows any command at all."""
-    verdicts = [_evaluate_one(rules, "bash", part) for part in [command, *simple_commands(command)]]
-    action = max(verdicts, key=_SEVERITY.__getitem__)
-    if action == "allow" and _SUBSTITUTION.search(command):
-        return _evaluate_one(rules, "bash", _NOTHING_ELSE)
-    return action
+def _evaluate_bash(rules: Rules, line: str) -> PermissionAction:
+    """The strictest action over the whole line and every command it can run; for a line
+    the parser cannot see through, also over any text at all, and at least `ask`."""
+    analysis = analyze(line)
+    verdicts = [_evaluate_value(rules, "bash", value)
+                for value in [(line,), *analysis.values]]
+    if analysis.blind:
+        verdicts += [_evaluate_value(rules, "bash", (ANY,)), "ask"]
+    return _strictest(verdicts)
 
 
-def _evaluate_one(rules: Rules, tool: str, pattern: str) -> PermissionAction:
-    action = DEFAULT_ACTION
+def _ordered(rules: Rules, tool: str) -> list[tuple[str, PermissionAction]]:
+    ordered: list[tuple[str, PermissionAction]] = []
     for key in ("*", tool) if tool != "*" else ("*",):
         entry = rules.get(key)
-        if entry is None:
-            continue
-        for glob, verdict in _entries(entry):
-            if matches(glob, pattern):
-                action = verdict
-    return action
+        if entry is not None:
+            ordered.extend(_entries(entry))
+    return ordered
 
 
-def _command_prefix(command: str) -> list[str]:
-    try:
-        words = shlex.split(command)
-    except ValueError:  # an unclosed quote: still a command line bash may run
-        words = command.split()
+def _evaluate_value(rules: Rules, tool: str, value: Value) -> PermissionAction:
+    """The strictest action the last matching rule could have, whatever the unknown parts
+    of `value` are: rules are read from the last, each that could match counts, and the
+    search stops at one that must match (else `DEFAULT_ACTION` counts too)."""
+    possible: list[PermissionAction] = []
+    for glob, action in reversed(_ordered(rules, tool)):
+        if could_match(glob, value):
+            possible.append(action)
+            if must_match(glob, value):
+                return _strictest(possible)
+    return _strictest([*possible, DEFAULT_ACTION])
+
+
+def _command_prefix(command: tuple[Word, ...]) -> list[str]:
+    words = [word.text or "" for word in command[:2]]
     if not words or not _PLAIN_WORD.fullmatch(words[0]):
         return []
     takes_subcommand = words[0] in _SUBCOMMANDS and len(words) > 1
@@ -154,23 +140,48 @@ def _command_prefix(command: str) -> list[str]:
     return words[:1]
 
 
+def _exactly(value: str) -> list[str]:
+    return [] if "*" in value or "?" in value else [value]
+
+
+def _bash_always(line: str) -> list[str]:
+    analysis = analyze(line)
+    if analysis.blind:
+        return []  # nothing can allow a line the parser cannot see through
+    patterns: list[str] = []
+    for command in analysis.commands:
+        prefix = _command_prefix(command)
+        text = join_words(command)
+        exact = _exactly(text[0]) if len(text) == 1 and isinstance(text[0], str) else []
+        if not prefix and not exact:
+            return []
+        patterns.append(" ".join(prefix) + " *" if prefix else exact[0])
+    patterns = list(dict.fromkeys(patterns))
+    if not any(matches(pattern, line) for pattern in patterns):
+        if not _exactly(line):
+            return []
+        patterns.append(line)
+    return patterns
+
+
 def always_patterns(tool: str, pattern: str) -> list[str]:
     """The patterns an `always` reply allows from now on, for a call of `tool` on `pattern`.
 
-    For `bash`, the command and its subcommand, if it has one, with any arguments:
-    `git status --short` gives `git status *`, `ls -la src` gives `ls *`. A command line that
-    does not start with a plain word (a subshell, a quoted name) gives only itself. For every
-    other tool, the exact pattern (the path). A value holding `*` or `?` (other than `*`
-    alone, which `todowrite` uses) would match more than itself, so it gives nothing:
-    `always` then allows just this call.
+    For `bash`, for each command the line can run, the command and its subcommand, if it has
+    one, with any arguments: `git status --short` gives `git status *`, `ls -la src` gives
+    `ls *`, `cd x && make` gives `cd *` and `make *`. A command that does not start with a
+    plain word (a quoted name) gives its exact text, and the line itself is added when no
+    pattern covers it (`(ls)`). When that cannot be done without wildcards, or the line is
+    one the parser cannot see through, it gives nothing: `always` then allows just this
+    call. For every other tool, the exact pattern (the path). A value holding `*` or `?`
+    (other than `*` alone, which `todowrite` uses) would match more than itself, so it gives
+    nothing.
     """
     if tool == "bash":
-        prefix = _command_prefix(pattern)
-        if prefix:
-            return [" ".join(prefix) + " *"]
-    if pattern != "*" and ("*" in pattern or "?" in pattern):
-        return []
-    return [pattern]
+        return _bash_always(pattern)
+    if pattern == "*":
+        return [pattern]
+    return _exactly(pattern)
 
 
 def merge_always(rules: Rules, tool: str, patterns: Iterable[str]) -> PermissionRules:
