@@ -47,6 +47,7 @@ from ._types import (
     TurnEndEvent,
     UserMessage,
 )
+from ._validation import check_text
 from .agent._broker import PermissionBroker, now
 from .agent._history import new_id, to_model_messages
 from .agent._loop import Outcome, Turn, run_turn
@@ -119,6 +120,7 @@ class Conversations:
     async def start_turn(self, session_id: str, prompt: str) -> TurnStart:
         """Record the prompt and start the turn in the background; `SessionBusy` if one runs,
         in this process or another."""
+        check_text(prompt, "prompt")
         if self.busy(session_id):
             raise SessionBusy(session_id)
         running = self._running[session_id] = _Running()  # taken before any await: no race
@@ -256,6 +258,7 @@ class Conversations:
         """
         running = self._running.get(session_id)
         if running is None:
+            await self.sessions.get_info(session_id)  # an unknown id is an error, not False
             return False
         running.scope.cancel()
         await running.done.wait()
@@ -269,6 +272,9 @@ class Conversations:
 
     def reply(self, session_id: str, request_id: str, reply: str, message: str | None) -> None:
         """Answer a pending permission request (see `PermissionBroker.reply`)."""
+        check_text(request_id, "request id")
+        if message is not None:
+            check_text(message, "message")
         self.broker.reply(session_id, request_id, reply, message)
 
     async def subscribe(
@@ -282,7 +288,7 @@ class Conversations:
 
     async def messages(self, session_id: str, *, after: int = 0) -> list[Message]:
         """The session's messages; with `after`, only those created after that seq."""
-        await self.sessions.turns.settle(session_id)
+        await self.sessions.get_info(session_id)  # settles a crashed turn; unknown id: error
         await self.events.flush()
         return project(await self.events.history(session_id, after=after))
 
@@ -290,7 +296,7 @@ class Conversations:
         return metrics(await self.messages(session_id))
 
     async def todos(self, session_id: str) -> list[Todo]:
-        await self.sessions.turns.settle(session_id)
+        await self.sessions.get_info(session_id)
         await self.events.flush()
         return todos(await self.events.history(session_id))
 
@@ -300,6 +306,8 @@ class Conversations:
     ) -> SessionInfo:
         """Change the title, the permission rules, or the whole agent config; stored, and
         announced with a `session-updated` event."""
+        if title is not None:
+            check_text(title, "title")
         info = await self.sessions.get_info(session_id)
         new_config = config or info.config
         if permissions is not None:

@@ -7,6 +7,7 @@ through its routes. It holds no per-caller state beyond live sandbox connections
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import secrets
 from collections.abc import Mapping
@@ -37,13 +38,23 @@ from ._types import (
     AgentConfig,
     ArtifactDownload,
     ArtifactInfo,
+    FileContent,
     SandboxOptions,
     SandboxRestartedEvent,
     SessionInfo,
     ShellResult,
     ShellRunEvent,
 )
-from ._validation import check_timeout
+from ._validation import (
+    check_bytes,
+    check_command,
+    check_count,
+    check_env,
+    check_mode,
+    check_path,
+    check_text,
+    check_timeout,
+)
 from .sandbox._archive import Caps, printable, unsafe_key_reason
 from .sandbox.base import OutputCallback, RestartCallback, Sandbox, SandboxBackend, ShellRequest
 from .store.base import Lease, Store
@@ -138,6 +149,7 @@ class SessionService:
     async def get_info(self, session_id: str) -> SessionInfo:
         """The session's record; `SessionNotFound` for an unknown id. The first look at a
         session closes its turn if the process running it is gone."""
+        check_text(session_id, "session id")
         info = await self.store.get_session(session_id)
         if info is None:
             raise SessionNotFound(session_id)
@@ -210,11 +222,14 @@ class SessionService:
         `timeout` is a finite number of seconds >= 0 (0 kills the command at once), or None.
         """
         timeout = check_timeout(timeout)
-        if max_output < 0:
-            raise InvalidArgument(f"max_output must be zero or more, not {max_output}")
+        check_command(command)
+        if cwd is not None:
+            check_path(cwd, "cwd")
+        checked_env = check_env(env)
+        check_count(max_output, "max_output")
         sandbox = await self._sandbox(session_id)
         result = await sandbox.shell(ShellRequest(
-            command=command, timeout=timeout, cwd=cwd, env=dict(env or {}),
+            command=command, timeout=timeout, cwd=cwd, env=checked_env,
             max_output=max_output, on_stdout=on_stdout, on_stderr=on_stderr))
         await self.events.open(session_id)
         self.events.emit(session_id, ShellRunEvent, command=command, exit_code=result.exit_code,
@@ -222,18 +237,18 @@ class SessionService:
         return result
 
     async def _absolute(self, session_id: str, path: str) -> str:
-        if not path or "\x00" in path:
-            raise InvalidArgument(f"not a usable path: {path!r}")
+        check_path(path)
         if posixpath.isabs(path):
             return posixpath.normpath(path)
         info = await self.get_info(session_id)
         return posixpath.normpath(posixpath.join(info.sandbox.workdir, path))
 
     async def put_file(
-        self, session_id: str, path: str, content: str | bytes, *, mode: int | None = None
+        self, session_id: str, path: str, content: FileContent, *, mode: int | None = None
     ) -> None:
         """Write a file (relative paths from the workdir), atomically."""
-        data = content.encode() if isinstance(content, str) else bytes(content)
+        data = check_bytes(content)
+        check_mode(mode)
         target = await self._absolute(session_id, path)
         await (await self._sandbox(session_id)).write_file(target, data, mode=mode)
 
@@ -242,7 +257,7 @@ class SessionService:
     ) -> bytes:
         """A regular file's bytes; `FileTooLarge` past `max_bytes`, `SandboxFileNotFound` for
         a link (at any folder of the path), FIFO, device, socket or /proc-like file."""
-        _check_max_bytes(max_bytes)
+        check_count(max_bytes, "max_bytes")
         target = await self._absolute(session_id, path)
         sandbox = await self._sandbox(session_id)
         chunks, size = [], 0
@@ -258,6 +273,7 @@ class SessionService:
         max_bytes: int = DEFAULT_MAX_READ,
     ) -> str:
         """A file's text; `FileDecodeError` when not valid in `encoding`."""
+        check_text(encoding, "encoding", empty=False)
         data = await self.read_bytes(session_id, path, max_bytes=max_bytes)
         try:
             return data.decode(encoding)
@@ -294,12 +310,15 @@ class SessionService:
     async def download_artifacts(
         self,
         session_id: str,
-        destination: str | Path,
+        destination: str | os.PathLike[str],
         *,
         caps: Caps | None = None,
         progress: DownloadProgress | None = None,
     ) -> ArtifactDownload:
         """Copy every artifact into `destination`; see `artifacts.download`."""
+        if not isinstance(destination, str | os.PathLike):
+            raise InvalidArgument(
+                f"destination must be a path, not {type(destination).__name__}")
         if caps is not None and not isinstance(caps, Caps):
             raise InvalidArgument(f"caps must be a Caps, not {type(caps).__name__}")
         sandbox = await self._sandbox(session_id)
@@ -383,7 +402,3 @@ def _check_usable(info: SessionInfo) -> None:
     if info.status == "creating":
         raise SessionBusy(info.id, reason="is still being created")
 
-
-def _check_max_bytes(max_bytes: int) -> None:
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-        raise InvalidArgument(f"max_bytes must be a whole number >= 0, not {max_bytes!r}")

@@ -9,7 +9,6 @@ import contextlib
 import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from types import TracebackType
 from typing import Self, cast
 
@@ -26,6 +25,7 @@ from ._types import (
     ArtifactDownload,
     ArtifactInfo,
     Event,
+    FileContent,
     Message,
     Metrics,
     PermissionReply,
@@ -153,7 +153,7 @@ class AsyncSessionHandle:
                                          max_output=max_output, on_stdout=on_stdout,
                                          on_stderr=on_stderr)
 
-    async def put_file(self, path: str, content: str | bytes, *, mode: int | None = None) -> None:
+    async def put_file(self, path: str, content: FileContent, *, mode: int | None = None) -> None:
         """Write `content` (text is UTF-8 encoded) to `path` atomically, making folders.
 
         A relative `path` is taken from the session's workdir.
@@ -222,7 +222,7 @@ class AsyncSessionHandle:
         writable raises `InvalidArgument` before anything is copied.
         """
         return await self._service.download_artifacts(
-            self.id, Path(destination), caps=caps, progress=progress
+            self.id, destination, caps=caps, progress=progress
         )
 
     # --- the agent ---------------------------------------------------------------------------

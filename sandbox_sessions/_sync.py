@@ -32,6 +32,7 @@ from ._types import (
     ArtifactDownload,
     ArtifactInfo,
     Event,
+    FileContent,
     Message,
     Metrics,
     PermissionReply,
@@ -115,7 +116,7 @@ class SessionHandle:
                           max_output=max_output, on_stdout=on_stdout,
                           on_stderr=on_stderr)
 
-    def put_file(self, path: str, content: str | bytes, *, mode: int | None = None) -> None:
+    def put_file(self, path: str, content: FileContent, *, mode: int | None = None) -> None:
         """Write a file atomically; see `AsyncSessionHandle.put_file`."""
         self._call(self._async.put_file, path, content, mode=mode)
 

@@ -20,6 +20,7 @@ __all__ = [
     "MIN_DISK",
     "ArtifactDownload",
     "ArtifactInfo",
+    "FileContent",
     "SandboxOptions",
     "SessionInfo",
     "SessionStatus",
@@ -30,6 +31,9 @@ __all__ = [
 
 DEFAULT_IMAGE = "sandbox-sessions/sandbox:latest"
 """The image that `sandbox-sessions images build` builds and sessions use by default."""
+
+FileContent = str | bytes | bytearray | memoryview
+"""What `put_file` takes: text (written as UTF-8) or bytes-like content."""
 
 DEFAULT_MAX_OUTPUT = 1024 * 1024
 """Bytes of stdout, and separately of stderr, that `shell()` keeps by default (1 MiB each)."""
