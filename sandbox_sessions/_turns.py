@@ -164,12 +164,7 @@ class TurnLeases:
                 hold.scope.cancel()
                 if hold.over:
                     with anyio.move_on_after(15):
-                        try:
-                            await self._events.flush()
-                            await self._store.release_lease(hold.lease)
-                        except StoreError as exc:
-                            log.warning("session %s: lease left to expire: %s",
-                                        hold.lease.session_id, exc)
+                        await self._released(hold)  # else the lease is left to expire
             self._held.clear()
 
     def _hold(self, lease: Lease, on_lost: Callable[[], object]) -> Hold:

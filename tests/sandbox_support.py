@@ -12,7 +12,7 @@ import anyio
 import anyio.to_thread
 from agent_support import read_log
 
-from sandbox_sessions import AsyncSessionHandle, Event
+from sandbox_sessions import AsyncSessionHandle, ContainerDied, Event
 from sandbox_sessions._types import SandboxRestartedEvent, ShellRunEvent
 from sandbox_sessions.sandbox._channel import HelperChannel
 from sandbox_sessions.sandbox._container import HELPER_ARGV, open_channel
@@ -37,6 +37,25 @@ async def container_of(session: AsyncSessionHandle) -> str:
 async def assert_still_works(session: AsyncSessionHandle) -> None:
     result = await session.shell("echo still here")
     assert (result.exit_code, result.stdout) == (0, "still here\n")
+
+
+async def killed_mid_command(session: AsyncSessionHandle) -> ContainerDied:
+    """Kill the session's container from outside while a command runs; the call's error."""
+    container = await container_of(session)
+    started = anyio.Event()
+
+    async def kill_when_started() -> None:
+        await started.wait()
+        await docker_cli("kill", container)
+
+    with anyio.fail_after(120):  # long before the command's own 30 s would end it
+        async with anyio.create_task_group() as group:
+            group.start_soon(kill_when_started)
+            try:
+                await session.shell("echo begun; sleep 30", on_stdout=lambda _: started.set())
+            except ContainerDied as died:
+                return died
+    raise AssertionError("the command outlived its container")
 
 
 async def main_helper_host_pid(container: str) -> int:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import anyio
 import pytest
+from sandbox_support import assert_still_works, container_of, docker_cli, killed_mid_command
 
 from sandbox_sessions import (
     DEFAULT_MAX_OUTPUT,
     AsyncSandboxClient,
     AsyncSessionHandle,
-    ContainerDied,
     ContainerGone,
     FileDecodeError,
     FileTooLarge,
@@ -67,11 +67,6 @@ async def session(client: AsyncSandboxClient, image: str) -> AsyncIterator[Async
         yield handle
 
 
-async def assert_still_works(session: AsyncSessionHandle) -> None:
-    result = await session.shell("echo still here")
-    assert (result.exit_code, result.stdout) == (0, "still here\n")
-
-
 async def sleepers(session: AsyncSessionHandle) -> list[str]:
     """The lines of `ps` naming one of SPAWN's sleepers (zombies show as `[sleep]`)."""
     listing = await session.shell("ps -eo pid,cmd")
@@ -101,16 +96,6 @@ def host_tree(root: Path) -> dict[str, bytes | str]:
         else:
             tree[name] = path.read_bytes() if path.is_file() else "other"
     return tree
-
-
-async def container_of(session: AsyncSessionHandle) -> str:
-    container = (await session.get_info()).container_id
-    assert container is not None
-    return container
-
-
-async def docker_cli(*args: str) -> None:
-    await anyio.run_process(["docker", *args])
 
 
 # --- sessions that do not exist or have ended ----------------------------------------------
@@ -452,22 +437,7 @@ async def test_output_under_the_cap_is_not_truncated(session: AsyncSessionHandle
 async def test_container_killed_mid_command(client: AsyncSandboxClient, image: str) -> None:
     session = await client.agent("bad-input", image=image).create_session()
     container = await container_of(session)
-    started = anyio.Event()
-
-    def on_stdout(_text: str) -> None:
-        started.set()
-
-    async def kill_when_started() -> None:
-        await started.wait()
-        await docker_cli("kill", container)
-
-    with anyio.fail_after(120):  # long before the command's own 30 s would end it
-        async with anyio.create_task_group() as group:
-            group.start_soon(kill_when_started)
-            with pytest.raises(ContainerDied) as caught:
-                await session.shell("echo begun; sleep 30", on_stdout=on_stdout)
-
-    died = caught.value
+    died = await killed_mid_command(session)
     assert died.code == "container_died"
     assert isinstance(died, RuntimeError)
     assert isinstance(died, ContainerGone)

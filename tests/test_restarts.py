@@ -9,7 +9,13 @@ from pathlib import Path
 
 import anyio
 import pytest
-from sandbox_support import assert_still_works, container_of, docker_cli, restarts
+from sandbox_support import (
+    assert_still_works,
+    container_of,
+    docker_cli,
+    killed_mid_command,
+    restarts,
+)
 
 from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, ContainerDied
 from sandbox_sessions.sandbox._container import SHELL_GRACE
@@ -34,20 +40,9 @@ async def assert_back_with_its_files(session: AsyncSessionHandle) -> None:
 
 async def test_killed_mid_command(session: AsyncSessionHandle) -> None:
     container = await container_of(session)
-    started = anyio.Event()
+    died = await killed_mid_command(session)
 
-    async def kill_when_started() -> None:
-        await started.wait()
-        await docker_cli("kill", container)
-
-    with anyio.fail_after(60):  # long before the command's own 30 s would end it
-        async with anyio.create_task_group() as group:
-            group.start_soon(kill_when_started)
-            with pytest.raises(ContainerDied) as died:
-                await session.shell("echo begun; sleep 30",
-                                    on_stdout=lambda _text: started.set())
-
-    assert died.value.reason == KILLED
+    assert died.reason == KILLED
     await assert_back_with_its_files(session)
     assert await restarts(session) == [KILLED]
     assert (await docker_cli("inspect", "-f", "{{.Id}}", container)).strip() == container
