@@ -17,6 +17,7 @@ from _helper_frames import (
 )
 
 uploads = {}  # request id -> Upload, until its END_IN or CANCEL
+ACK_EVERY = 4  # frames written before an ACK is sent even while more are queued
 CANCELLED = object()  # queued for an upload the host gave up on
 
 
@@ -53,7 +54,7 @@ def open_temporary(path):
 
 def write_chunks(rid, upload, fd):
     """Write the queued chunks until the end (their size) or a cancel (None)."""
-    size = 0
+    size = written = 0
     while True:
         chunk = upload.chunks.get()
         if chunk is None or chunk is CANCELLED:
@@ -62,7 +63,12 @@ def write_chunks(rid, upload, fd):
         while view:
             view = view[os.write(fd, view):]
         size += len(chunk)
-        send(ACK, rid)
+        written += 1
+        # One ACK for several frames (its payload says how many): fewer frames both ways,
+        # and the host still never gets further ahead than its window.
+        if written >= ACK_EVERY or upload.chunks.empty():
+            send(ACK, rid, str(written).encode())
+            written = 0
 
 
 def run_upload(rid, upload):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
@@ -217,30 +218,14 @@ class HelperRuntime:
                     raise failure(payload, path)
 
     async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None:
-        """Upload `data` in chunks, never more than `UPLOAD_WINDOW` ahead of the helper."""
+        """Upload `data` in chunks, never more than `UPLOAD_WINDOW` ahead of the helper;
+        `OperationTimeout` once the helper took nothing for `FILE_IDLE_TIMEOUT`."""
         async with self._file_call({"op": "write", "path": path, "mode": mode}) as call:
-            view, unacked = memoryview(data), 0
-            for start in range(0, len(view), UPLOAD_CHUNK):
-                while unacked >= UPLOAD_WINDOW:
-                    if await self._upload_reply(call, path):
-                        raise ProtocolError("helper: an upload ended before its data")
-                    unacked -= 1
-                chunk = view[start : start + UPLOAD_CHUNK]
-                await within(call.send(DATA_IN, chunk), f"writing {path}")
-                unacked += 1
-            await within(call.send(END_IN), f"writing {path}")
-            while not await self._upload_reply(call, path):
-                pass
-
-    @staticmethod
-    async def _upload_reply(call: Call, path: str) -> bool:
-        """The helper's next word on an upload: False for an ACK, True once it is done."""
-        kind, payload = await within(call.receive(), f"writing {path}")
-        if kind == FAIL:
-            raise failure(payload, path)
-        if kind not in (ACK, DONE):
-            raise ProtocolError(f"helper: unexpected frame {kind} in an upload")
-        return kind == DONE
+            with anyio.CancelScope() as idle:
+                await _upload(call, memoryview(data), path, _Idle(idle))
+            if idle.cancelled_caught:
+                raise OperationTimeout(f"the sandbox helper made no progress for "
+                                       f"{FILE_IDLE_TIMEOUT:g} s (writing {path})")
 
     async def walk(self, root: str) -> list[FileEntry]:
         async with self._file_call({"op": "walk", "root": root}) as call:
@@ -260,3 +245,48 @@ class HelperRuntime:
 
     async def aclose(self) -> None:
         await self.channel.aclose()
+
+
+class _Idle:
+    """The deadline of a transfer that moves on with each sign of progress. It is pushed
+    back at most once a second: a deadline costs a timer, and a transfer makes thousands."""
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self._scope = scope
+        self._pushed = -math.inf
+        self.progress()
+
+    def progress(self) -> None:
+        now = anyio.current_time()
+        if now - self._pushed >= 1.0:
+            self._pushed = now
+            self._scope.deadline = now + FILE_IDLE_TIMEOUT
+
+
+async def _upload(call: Call, view: memoryview, path: str, idle: _Idle) -> None:
+    unacked = 0
+    for start in range(0, len(view), UPLOAD_CHUNK):
+        while unacked >= UPLOAD_WINDOW:
+            unacked -= await _acked(call, path, idle, ending=False)
+        await call.send(DATA_IN, view[start : start + UPLOAD_CHUNK])
+        idle.progress()
+        unacked += 1
+    await call.send(END_IN)
+    while await _acked(call, path, idle, ending=True):
+        pass
+
+
+async def _acked(call: Call, path: str, idle: _Idle, *, ending: bool) -> int:
+    """How many chunks the helper's next word on an upload acknowledges; 0 once it is done
+    (which must come only after the end was sent)."""
+    kind, payload = await call.receive()
+    idle.progress()
+    if kind == FAIL:
+        raise failure(payload, path)
+    if kind == DONE and ending:
+        return 0
+    if kind == DONE:
+        raise ProtocolError("helper: an upload ended before its data")
+    if kind != ACK or not payload.isdigit() or int(payload) < 1:
+        raise ProtocolError(f"helper: unexpected frame {kind} in an upload")
+    return int(payload)
