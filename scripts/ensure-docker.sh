@@ -5,8 +5,8 @@
 # dockerd in the background, then wait for its socket. Elsewhere, fail with what to do.
 #
 # An engine we start ourselves keeps its data on a btrfs filesystem (a sparse loop file, mounted
-# with `discard`), so that each session's writable space can be capped: btrfs is the storage
-# driver that honours `--storage-opt size` on a kernel without XFS or ext4 quota support, as
+# with `discard=async`, so freed space goes back to the host), so that each session's writable
+# space can be capped: btrfs is the storage driver that honours `--storage-opt size` on a kernel without XFS or ext4 quota support, as
 # this one is. Where that cannot be set up (no loop device, no btrfs in the kernel, or
 # SANDBOX_SESSIONS_DOCKER_PLAIN=1, or an /etc/docker/daemon.json of the user's), dockerd starts
 # with its defaults and the library caps sessions with size-limited tmpfs mounts instead
@@ -83,7 +83,7 @@ btrfs_data_root() {
       truncate -s "${size_gb}G" "$IMAGE_FILE"
       mkfs.btrfs -q "$IMAGE_FILE" >/dev/null || { rm -f "$IMAGE_FILE"; return 0; }
     fi
-    mount -o loop,discard "$IMAGE_FILE" "$DATA_ROOT" >&2 || { log "cannot mount $IMAGE_FILE: default storage"; return 0; }
+    mount -o loop,discard=async "$IMAGE_FILE" "$DATA_ROOT" >&2 || { log "cannot mount $IMAGE_FILE: default storage"; return 0; }
   fi
   enable_quotas "$DATA_ROOT"
   echo "--data-root $DATA_ROOT --storage-driver btrfs"
