@@ -4,13 +4,14 @@
 # Where none does and we are root on Debian or Ubuntu, install Debian's docker.io and start
 # dockerd in the background, then wait for its socket. Elsewhere, fail with what to do.
 #
-# An engine we start ourselves keeps its data on a btrfs filesystem (a sparse loop file, mounted
-# with `discard=async`, so freed space goes back to the host), so that each session's writable
-# space can be capped: btrfs is the storage driver that honours `--storage-opt size` on a
-# kernel without XFS or ext4 quota support, as this one is. Where that cannot be set up (no loop device, no btrfs in the kernel, or
-# SANDBOX_SESSIONS_DOCKER_PLAIN=1, or an /etc/docker/daemon.json of the user's), dockerd starts
-# with its defaults and the library caps sessions with size-limited tmpfs mounts instead
-# (docs/security.md). An engine that already answers is left as it is.
+# An engine we start ourselves keeps its data on a btrfs filesystem (a sparse loop file,
+# mounted with `discard=async`, so freed space goes back to the host), so that each session's
+# writable space can be capped: btrfs is the storage driver that honours `--storage-opt size`
+# on a kernel without XFS or ext4 quota support, as this one is. Where that cannot be set up
+# (no loop device, no btrfs in the kernel, SANDBOX_SESSIONS_DOCKER_PLAIN=1, or an
+# /etc/docker/daemon.json of the user's), dockerd starts with its defaults and the library caps
+# sessions with size-limited tmpfs mounts instead (docs/security.md). An engine that already
+# answers is left as it is.
 #
 # Logs go to stderr; exit 0 means `docker info` answers.
 set -euo pipefail
