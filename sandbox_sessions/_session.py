@@ -145,7 +145,7 @@ class AsyncSessionHandle:
         as it comes; at most `max_output` bytes of each stream are kept (`truncated` says so).
         At `timeout` seconds (a finite number >= 0; 0 kills the command at once) the command's
         whole process group is killed: `timed_out` is set and `exit_code` is 124. The call
-        returns within `timeout` + 5 s whatever the container does; `ContainerDied` if it was
+        returns within `timeout` + 6 s whatever the container does; `ContainerDied` if it was
         found stopped or paused (the next call starts it again). Cancelling the call kills the
         process group too.
         """

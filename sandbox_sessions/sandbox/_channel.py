@@ -169,12 +169,16 @@ class HelperChannel:
                 raise ChannelClosed() from exc
 
     @asynccontextmanager
-    async def call(self, request: Mapping[str, Any] | bytes) -> AsyncIterator[Call]:
+    async def call(
+        self, request: Mapping[str, Any] | bytes, *, settle: float = 0.0
+    ) -> AsyncIterator[Call]:
         """Send `request` (JSON-encoded here unless given as bytes) and yield its `Call`.
 
         Leaving the block before the call finished (an error, cancellation, a deadline) tells
         the helper to cancel it, which kills a running command's process group; that costs at
-        most `CANCEL_WAIT` seconds, even when the helper does not read.
+        most `CANCEL_WAIT` seconds, even when the helper does not read. With `settle`, leaving
+        also waits up to that many seconds for the helper's last word on the call, so that a
+        cancelled command is known to be gone (killed and reaped) when the block is left.
         """
         rid = self._next_rid
         self._next_rid += 1
@@ -186,13 +190,19 @@ class HelperChannel:
             await self.send_frame(REQ, rid, payload)
             yield call
         finally:
+            if not call.finished and not self.closed:
+                with anyio.CancelScope(shield=True):
+                    await self._cancel(call, settle)
             self._inboxes.pop(rid, None)
             receive.close()
             send.close()
-            if not call.finished and not self.closed:
-                shielded = anyio.CancelScope(shield=True)
-                with shielded, anyio.move_on_after(CANCEL_WAIT), suppress(ChannelClosed):
-                    await self.send_frame(CANCEL, rid, b"")
+
+    async def _cancel(self, call: Call, settle: float) -> None:
+        with anyio.move_on_after(CANCEL_WAIT), suppress(ChannelClosed):
+            await self.send_frame(CANCEL, call.rid, b"")
+        with anyio.move_on_after(settle), suppress(ChannelClosed):
+            while settle > 0 and not call.finished:
+                await call.receive()
 
     async def aclose(self) -> None:
         """Close the connection; the helper sees end of input and kills what it runs."""

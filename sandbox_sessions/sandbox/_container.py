@@ -40,7 +40,7 @@ from .._types import SandboxOptions, ShellResult
 from ._channel import CANCEL_WAIT, ChannelClosed, HelperChannel
 from ._engine import Engine
 from ._exec_runtime import ExecRuntime
-from ._runtime import DONE_WAIT, CommandStalled, HelperRuntime
+from ._runtime import CANCEL_SETTLE, DONE_WAIT, CommandStalled, HelperRuntime
 from .base import FileEntry, RestartCallback, ShellRequest
 
 __all__ = ["DockerSandbox", "death_of", "open_channel", "start_attached"]
@@ -78,8 +78,8 @@ HELPER_ARGV = ["python3", "-c", _STUB.format(size=len(HELPER_SOURCE))]
 HELLO_TIMEOUT = 15.0
 STALL_CHECK = 1.5
 """Seconds spent finding out why a helper did not answer in time: a ping, then an inspect."""
-SHELL_GRACE: float = DONE_WAIT + CANCEL_WAIT + STALL_CHECK
-"""A command with a timeout returns within `timeout + SHELL_GRACE` (5 s), whatever the
+SHELL_GRACE: float = DONE_WAIT + CANCEL_WAIT + CANCEL_SETTLE + STALL_CHECK
+"""A command with a timeout returns within `timeout + SHELL_GRACE` (6 s), whatever the
 container does: waiting for the helper's answer, cancelling, and finding out why."""
 
 

@@ -64,6 +64,8 @@ kill the group and let its pipes close)."""
 FILE_IDLE_TIMEOUT = 30.0
 """A file call fails with `OperationTimeout` when the helper makes no progress for this long."""
 UPLOAD_CHUNK = 256 * 1024
+CANCEL_SETTLE = 1.0
+"""Seconds a cancelled command may take to be reported killed and reaped by the helper."""
 UPLOAD_WINDOW = 16
 """Upload chunks sent ahead of the helper's ACKs: at most 4 MiB waits in the container."""
 
@@ -171,7 +173,8 @@ class HelperRuntime:
         started = anyio.current_time()
         limit = None if request.timeout is None else request.timeout + DONE_WAIT
         with anyio.move_on_after(limit):
-            async with self.channel.call(message) as call:  # leaving it early sends CANCEL
+            # Leaving early sends CANCEL and waits for the group to be gone (or CANCEL_SETTLE).
+            async with self.channel.call(message, settle=CANCEL_SETTLE) as call:
                 return await self._command(call, out, err, request.cwd)
         raise CommandStalled(ShellResult(
             stdout=out.finish(), stderr=err.finish(), exit_code=124, timed_out=True,
