@@ -7,7 +7,6 @@
             print(session.shell("uname -a").stdout)
 """
 
-from ._client import AsyncSandboxClient, SandboxKwargs
 from ._exceptions import (
     ContainerDied,
     ContainerGone,
@@ -33,8 +32,6 @@ from ._exceptions import (
     ToolError,
     UnsafeArchive,
 )
-from ._session import AsyncAgent, AsyncSessionHandle, PermissionAnswer, PermissionCallback
-from ._sync import Agent, SandboxClient, SessionHandle
 from ._types import (
     DEFAULT_DISK,
     DEFAULT_IMAGE,
@@ -78,6 +75,18 @@ from ._types import (
     UserMessage,
 )
 from .agent._pricing import Price
+from .client import (
+    Agent,
+    AsyncAgent,
+    AsyncSandboxClient,
+    AsyncSessionHandle,
+    PermissionAnswer,
+    PermissionCallback,
+    SandboxClient,
+    SandboxKwargs,
+    SessionHandle,
+    Transport,
+)
 from .sandbox._archive import Caps
 
 __version__ = "0.1.0"
@@ -154,6 +163,7 @@ __all__ = [
     "ToolError",
     "ToolPart",
     "ToolState",
+    "Transport",
     "TurnEndReason",
     "UnsafeArchive",
     "UserMessage",

@@ -25,8 +25,8 @@ from ._exceptions import (
     SessionEnded,
     SessionNotFound,
 )
-from ._sync import SandboxClient
 from ._types import DEFAULT_IMAGE
+from .client import SandboxClient
 
 EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_UNAVAILABLE = 1, 2, 3, 4
 log: logging.Logger = logging.getLogger("sandbox_sessions.cli")

@@ -19,14 +19,24 @@ __all__ = [
     "DEFAULT_MAX_READ",
     "MIN_DISK",
     "ArtifactDownload",
+    "ArtifactEntry",
     "ArtifactInfo",
+    "CreateSessionRequest",
     "FileContent",
+    "PermissionAnswerRequest",
     "SandboxOptions",
     "SessionInfo",
     "SessionStatus",
+    "ShellChunk",
+    "ShellCommand",
+    "ShellDone",
+    "ShellOutput",
     "ShellResult",
     "SkippedArtifact",
     "Todo",
+    "TurnRequest",
+    "TurnStarted",
+    "UpdateSessionRequest",
 ]
 
 DEFAULT_IMAGE = "sandbox-sessions/sandbox:latest"
@@ -621,3 +631,92 @@ class Metrics(_Frozen):
     tool_usage: dict[str, int]
     tokens: Tokens
     cost: float
+
+
+# --- requests: what a transport carries to the service ---------------------------------------
+
+
+class _Request(BaseModel):
+    """What a caller sends: strict (no `"5"` for a number), frozen, no unknown fields."""
+
+    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class CreateSessionRequest(_Request):
+    """A session to create: the agent's name and config, and the sandbox it runs in."""
+
+    agent: str
+    title: str | None = None
+    sandbox: SandboxOptions = Field(default_factory=SandboxOptions)
+    config: AgentConfig = Field(default_factory=AgentConfig)
+
+
+class UpdateSessionRequest(_Request):
+    """What `update()` changes; fields left None stay as they are."""
+
+    title: str | None = None
+    permissions: PermissionRules | None = None
+
+
+class ShellCommand(_Request):
+    """One shell command: see `AsyncSessionHandle.shell` for each field's meaning."""
+
+    command: str
+    timeout: float | None = None
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    max_output: int = DEFAULT_MAX_OUTPUT
+
+
+class TurnRequest(_Request):
+    """A prompt that starts a turn."""
+
+    prompt: str
+
+
+class PermissionAnswerRequest(_Request):
+    """A reply to a pending permission request."""
+
+    reply: PermissionReply
+    message: str | None = None
+
+
+# --- what the service streams back ------------------------------------------------------------
+
+
+class ShellOutput(_Frozen):
+    """A piece of a running command's output, decoded, as it arrives."""
+
+    type: Literal["output"] = "output"
+    stream: Literal["stdout", "stderr"]
+    text: str
+
+
+class ShellDone(_Frozen):
+    """The end of a streamed command: its result."""
+
+    type: Literal["result"] = "result"
+    result: ShellResult
+
+
+ShellChunk = Annotated[ShellOutput | ShellDone, Field(discriminator="type")]
+"""One line of a streamed command: output as it comes, then exactly one result."""
+
+
+class ArtifactEntry(_Frozen):
+    """One entry under `/artifacts`, for a download: `refused` says why it is not copied
+    (an unsafe or non-UTF-8 name, shown escaped in `key`)."""
+
+    key: str
+    kind: Literal["file", "dir", "link", "other"]
+    size: int
+    refused: str | None = None
+
+
+class TurnStarted(_Frozen):
+    """A turn just started: its events are those of the session after seq `after`; it ends
+    with the `turn-end` whose `message_id` is `message_id`."""
+
+    user_message_id: str
+    message_id: str
+    after: int

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from ._exceptions import InvalidArgument
 
 __all__ = [
     "MAX_COUNT",
+    "build",
     "check_bytes",
     "check_command",
     "check_count",
@@ -28,6 +32,26 @@ __all__ = [
 
 MAX_COUNT = (1 << 63) - 1
 """The largest byte count accepted anywhere (`max_output`, `max_bytes`)."""
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def build(kind: type[M], what: str, /, **fields: Any) -> M:
+    """A `kind` made of `fields`; `InvalidArgument` naming each bad field, never pydantic's
+    `ValidationError`."""
+    try:
+        return kind.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidArgument(f"invalid {what}: {describe(exc)}") from None
+
+
+def describe(error: ValidationError) -> str:
+    """A pydantic error as one line: `field: problem; field: problem`."""
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in item["loc"]) or "value"
+        problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)
 
 
 def _type_name(value: object) -> str:

@@ -16,10 +16,10 @@ import pytest
 
 import sandbox_sessions
 from sandbox_sessions import _exceptions
-from sandbox_sessions._client import AsyncSandboxClient
 from sandbox_sessions._exceptions import SandboxSessionsError
-from sandbox_sessions._session import AsyncAgent, AsyncSessionHandle
-from sandbox_sessions._sync import Agent, SandboxClient, SessionHandle
+from sandbox_sessions.client._client import AsyncSandboxClient
+from sandbox_sessions.client._session import AsyncAgent, AsyncSessionHandle
+from sandbox_sessions.client._sync import Agent, SandboxClient, SessionHandle
 
 PAIRS: list[tuple[type[Any], type[Any]]] = [
     (SandboxClient, AsyncSandboxClient),

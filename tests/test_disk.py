@@ -24,8 +24,8 @@ from sandbox_sessions import (
     InvalidArgument,
     SandboxOptions,
 )
-from sandbox_sessions._client import sandbox_options
 from sandbox_sessions._types import size_in_bytes
+from sandbox_sessions.client._client import sandbox_options
 from sandbox_sessions.sandbox._disk import home_in_passwd, quota_unsupported
 from sandbox_sessions.sandbox._engine import Engine
 from sandbox_sessions.sandbox.base import Sandbox, ShellRequest

@@ -9,8 +9,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from sandbox_sessions._eventlog import EventLog
 from sandbox_sessions._types import Event, TextDeltaEvent
+from sandbox_sessions.service._eventlog import EventLog
 from sandbox_sessions.store._sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio

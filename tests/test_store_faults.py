@@ -25,7 +25,6 @@ from sandbox_sessions import (
     TextPart,
     UserMessage,
 )
-from sandbox_sessions._eventlog import EventLog
 from sandbox_sessions._types import (
     Event,
     MessageCreatedEvent,
@@ -33,6 +32,7 @@ from sandbox_sessions._types import (
     TextDeltaEvent,
     TurnEndEvent,
 )
+from sandbox_sessions.service._eventlog import EventLog
 from sandbox_sessions.store._sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio

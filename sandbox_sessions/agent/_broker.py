@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import anyio
 
-from .._eventlog import EventLog
 from .._exceptions import InvalidArgument, PermissionNotFound
 from .._types import (
     AgentConfig,
@@ -20,6 +19,7 @@ from .._types import (
     PermissionReply,
     PermissionRequest,
 )
+from ..service._eventlog import EventLog
 
 __all__ = ["Answer", "PermissionBroker"]
 

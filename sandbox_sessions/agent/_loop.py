@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 
-from .._eventlog import EventLog
 from .._exceptions import ContainerGone, ProviderError, SandboxError, SandboxUnavailable
 from .._types import (
     AgentConfig,
@@ -54,6 +53,7 @@ from ..providers.base import (
     Usage,
 )
 from ..sandbox.base import Sandbox
+from ..service._eventlog import EventLog
 from ._broker import PermissionBroker, now
 from ._history import capped, new_id
 from ._permissions import always_patterns, evaluate, merge_always

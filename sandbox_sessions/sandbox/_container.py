@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from functools import partial
 from importlib import resources
@@ -91,7 +91,9 @@ class _Runtime(Protocol):
 
     def stream_file(self, path: str, *, max_bytes: int | None) -> AsyncIterator[bytes]: ...
 
-    async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None: ...
+    async def write_file(
+        self, path: str, data: bytes | AsyncIterable[bytes], *, mode: int | None
+    ) -> None: ...
 
     async def walk(self, root: str) -> list[FileEntry]: ...
 
@@ -312,7 +314,9 @@ class DockerSandbox:
             async for chunk in runtime.stream_file(path, max_bytes=max_bytes):
                 yield chunk
 
-    async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None:
+    async def write_file(
+        self, path: str, data: bytes | AsyncIterable[bytes], *, mode: int | None
+    ) -> None:
         """See `Sandbox.write_file`."""
         async with self._guard() as runtime:
             await runtime.write_file(path, data, mode=mode)

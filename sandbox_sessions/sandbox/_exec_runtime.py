@@ -14,7 +14,7 @@ import io
 import posixpath
 import shlex
 import tarfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from functools import partial
 
 import anyio
@@ -92,7 +92,11 @@ class ExecRuntime:
     async def stream_file(self, path: str, *, max_bytes: int | None) -> AsyncIterator[bytes]:
         yield await anyio.to_thread.run_sync(self._read_whole, path, max_bytes)
 
-    async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None:
+    async def write_file(
+        self, path: str, data: bytes | AsyncIterable[bytes], *, mode: int | None
+    ) -> None:
+        if not isinstance(data, bytes):  # the archive API takes the whole file at once
+            data = b"".join([chunk async for chunk in data])
         folder = posixpath.dirname(path) or "/"
         await self.shell(ShellRequest(command=f"mkdir -p {shlex.quote(folder)}", timeout=30))
         member = tarfile.TarInfo(posixpath.basename(path))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import codecs
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -220,12 +220,14 @@ class HelperRuntime:
                 elif kind == FAIL:
                     raise failure(payload, path)
 
-    async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None:
+    async def write_file(
+        self, path: str, data: bytes | AsyncIterable[bytes], *, mode: int | None
+    ) -> None:
         """Upload `data` in chunks, never more than `UPLOAD_WINDOW` ahead of the helper;
         `OperationTimeout` once the helper took nothing for `FILE_IDLE_TIMEOUT`."""
         async with self._file_call({"op": "write", "path": path, "mode": mode}) as call:
             with anyio.CancelScope() as idle:
-                await _upload(call, memoryview(data), path, _Idle(idle))
+                await _upload(call, _chunked(data), path, _Idle(idle))
             if idle.cancelled_caught:
                 raise OperationTimeout(f"the sandbox helper made no progress for "
                                        f"{FILE_IDLE_TIMEOUT:g} s (writing {path})")
@@ -266,12 +268,31 @@ class _Idle:
             self._scope.deadline = now + FILE_IDLE_TIMEOUT
 
 
-async def _upload(call: Call, view: memoryview, path: str, idle: _Idle) -> None:
+async def _chunked(data: bytes | AsyncIterable[bytes]) -> AsyncIterator[bytes | memoryview]:
+    """`data` in pieces of `UPLOAD_CHUNK` bytes (the last one shorter)."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        view = memoryview(data)
+        for start in range(0, len(view), UPLOAD_CHUNK):
+            yield view[start : start + UPLOAD_CHUNK]
+        return
+    pending = bytearray()
+    async for piece in data:
+        pending += piece
+        while len(pending) >= UPLOAD_CHUNK:
+            yield bytes(pending[:UPLOAD_CHUNK])
+            del pending[:UPLOAD_CHUNK]
+    if pending:
+        yield bytes(pending)
+
+
+async def _upload(
+    call: Call, chunks: AsyncIterator[bytes | memoryview], path: str, idle: _Idle
+) -> None:
     unacked = 0
-    for start in range(0, len(view), UPLOAD_CHUNK):
+    async for chunk in chunks:
         while unacked >= UPLOAD_WINDOW:
             unacked -= await _acked(call, path, idle, ending=False)
-        await call.send(DATA_IN, view[start : start + UPLOAD_CHUNK])
+        await call.send(DATA_IN, chunk)
         idle.progress()
         unacked += 1
     await call.send(END_IN)

@@ -6,7 +6,7 @@ implementation is `sandbox_sessions.sandbox.docker.DockerSandbox`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -82,8 +82,11 @@ class Sandbox(Protocol):
         """
         ...
 
-    async def write_file(self, path: str, data: bytes, *, mode: int | None) -> None:
-        """Write `data` to `path` atomically, creating parent folders as needed."""
+    async def write_file(
+        self, path: str, data: bytes | AsyncIterable[bytes], *, mode: int | None
+    ) -> None:
+        """Write `data` (bytes, or a stream of chunks) to `path` atomically, creating parent
+        folders as needed. Nothing is at `path` until the whole of it is written."""
         ...
 
     async def walk(self, root: str) -> list[FileEntry]:

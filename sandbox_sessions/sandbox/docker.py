@@ -16,8 +16,9 @@ import io
 import logging
 import tarfile
 from collections.abc import Callable, Mapping
+from contextlib import AsyncExitStack
 from functools import partial
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import anyio.abc
@@ -78,16 +79,55 @@ class DockerBackend:
     """Creates, attaches to and removes session containers on one Docker engine."""
 
     def __init__(
-        self, engine: Engine, *, task_group: anyio.abc.TaskGroup, disk_mode: DiskMode = "auto"
+        self,
+        engine: Engine | None = None,
+        *,
+        docker_url: str | None = None,
+        task_group: anyio.abc.TaskGroup | None = None,
+        disk_mode: DiskMode = "auto",
     ) -> None:
-        """`disk_mode` is how `SandboxOptions.disk` is enforced (see `sandbox._disk`): `auto`
+        """`engine` (default: one on `docker_url`, else `$DOCKER_HOST` or the local socket).
+        `task_group` runs the helpers' readers; without one, use the backend as an async
+        context manager, which runs its own and closes the engine it made.
+
+        `disk_mode` is how `SandboxOptions.disk` is enforced (see `sandbox._disk`): `auto`
         asks the engine for a quota and falls back to tmpfs folders if it refuses; `quota`
         or `tmpfs` forces one (`quota` then fails where the engine cannot)."""
-        self.engine = engine
-        self._task_group = task_group
+        self._owns_engine = engine is None
+        self.engine = engine if engine is not None else Engine(docker_url)
+        self._given_group = task_group
+        self._stack: AsyncExitStack | None = None
         self._image_labels: dict[str, dict[str, str]] = {}
         self._disk_mode: DiskMode = disk_mode
         self._homes: dict[tuple[str, str], str | None] = {}
+
+    @property
+    def _task_group(self) -> anyio.abc.TaskGroup:
+        if self._given_group is None:
+            raise SandboxError("the backend is not open: use `async with DockerBackend()`")
+        return self._given_group
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            if self._owns_engine:
+                stack.callback(self.engine.close)  # after the task group: no call uses it
+            if self._given_group is None:
+                group = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(group.cancel_scope.cancel)  # stops the helpers' readers
+                self._given_group = group
+                stack.callback(setattr, self, "_given_group", None)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the helpers' readers and close the engine this backend made; the containers
+        keep running. Call it from the task that opened the backend."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
 
     @property
     def disk_mode(self) -> DiskMode:

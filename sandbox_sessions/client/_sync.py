@@ -14,18 +14,8 @@ from typing import Any, Self, TypeVar, Unpack
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._artifacts import DownloadProgress
-from ._client import AsyncSandboxClient, SandboxKwargs
-from ._exceptions import InvalidArgument
-from ._session import (
-    AsyncAgent,
-    AsyncSessionHandle,
-    EventCallback,
-    PartCallback,
-    PermissionCallback,
-    TextCallback,
-)
-from ._types import (
+from .._exceptions import InvalidArgument
+from .._types import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_MAX_READ,
     AgentConfig,
@@ -43,10 +33,21 @@ from ._types import (
     ShellResult,
     Todo,
 )
-from .agent._pricing import Price
-from .agent.base import Tool
-from .sandbox._archive import Caps
-from .sandbox.base import OutputCallback
+from ..agent._pricing import Price
+from ..agent.base import Tool
+from ..sandbox._archive import Caps
+from ..sandbox.base import OutputCallback, SandboxBackend
+from ..store.base import Store
+from ._client import AsyncSandboxClient, SandboxKwargs
+from ._download import DownloadProgress
+from ._session import (
+    AsyncAgent,
+    AsyncSessionHandle,
+    EventCallback,
+    PartCallback,
+    PermissionCallback,
+    TextCallback,
+)
 
 __all__ = ["Agent", "SandboxClient", "SessionHandle"]
 
@@ -238,15 +239,16 @@ class SandboxClient:
     def __init__(
         self,
         *,
-        store: str | os.PathLike[str] | None = None,
+        store: Store | str | os.PathLike[str] | None = None,
+        backend: SandboxBackend | None = None,
         docker_url: str | None = None,
         reap_orphans: bool = True,
         api_keys: Mapping[str, str] | None = None,
         prices: Mapping[str, Price] | None = None,
     ) -> None:
         self._async = AsyncSandboxClient(
-            store=store, docker_url=docker_url, reap_orphans=reap_orphans, api_keys=api_keys,
-            prices=prices,
+            store=store, backend=backend, docker_url=docker_url, reap_orphans=reap_orphans,
+            api_keys=api_keys, prices=prices,
         )
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None

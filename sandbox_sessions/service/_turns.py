@@ -1,9 +1,10 @@
 """Turns: a prompt in, an agent loop in the background, events out.
 
-`Conversations` starts each turn as a task of the client's task group, with its own cancel
+`Turns`, the agent side of the `SessionService` facade, starts each turn as a task of the
+service's task group, with its own cancel
 scope (for `abort`), and guarantees its single `turn-end`: whatever happens in the loop, the
 closing events are emitted in a shielded scope. Each turn holds the session's turn lease
-(`_turns.py`) while it runs, so no other process runs a turn of that session meanwhile, and a
+(`_turn_leases.py`) while it runs, so no other process runs a turn of that session meanwhile, and a
 turn whose process dies is closed by the next process that looks.
 """
 
@@ -11,24 +12,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 
 import anyio
 import anyio.abc
 import httpx
 
-from ._eventlog import EventLog
-from ._exceptions import (
+from .._exceptions import (
     ContainerGone,
     InvalidArgument,
     SandboxUnavailable,
     SessionBusy,
     StoreError,
 )
-from ._projection import metrics, project, todos
-from ._service import SessionService
-from ._turns import Hold
-from ._types import (
+from .._types import (
     AgentConfig,
     AssistantMessage,
     Event,
@@ -36,6 +32,7 @@ from ._types import (
     MessageCreatedEvent,
     MessageUpdatedEvent,
     Metrics,
+    PermissionAnswerRequest,
     PermissionRules,
     RetryPart,
     SessionInfo,
@@ -45,35 +42,28 @@ from ._types import (
     TextPart,
     Todo,
     TurnEndEvent,
+    TurnStarted,
     UserMessage,
 )
-from ._validation import check_text
-from .agent._broker import PermissionBroker, now
-from .agent._history import new_id, to_model_messages
-from .agent._loop import Outcome, Turn, run_turn
-from .agent._permissions import validate_rules
-from .agent._pricing import Price
-from .agent._tools import check_rule_keys, resolve_tools
-from .agent.base import Tool
-from .providers import resolve_provider
-from .providers._scripted import ScriptedProvider
-from .providers.base import ModelMessage, Provider, TextContent
+from .._validation import check_text
+from ..agent._broker import PermissionBroker, now
+from ..agent._history import new_id, to_model_messages
+from ..agent._loop import Outcome, Turn, run_turn
+from ..agent._permissions import validate_rules
+from ..agent._pricing import Price
+from ..agent._tools import check_rule_keys, resolve_tools
+from ..agent.base import Tool
+from ..providers import resolve_provider
+from ..providers._scripted import ScriptedProvider
+from ..providers.base import ModelMessage, Provider, TextContent
+from ._eventlog import EventLog
+from ._projection import metrics, project, todos
+from ._sessions import Sessions
+from ._turn_leases import Hold
 
-__all__ = ["Conversations", "TurnStart"]
+__all__ = ["Turns"]
 
 log: logging.Logger = logging.getLogger("sandbox_sessions.agent")
-
-
-@dataclass(frozen=True, slots=True)
-class TurnStart:
-    """A turn just started: its events come after seq `after`."""
-
-    user_message_id: str
-    message_id: str
-    after: int
-    ended: anyio.Event
-    """Set once the turn is over: its closing events stored (or refused by a failing store)
-    and the session free again."""
 
 
 class _Running:
@@ -81,6 +71,10 @@ class _Running:
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.hold: Hold | None = None
+        self.message_id = ""
+        self.closing = False
+        """Set once its closing events are emitted: a new turn then waits for it to end
+        rather than being refused (a client may send again as soon as it sees turn-end)."""
 
     def lost(self) -> None:
         """Another process took the turn's lease over (thinking this one gone) and closes
@@ -88,12 +82,12 @@ class _Running:
         self.scope.cancel()
 
 
-class Conversations:
-    """The agent side of sessions: send, abort, permissions, and what the log projects."""
+class Turns:
+    """The agent side of sessions: turns, abort, permissions, and what the log projects."""
 
     def __init__(
         self,
-        sessions: SessionService,
+        sessions: Sessions,
         events: EventLog,
         task_group: anyio.abc.TaskGroup,
         *,
@@ -115,13 +109,18 @@ class Conversations:
         self._providers: dict[str, tuple[str, Provider, str]] = {}
 
     def busy(self, session_id: str) -> bool:
-        return session_id in self._running
+        """Whether a turn of the session runs here (one whose `turn-end` is out is over)."""
+        running = self._running.get(session_id)
+        return running is not None and not running.closing
 
-    async def start_turn(self, session_id: str, prompt: str) -> TurnStart:
+    async def start_turn(self, session_id: str, prompt: str) -> TurnStarted:
         """Record the prompt and start the turn in the background; `SessionBusy` if one runs,
-        in this process or another."""
+        in this process or another. A turn whose `turn-end` is already out is waited for."""
         check_text(prompt, "prompt")
-        if self.busy(session_id):
+        ending = self._running.get(session_id)
+        if ending is not None and ending.closing:
+            await ending.done.wait()
+        if session_id in self._running:
             raise SessionBusy(session_id)
         running = self._running[session_id] = _Running()  # taken before any await: no race
         try:
@@ -139,9 +138,9 @@ class Conversations:
         self.events.emit(session_id, MessageCreatedEvent, message=assistant)
         self.events.emit(session_id, SessionStatusEvent, status="busy")
         history.append(ModelMessage("user", (TextContent(prompt),)))
+        running.message_id = assistant.id
         self._task_group.start_soon(self._run, turn, history, assistant, running)
-        return TurnStart(user_message_id=user.id, message_id=assistant.id, after=after,
-                         ended=running.done)
+        return TurnStarted(user_message_id=user.id, message_id=assistant.id, after=after)
 
     async def _begin(
         self, session_id: str, running: _Running
@@ -227,6 +226,7 @@ class Conversations:
         turn itself), wait until they are stored, release the lease, free the session."""
         hold = running.hold
         try:
+            running.closing = True
             if hold is None or not hold.lost:
                 self._close(turn, message, outcome)
             stored = True
@@ -251,13 +251,12 @@ class Conversations:
                          reason=outcome.reason, error=outcome.error)
         self.events.emit(turn.session_id, SessionStatusEvent, status="idle")
 
-    async def abort(self, session_id: str) -> bool:
-        """Cancel the running turn (model stream and tool); return once it has ended.
-
-        False when no turn was running.
-        """
+    async def abort(self, session_id: str, *, message_id: str | None = None) -> bool:
+        """Cancel the running turn (model stream and tool), only if it is the turn of
+        `message_id` when that is given; return once it has ended. False when no such turn
+        was running."""
         running = self._running.get(session_id)
-        if running is None:
+        if running is None or (message_id is not None and running.message_id != message_id):
             await self.sessions.get_info(session_id)  # an unknown id is an error, not False
             return False
         running.scope.cancel()
@@ -270,12 +269,15 @@ class Conversations:
             for session_id in list(self._running):
                 await self.abort(session_id)
 
-    def reply(self, session_id: str, request_id: str, reply: str, message: str | None) -> None:
+    async def reply(
+        self, session_id: str, request_id: str, answer: PermissionAnswerRequest
+    ) -> None:
         """Answer a pending permission request (see `PermissionBroker.reply`)."""
         check_text(request_id, "request id")
-        if message is not None:
-            check_text(message, "message")
-        self.broker.reply(session_id, request_id, reply, message)
+        if answer.message is not None:
+            check_text(answer.message, "message")
+        await self.sessions.get_info(session_id)
+        self.broker.reply(session_id, request_id, answer.reply, answer.message)
 
     async def subscribe(
         self, session_id: str, *, after: int = 0, strict: bool = False

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from .store.base import Lease, LeaseKind
+from ..store.base import Lease, LeaseKind
 
 __all__ = ["CREATE_LEASE", "HEARTBEAT", "TURN_LEASE", "Owner", "is_stale", "new_lease"]
 

@@ -1,5 +1,7 @@
-"""Artifacts out of a sandbox: listing them, and downloading them to a host folder within caps.
+"""Downloading a session's artifacts to a host folder, within caps, on the host that writes.
 
+The service lists the entries (refusing unsafe names) and streams each file's bytes; what is
+written where is decided here, by the safe writer, whichever transport carried the bytes.
 Everything the sandbox reports is untrusted: names may be unsafe or not UTF-8, entries may be
 links, FIFOs or devices, and files may change between the listing and the copy (grow, or be
 swapped for a link or a FIFO). Each such artifact is skipped and reported with the reason;
@@ -10,28 +12,24 @@ as a whole (engine down, container gone), ends a download with an error.
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
 
-from ._exceptions import (
+from .._exceptions import (
     FileTooLarge,
     SandboxFileNotFound,
     SandboxPermissionError,
     UnsafeArchive,
 )
-from ._types import ArtifactDownload, ArtifactInfo, SkippedArtifact
-from .sandbox._archive import Caps, SafeWriter, printable, unsafe_key_reason
-from .sandbox.base import FileEntry, Sandbox
+from .._types import ArtifactDownload, ArtifactEntry, SkippedArtifact
+from ..sandbox._archive import Caps, SafeWriter
+from ._transport import Transport
 
-__all__ = ["ARTIFACTS", "DownloadProgress", "download", "listing"]
+__all__ = ["DownloadProgress", "download"]
 
-log: logging.Logger = logging.getLogger("sandbox_sessions")
-
-ARTIFACTS = "/artifacts"
 DownloadProgress = Callable[[str, int, int], object]
 """Called as `(key, files_done, files_total)` after each artifact is written."""
 
@@ -47,58 +45,49 @@ class _Skip(Exception):
         self.reason = reason
 
 
-def listing(entries: Sequence[FileEntry]) -> list[ArtifactInfo]:
-    """The regular files among `entries` whose keys are safe, sorted by key. Unsafe names (not
-    UTF-8, climbing out, too long) are left out and logged as warnings."""
-    found = []
-    for entry in entries:
-        reason = unsafe_key_reason(entry.path)
-        if reason is not None:
-            log.warning("artifact %s skipped: %s", printable(entry.path), reason)
-        elif entry.kind == "file":
-            found.append(ArtifactInfo(key=entry.path, size=entry.size))
-    return sorted(found, key=lambda artifact: artifact.key)
-
-
 async def download(
-    sandbox: Sandbox, destination: Path, *, caps: Caps, progress: DownloadProgress | None
+    transport: Transport, session_id: str, destination: Path, *, caps: Caps,
+    progress: DownloadProgress | None,
 ) -> ArtifactDownload:
-    """Copy every artifact of `sandbox` below `destination`; see `download_artifacts`."""
-    entries = await sandbox.walk(ARTIFACTS)
+    """Copy every artifact of the session below `destination`; see `download_artifacts`."""
+    entries = await transport.artifact_entries(session_id)
     writer = await anyio.to_thread.run_sync(SafeWriter, destination, caps)
     files: list[str] = []
     skipped: list[SkippedArtifact] = []
     total = sum(1 for entry in entries if entry.kind == "file")
     for entry in entries:
         try:
-            await _copy_entry(sandbox, entry, writer)
+            await _copy_entry(transport, session_id, entry, writer)
         except _Skip as skip:
-            skipped.append(SkippedArtifact(key=printable(entry.path), reason=skip.reason))
+            skipped.append(SkippedArtifact(key=entry.key, reason=skip.reason))
             continue
         if entry.kind == "file":
-            files.append(entry.path)
+            files.append(entry.key)
             if progress is not None:
-                progress(entry.path, len(files), total)
+                progress(entry.key, len(files), total)
     return ArtifactDownload(destination=str(writer.destination), files=files,
                             bytes=writer.bytes, skipped=skipped)
 
 
-async def _copy_entry(sandbox: Sandbox, entry: FileEntry, writer: SafeWriter) -> None:
+async def _copy_entry(
+    transport: Transport, session_id: str, entry: ArtifactEntry, writer: SafeWriter
+) -> None:
     """Write one entry (a folder, or a file within the caps left); `_Skip` when it may not."""
-    reason = unsafe_key_reason(entry.path) or _refusal(entry)
+    reason = entry.refused or _refusal(entry)
     if reason is not None:
         raise _Skip(reason)
     try:
         if entry.kind == "dir":
-            await anyio.to_thread.run_sync(writer.mkdir, entry.path)
+            await anyio.to_thread.run_sync(writer.mkdir, entry.key)
             return
         limit = _room_for(entry, writer)
-        await _copy_file(sandbox, entry.path, writer, limit)
+        chunks = transport.read_artifact(session_id, entry.key, max_bytes=limit)
+        await _copy_file(chunks, entry.key, writer, limit)
     except _ONE_ARTIFACT as exc:
         raise _Skip(_reason_of(exc)) from None
 
 
-def _refusal(entry: FileEntry) -> str | None:
+def _refusal(entry: ArtifactEntry) -> str | None:
     if entry.kind == "link":
         return "a link; only regular files and folders are copied out"
     if entry.kind == "other":
@@ -106,7 +95,7 @@ def _refusal(entry: FileEntry) -> str | None:
     return None
 
 
-def _room_for(entry: FileEntry, writer: SafeWriter) -> int:
+def _room_for(entry: ArtifactEntry, writer: SafeWriter) -> int:
     """Bytes this file may take; `_Skip` when its listed size is already over a cap."""
     caps = writer.caps
     if writer.files >= caps.max_files:
@@ -122,20 +111,22 @@ def _room_for(entry: FileEntry, writer: SafeWriter) -> int:
 
 def _reason_of(exc: Exception) -> str:
     if isinstance(exc, SandboxFileNotFound):
-        # The path is ours (`/artifacts/<key>`); what the sandbox found there is the reason.
+        # The path is ours (the key); what the sandbox found there is the reason.
         return str(exc).removeprefix(f"{exc.path}: ")
     if isinstance(exc, SandboxPermissionError):
         return "not readable by the sandbox user"
     return str(exc)
 
 
-async def _copy_file(sandbox: Sandbox, key: str, writer: SafeWriter, limit: int) -> None:
+async def _copy_file(
+    chunks: AsyncIterator[bytes], key: str, writer: SafeWriter, limit: int
+) -> None:
     """Stream `key` into its host file; on any failure remove that file, so none is left
     empty or partial, and re-raise."""
     handle = await anyio.to_thread.run_sync(writer.open, key)
     written = 0
     try:
-        async for chunk in sandbox.stream_file(f"{ARTIFACTS}/{key}", max_bytes=limit):
+        async for chunk in chunks:
             written += len(chunk)
             # The sandbox may send more than it was asked for: the caps are checked here too.
             writer.account(key, written, len(chunk))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from ._types import (
+from .._types import (
     AssistantMessage,
     Event,
     Message,

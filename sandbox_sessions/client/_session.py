@@ -9,37 +9,44 @@ import contextlib
 import inspect
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Self, cast
 
 import anyio
 
-from ._artifacts import DownloadProgress
-from ._conversation import Conversations
-from ._exceptions import FileDecodeError, InvalidArgument, PermissionNotFound
-from ._projection import send_result
-from ._types import (
+from .._exceptions import FileDecodeError, InvalidArgument, PermissionNotFound
+from .._types import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_MAX_READ,
     AgentConfig,
     ArtifactDownload,
     ArtifactInfo,
+    CreateSessionRequest,
     Event,
     FileContent,
     Message,
     Metrics,
+    PermissionAnswerRequest,
     PermissionReply,
     PermissionRequest,
     PermissionRules,
     SandboxOptions,
     SendResult,
     SessionInfo,
+    ShellCommand,
+    ShellOutput,
     ShellResult,
     Todo,
     ToolPart,
+    UpdateSessionRequest,
 )
-from .sandbox._archive import Caps
-from .sandbox.base import OutputCallback
+from .._validation import build, check_bytes, check_text, check_timeout
+from ..sandbox._archive import Caps
+from ..sandbox.base import OutputCallback
+from ..service._projection import send_result
+from ._download import DownloadProgress, download
+from ._transport import Transport
 
 __all__ = [
     "AsyncAgent",
@@ -100,9 +107,8 @@ class AsyncSessionHandle:
     As an async context manager it ends the session on exit.
     """
 
-    def __init__(self, conversations: Conversations, session_id: str) -> None:
-        self._conversations = conversations
-        self._service = conversations.sessions
+    def __init__(self, transport: Transport, session_id: str) -> None:
+        self._transport = transport
         self.id: str = session_id
 
     def __repr__(self) -> str:
@@ -122,11 +128,7 @@ class AsyncSessionHandle:
         """The session's record: id, title, status (`busy` while a turn runs, here or in
         another process), times, container, sandbox options and agent config (with its
         permission rules)."""
-        info = await self._service.get_info(self.id)
-        if info.status == "idle" and (self._conversations.busy(self.id)
-                                      or await self._service.turns.running_elsewhere(self.id)):
-            info = info.model_copy(update={"status": "busy"})
-        return info
+        return await self._transport.get_session(self.id)
 
     async def shell(
         self,
@@ -149,16 +151,25 @@ class AsyncSessionHandle:
         found stopped or paused (the next call starts it again). Cancelling the call kills the
         process group too.
         """
-        return await self._service.shell(self.id, command, timeout=timeout, cwd=cwd, env=env,
-                                         max_output=max_output, on_stdout=on_stdout,
-                                         on_stderr=on_stderr)
+        check_timeout(timeout)  # the same words as the service, before the model's own
+        request = build(ShellCommand, "shell command", command=command, timeout=timeout,
+                        cwd=cwd, env=env or {}, max_output=max_output)
+        feed = {"stdout": on_stdout, "stderr": on_stderr}
+
+        def on_output(output: ShellOutput) -> None:
+            callback = feed[output.stream]
+            if callback is not None:
+                callback(output.text)
+
+        sink = on_output if on_stdout is not None or on_stderr is not None else None
+        return await self._transport.shell(self.id, request, on_output=sink)
 
     async def put_file(self, path: str, content: FileContent, *, mode: int | None = None) -> None:
         """Write `content` (text is UTF-8 encoded) to `path` atomically, making folders.
 
         A relative `path` is taken from the session's workdir.
         """
-        await self._service.put_file(self.id, path, content, mode=mode)
+        await self._transport.put_file(self.id, path, check_bytes(content), mode=mode)
 
     async def get_file(
         self, path: str, *, encoding: str = "utf-8", max_bytes: int = DEFAULT_MAX_READ
@@ -167,7 +178,9 @@ class AsyncSessionHandle:
 
         `FileDecodeError` when it is not valid in `encoding`; otherwise as `get_file_bytes()`.
         """
-        return await self._service.read_text(self.id, path, encoding=encoding, max_bytes=max_bytes)
+        check_text(encoding, "encoding", empty=False)
+        data = await self.get_file_bytes(path, max_bytes=max_bytes)
+        return _decode(data, path, encoding, "get_file_bytes()")
 
     async def get_file_bytes(self, path: str, *, max_bytes: int = DEFAULT_MAX_READ) -> bytes:
         """A regular file's bytes (a relative `path` is taken from the workdir).
@@ -177,7 +190,7 @@ class AsyncSessionHandle:
         through a link: a link (also a link to a folder on the path), a FIFO, a device, a
         socket or a /proc or /sys file raises `SandboxFileNotFound` saying which, at once.
         """
-        return await self._service.read_bytes(self.id, path, max_bytes=max_bytes)
+        return await _joined(self._transport.read_file(self.id, path, max_bytes=max_bytes))
 
     async def list_artifacts(self) -> list[ArtifactInfo]:
         """Every regular file under `/artifacts`, keyed by its path relative to it, sorted.
@@ -185,23 +198,19 @@ class AsyncSessionHandle:
         Entries whose names are unsafe (not valid UTF-8, or climbing out) are left out, each
         reported as a warning on the `sandbox_sessions` logger.
         """
-        return await self._service.list_artifacts(self.id)
+        return await self._transport.list_artifacts(self.id)
 
     async def get_artifact(
         self, key: str, *, encoding: str = "utf-8", max_bytes: int = DEFAULT_MAX_READ
     ) -> str:
         """The text of the artifact `key`; read as `get_file()` reads."""
-        data = await self._service.read_artifact(self.id, key, max_bytes=max_bytes)
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError as exc:
-            raise FileDecodeError(f"artifact {key} is not valid {encoding}") from exc
-        except LookupError as exc:
-            raise InvalidArgument(f"unknown encoding {encoding!r}") from exc
+        check_text(encoding, "encoding", empty=False)
+        data = await self.get_artifact_bytes(key, max_bytes=max_bytes)
+        return _decode(data, f"artifact {key}", encoding, "get_artifact_bytes()")
 
     async def get_artifact_bytes(self, key: str, *, max_bytes: int = DEFAULT_MAX_READ) -> bytes:
         """The bytes of the artifact `key`; read as `get_file_bytes()` reads."""
-        return await self._service.read_artifact(self.id, key, max_bytes=max_bytes)
+        return await _joined(self._transport.read_artifact(self.id, key, max_bytes=max_bytes))
 
     async def download_artifacts(
         self,
@@ -221,9 +230,14 @@ class AsyncSessionHandle:
         called after each file. A destination that is a file, cannot be made or is not
         writable raises `InvalidArgument` before anything is copied.
         """
-        return await self._service.download_artifacts(
-            self.id, destination, caps=caps, progress=progress
-        )
+        if not isinstance(destination, str | os.PathLike):
+            raise InvalidArgument(
+                f"destination must be a path, not {type(destination).__name__}")
+        if caps is not None and not isinstance(caps, Caps):
+            raise InvalidArgument(f"caps must be a Caps, not {type(caps).__name__}")
+        await self._transport.get_session(self.id)  # an unknown or ended session: say so first
+        return await download(self._transport, self.id, Path(destination), caps=caps or Caps(),
+                              progress=progress)
 
     # --- the agent ---------------------------------------------------------------------------
 
@@ -250,19 +264,20 @@ class AsyncSessionHandle:
         """
         callbacks = _Callbacks(on_text, on_reasoning, on_tool_start, on_tool_end,
                                on_permission, on_event)
-        start = await self._conversations.start_turn(self.id, prompt)
+        start = await self._transport.start_turn(self.id, prompt)
+        ended = False
         try:
-            events = self._conversations.subscribe(self.id, after=start.after, strict=True)
+            events = self._transport.events(self.id, after=start.after, strict=True)
             async for event in events:
                 await callbacks.dispatch(self, start.message_id, event)
                 if event.type == "turn-end" and event.message_id == start.message_id:
-                    await start.ended.wait()  # the session is free again when send() returns
-                    turn = await self._conversations.messages(self.id, after=start.after)
+                    ended = True
+                    turn = await self._transport.messages(self.id, after=start.after)
                     return send_result(turn, event)
         finally:
-            if not start.ended.is_set():  # left early (cancelled): abort this turn, not a later one
+            if not ended:  # left early (cancelled): abort this turn, not a later one
                 with anyio.CancelScope(shield=True):
-                    await self._conversations.abort(self.id)
+                    await self._transport.abort(self.id, message_id=start.message_id)
         raise AssertionError("the event log ended")  # pragma: no cover
 
     async def stream(self, prompt: str) -> AsyncIterator[Event]:
@@ -271,25 +286,23 @@ class AsyncSessionHandle:
         Leaving the iteration early does not stop the turn; `abort()` does. If the store
         cannot take the turn's events, `StoreError` is raised (the turn goes on).
         """
-        start = await self._conversations.start_turn(self.id, prompt)
-        events = self._conversations.events.subscribe(self.id, after=start.after, strict=True)
+        start = await self._transport.start_turn(self.id, prompt)
+        events = self._transport.events(self.id, after=start.after, strict=True)
         async for event in events:
-            if event.type == "turn-end" and event.message_id == start.message_id:
-                await start.ended.wait()  # a consumer may send again as soon as it sees this
-                yield event
-                return
             yield event
+            if event.type == "turn-end" and event.message_id == start.message_id:
+                return
 
     async def events(self, *, after: int = 0) -> AsyncIterator[Event]:
         """Every event of the session with seq > `after`, stored then live; never ends by
         itself. Resume after a disconnect with the last seq seen: nothing lost or repeated."""
-        async for event in self._conversations.subscribe(self.id, after=after):
+        async for event in self._transport.events(self.id, after=after):
             yield event
 
     async def abort(self) -> bool:
         """Stop the running turn: its model stream and its tool's process group. Returns once
         the turn has ended (reason `aborted`); False when no turn was running."""
-        return await self._conversations.abort(self.id)
+        return await self._transport.abort(self.id)
 
     async def reply_to_permission(
         self, request_id: str, reply: PermissionReply, *, message: str | None = None
@@ -298,32 +311,34 @@ class AsyncSessionHandle:
         rules) or `reject` (also rejects the session's other pending requests; with a
         `message` the model gets it and the turn goes on, without one the turn ends with
         reason `rejected`). An unknown or answered request raises `PermissionNotFound`."""
-        await self._service.get_info(self.id)
-        self._conversations.reply(self.id, request_id, reply, message)
+        answer = build(PermissionAnswerRequest, "permission reply", reply=reply,
+                       message=message)
+        await self._transport.reply_permission(self.id, request_id, answer)
 
     async def get_messages(self) -> list[Message]:
         """The session's messages with their parts, as the event log projects them."""
-        return await self._conversations.messages(self.id)
+        return await self._transport.messages(self.id)
 
     async def get_metrics(self) -> Metrics:
         """Messages, steps, tool calls, per-tool usage, tokens and cost so far."""
-        return await self._conversations.metrics(self.id)
+        return await self._transport.metrics(self.id)
 
     async def get_todos(self) -> list[Todo]:
         """The agent's todo list, as its last `todowrite` left it."""
-        return await self._conversations.todos(self.id)
+        return await self._transport.todos(self.id)
 
     async def update(
         self, *, title: str | None = None, permissions: PermissionRules | None = None
     ) -> SessionInfo:
         """Change the title or replace the permission rules (to revoke an `always`)."""
-        return await self._conversations.update(self.id, title=title, permissions=permissions)
+        request = build(UpdateSessionRequest, "update", title=title, permissions=permissions)
+        return await self._transport.update_session(self.id, request)
 
 
     async def end(self) -> SessionInfo:
         """Remove the container at once and mark the session ended. Later calls raise
         `SessionEnded`; ending again is a no-op."""
-        return await self._service.end(self.id)
+        return await self._transport.end_session(self.id)
 
 
 class AsyncAgent:
@@ -331,16 +346,30 @@ class AsyncAgent:
     and rules, and the sandbox its sessions run in."""
 
     def __init__(
-        self, conversations: Conversations, name: str, options: SandboxOptions,
-        config: AgentConfig,
+        self, transport: Transport, name: str, options: SandboxOptions, config: AgentConfig,
     ) -> None:
-        self._conversations = conversations
+        self._transport = transport
         self.name: str = name
         self.sandbox: SandboxOptions = options
         self.config: AgentConfig = config
 
     async def create_session(self, *, title: str | None = None) -> AsyncSessionHandle:
         """Create a session and start its container; returns when it takes commands."""
-        info = await self._conversations.sessions.create_session(
-            agent=self.name, title=title, options=self.sandbox, config=self.config)
-        return AsyncSessionHandle(self._conversations, info.id)
+        request = build(CreateSessionRequest, "session", agent=self.name, title=title,
+                        sandbox=self.sandbox, config=self.config)
+        info = await self._transport.create_session(request)
+        return AsyncSessionHandle(self._transport, info.id)
+
+
+async def _joined(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in chunks])
+
+
+def _decode(data: bytes, what: str, encoding: str, instead: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise FileDecodeError(
+            f"{what} is not valid {encoding} (byte {exc.start}); read it with {instead}") from exc
+    except LookupError as exc:
+        raise InvalidArgument(f"unknown encoding {encoding!r}") from exc

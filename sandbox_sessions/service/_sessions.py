@@ -1,26 +1,21 @@
-"""`SessionService`: sessions, their sandboxes and their files, over a store and a backend.
+"""`Sessions`: sessions, their sandboxes and their files, over a store and a backend.
 
-Both transports call this one service: the in-process client directly, the HTTP bridge (later)
-through its routes. It holds no per-caller state beyond live sandbox connections.
+The sandbox side of the `SessionService` facade. It holds no per-caller state beyond live
+sandbox connections.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import posixpath
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
-from ._artifacts import ARTIFACTS, DownloadProgress, download, listing
-from ._eventlog import EventLog
-from ._exceptions import (
-    FileDecodeError,
+from .._exceptions import (
     FileTooLarge,
     InvalidArgument,
     SandboxError,
@@ -30,22 +25,20 @@ from ._exceptions import (
     SessionNotFound,
     StoreError,
 )
-from ._leases import is_stale
-from ._turns import TurnLeases
-from ._types import (
-    DEFAULT_MAX_OUTPUT,
+from .._types import (
     DEFAULT_MAX_READ,
     AgentConfig,
-    ArtifactDownload,
+    ArtifactEntry,
     ArtifactInfo,
-    FileContent,
     SandboxOptions,
     SandboxRestartedEvent,
     SessionInfo,
+    ShellCommand,
+    ShellOutput,
     ShellResult,
     ShellRunEvent,
 )
-from ._validation import (
+from .._validation import (
     check_bytes,
     check_command,
     check_count,
@@ -55,9 +48,15 @@ from ._validation import (
     check_text,
     check_timeout,
 )
-from .sandbox._archive import Caps, printable, unsafe_key_reason
-from .sandbox.base import OutputCallback, RestartCallback, Sandbox, SandboxBackend, ShellRequest
-from .store.base import Lease, Store
+from ..sandbox._archive import printable, unsafe_key_reason
+from ..sandbox.base import OutputCallback, RestartCallback, Sandbox, SandboxBackend, ShellRequest
+from ..store.base import Lease, Store
+from ._artifacts import ARTIFACTS, entries, listing
+from ._eventlog import EventLog
+from ._leases import is_stale
+from ._turn_leases import TurnLeases
+
+OutputSink = Callable[[ShellOutput], object]
 
 log: logging.Logger = logging.getLogger("sandbox_sessions")
 
@@ -74,8 +73,9 @@ def _new_id() -> str:
     return "ses_" + secrets.token_hex(12)
 
 
-class SessionService:
-    """Creates, finds and ends sessions, and runs their shell and file calls."""
+class Sessions:
+    """Creates, finds and ends sessions, and runs their shell and file calls: the sandbox side
+    of `SessionService`."""
 
     def __init__(
         self, store: Store, backend: SandboxBackend, events: EventLog, turns: TurnLeases
@@ -206,34 +206,26 @@ class SessionService:
         return record
 
     async def shell(
-        self,
-        session_id: str,
-        command: str,
-        *,
-        timeout: float | None = None,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-        max_output: int = DEFAULT_MAX_OUTPUT,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
+        self, session_id: str, command: ShellCommand, *, on_output: OutputSink | None = None
     ) -> ShellResult:
-        """Run a command in the session's sandbox; see `Sandbox.shell`.
-
-        `timeout` is a finite number of seconds >= 0 (0 kills the command at once), or None.
-        """
-        timeout = check_timeout(timeout)
-        check_command(command)
-        if cwd is not None:
-            check_path(cwd, "cwd")
-        checked_env = check_env(env)
-        check_count(max_output, "max_output")
+        """Run a command in the session's sandbox; see `Sandbox.shell`. Its output reaches
+        `on_output` as it arrives. `timeout` is a finite number of seconds >= 0 (0 kills the
+        command at once), or None."""
+        timeout = check_timeout(command.timeout)
+        check_command(command.command)
+        if command.cwd is not None:
+            check_path(command.cwd, "cwd")
+        env = check_env(command.env)
+        check_count(command.max_output, "max_output")
         sandbox = await self._sandbox(session_id)
         result = await sandbox.shell(ShellRequest(
-            command=command, timeout=timeout, cwd=cwd, env=checked_env,
-            max_output=max_output, on_stdout=on_stdout, on_stderr=on_stderr))
+            command=command.command, timeout=timeout, cwd=command.cwd, env=env,
+            max_output=command.max_output, on_stdout=_feeder(on_output, "stdout"),
+            on_stderr=_feeder(on_output, "stderr")))
         await self.events.open(session_id)
-        self.events.emit(session_id, ShellRunEvent, command=command, exit_code=result.exit_code,
-                         timed_out=result.timed_out, duration=result.duration)
+        self.events.emit(session_id, ShellRunEvent, command=command.command,
+                         exit_code=result.exit_code, timed_out=result.timed_out,
+                         duration=result.duration)
         return result
 
     async def _absolute(self, session_id: str, path: str) -> str:
@@ -244,86 +236,57 @@ class SessionService:
         return posixpath.normpath(posixpath.join(info.sandbox.workdir, path))
 
     async def put_file(
-        self, session_id: str, path: str, content: FileContent, *, mode: int | None = None
+        self, session_id: str, path: str, content: bytes | AsyncIterable[bytes], *,
+        mode: int | None = None,
     ) -> None:
-        """Write a file (relative paths from the workdir), atomically."""
-        data = check_bytes(content)
+        """Write a file (relative paths from the workdir), atomically; `content` may come as
+        a stream of chunks."""
+        data = content if isinstance(content, AsyncIterable) else check_bytes(content)
         check_mode(mode)
         target = await self._absolute(session_id, path)
         await (await self._sandbox(session_id)).write_file(target, data, mode=mode)
 
-    async def read_bytes(
+    async def read_file(
         self, session_id: str, path: str, *, max_bytes: int = DEFAULT_MAX_READ
-    ) -> bytes:
-        """A regular file's bytes; `FileTooLarge` past `max_bytes`, `SandboxFileNotFound` for
-        a link (at any folder of the path), FIFO, device, socket or /proc-like file."""
+    ) -> AsyncIterator[bytes]:
+        """A regular file's bytes in chunks; `FileTooLarge` past `max_bytes`,
+        `SandboxFileNotFound` for a link (at any folder of the path), FIFO, device, socket or
+        /proc-like file."""
         check_count(max_bytes, "max_bytes")
         target = await self._absolute(session_id, path)
         sandbox = await self._sandbox(session_id)
-        chunks, size = [], 0
+        size = 0
         async for chunk in sandbox.stream_file(target, max_bytes=max_bytes):
             size += len(chunk)
             if size > max_bytes:  # the sandbox is not trusted to keep to the cap
                 raise FileTooLarge(f"{path} is over the cap of {max_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def read_text(
-        self, session_id: str, path: str, *, encoding: str = "utf-8",
-        max_bytes: int = DEFAULT_MAX_READ,
-    ) -> str:
-        """A file's text; `FileDecodeError` when not valid in `encoding`."""
-        check_text(encoding, "encoding", empty=False)
-        data = await self.read_bytes(session_id, path, max_bytes=max_bytes)
-        try:
-            return data.decode(encoding)
-        except UnicodeDecodeError as exc:
-            raise FileDecodeError(
-                f"{path} is not valid {encoding} (byte {exc.start}); read it with get_file_bytes()"
-            ) from exc
-        except LookupError as exc:
-            raise InvalidArgument(f"unknown encoding {encoding!r}") from exc
+            yield chunk
 
     async def list_artifacts(self, session_id: str) -> list[ArtifactInfo]:
         """Regular files under `/artifacts` with safe keys, sorted by key; unsafe names (not
         UTF-8 among them) are left out and logged."""
         return listing(await (await self._sandbox(session_id)).walk(ARTIFACTS))
 
-    def _artifact_path(self, key: str) -> str:
-        reason = unsafe_key_reason(key)
-        if reason is not None:
-            raise InvalidArgument(f"artifact key {printable(key)!r}: {reason}")
-        return f"{ARTIFACTS}/{key}"
+    async def artifact_entries(self, session_id: str) -> list[ArtifactEntry]:
+        """Every entry under `/artifacts`, unsafe names refused (and shown escaped)."""
+        return entries(await (await self._sandbox(session_id)).walk(ARTIFACTS))
 
     async def read_artifact(
         self, session_id: str, key: str, *, max_bytes: int = DEFAULT_MAX_READ
-    ) -> bytes:
+    ) -> AsyncIterator[bytes]:
         """The bytes of the artifact `key`; `InvalidArgument` for an unsafe key."""
+        check_path(key, "artifact key")
+        reason = unsafe_key_reason(key)
+        if reason is not None:
+            raise InvalidArgument(f"artifact key {printable(key)!r}: {reason}")
         try:
-            return await self.read_bytes(session_id, self._artifact_path(key),
-                                         max_bytes=max_bytes)
+            async for chunk in self.read_file(session_id, f"{ARTIFACTS}/{key}",
+                                              max_bytes=max_bytes):
+                yield chunk
         except SandboxFileNotFound as exc:
             if str(exc).endswith(": no such file"):
                 raise SandboxFileNotFound(key, "no such artifact") from None
             raise
-
-    async def download_artifacts(
-        self,
-        session_id: str,
-        destination: str | os.PathLike[str],
-        *,
-        caps: Caps | None = None,
-        progress: DownloadProgress | None = None,
-    ) -> ArtifactDownload:
-        """Copy every artifact into `destination`; see `artifacts.download`."""
-        if not isinstance(destination, str | os.PathLike):
-            raise InvalidArgument(
-                f"destination must be a path, not {type(destination).__name__}")
-        if caps is not None and not isinstance(caps, Caps):
-            raise InvalidArgument(f"caps must be a Caps, not {type(caps).__name__}")
-        sandbox = await self._sandbox(session_id)
-        return await download(sandbox, Path(destination), caps=caps or Caps(),
-                              progress=progress)
 
     async def end(self, session_id: str) -> SessionInfo:
         """Remove the container at once and mark the session ended. Ending twice is a no-op.
@@ -402,3 +365,8 @@ def _check_usable(info: SessionInfo) -> None:
     if info.status == "creating":
         raise SessionBusy(info.id, reason="is still being created")
 
+
+def _feeder(sink: OutputSink | None, stream: Literal["stdout", "stderr"]) -> OutputCallback | None:
+    if sink is None:
+        return None
+    return lambda text: sink(ShellOutput(stream=stream, text=text))

@@ -31,9 +31,9 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pydantic import TypeAdapter, ValidationError
 
-from ._exceptions import StoreError
-from ._types import Event, EventBase
-from .store.base import EventChunk, Store
+from .._exceptions import StoreError
+from .._types import Event, EventBase
+from ..store.base import EventChunk, Store
 
 __all__ = ["CHUNK", "EVENTS", "EventLog"]
 

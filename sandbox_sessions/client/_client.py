@@ -1,6 +1,8 @@
-"""The async client, `AsyncSandboxClient`: the store, the engine, the event log, the agents.
+"""The async client, `AsyncSandboxClient`: agents and sessions, over a transport.
 
 This is the one implementation; `SandboxClient` in `_sync.py` is a blocking facade over it.
+The client opens a transport and hands it to the handles: in-process (the embedded default:
+a `SessionService` over a local store and engine) or, with `base_url`, HTTP.
 """
 
 from __future__ import annotations
@@ -13,24 +15,21 @@ from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
 
 import anyio
-import httpx
 from pydantic import ValidationError
 
-from ._conversation import Conversations
-from ._eventlog import EventLog
-from ._exceptions import InvalidArgument, SandboxSessionsError, StoreError
-from ._service import SessionService
+from .._exceptions import InvalidArgument, SandboxSessionsError
+from .._types import AgentConfig, PermissionRules, SandboxOptions, SessionInfo
+from ..agent._permissions import validate_rules
+from ..agent._pricing import Price
+from ..agent._tools import agent_tools, check_rule_keys
+from ..agent.base import Tool
+from ..providers._scripted import ScriptedProvider
+from ..sandbox.base import SandboxBackend
+from ..service._open import open_service
+from ..service._service import SessionService
+from ..store.base import Store
 from ._session import AsyncAgent, AsyncSessionHandle
-from ._turns import TurnLeases
-from ._types import AgentConfig, PermissionRules, SandboxOptions, SessionInfo
-from .agent._permissions import validate_rules
-from .agent._pricing import DEFAULT_PRICES, Price
-from .agent._tools import agent_tools, check_rule_keys
-from .agent.base import Tool
-from .providers._scripted import ScriptedProvider
-from .sandbox._engine import Engine
-from .sandbox.docker import DockerBackend
-from .store._sqlite import SQLiteStore
+from ._transport import Transport
 
 __all__ = ["AsyncSandboxClient", "SandboxKwargs"]
 
@@ -72,67 +71,47 @@ class AsyncSandboxClient:
         async with AsyncSandboxClient() as client:
             session = await client.agent("build").create_session(title="My Session")
 
-    `store` is the SQLite file (default: `$SANDBOX_SESSIONS_DB`, else the user's state folder).
-    `docker_url` is the engine (default: `$DOCKER_HOST`, else the local socket). With
-    `reap_orphans`, containers left behind by ended sessions or deleted stores are removed at
-    start; an engine that is down then is logged, not raised.
+    Embedded (the default), it runs sessions itself: `store` is a `Store` or the path of a
+    SQLite file (default: `$SANDBOX_SESSIONS_DB`, else the user's state folder); `backend` is a
+    `SandboxBackend` (default: Docker on `docker_url`, else `$DOCKER_HOST` or the local
+    socket). A `Store` passed in is left open; a backend that is an async context manager
+    (such as an unopened `DockerBackend`) is entered with the client and exited with it.
+    With `reap_orphans`, containers left behind by ended sessions or deleted stores are
+    removed at start; an engine that is down then is logged, not raised.
     """
 
     def __init__(
         self,
         *,
-        store: str | os.PathLike[str] | None = None,
+        store: Store | str | os.PathLike[str] | None = None,
+        backend: SandboxBackend | None = None,
         docker_url: str | None = None,
         reap_orphans: bool = True,
         api_keys: Mapping[str, str] | None = None,
         prices: Mapping[str, Price] | None = None,
     ) -> None:
-        self._store_path = store
-        self._docker_url = docker_url
-        self._reap_orphans = reap_orphans
-        self._api_keys = dict(api_keys or {})
-        self._prices = {**DEFAULT_PRICES, **(prices or {})}
-        self._tools: dict[str, Tool] = {}
-        self._conversations: Conversations | None = None
+        self._options: dict[str, Any] = {
+            "store": store, "backend": backend, "docker_url": docker_url,
+            "reap_orphans": reap_orphans, "api_keys": api_keys, "prices": prices}
+        self._transport: Transport | None = None
         self._stack: AsyncExitStack | None = None
 
-    def _opened(self) -> Conversations:
-        if self._conversations is None:
+    def _opened(self) -> Transport:
+        if self._transport is None:
             raise InvalidArgument("the client is not open: use `async with AsyncSandboxClient()`")
-        return self._conversations
+        return self._transport
 
     @property
     def service(self) -> SessionService:
-        return self._opened().sessions
+        """The embedded service (in-process only): its store, backend and sandboxes."""
+        transport = self._opened()
+        if not isinstance(transport, SessionService):
+            raise InvalidArgument("this client talks to a server: it has no embedded service")
+        return transport
 
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
-            store = await anyio.to_thread.run_sync(SQLiteStore, self._store_path)
-            stack.push_async_callback(store.aclose)
-            engine = Engine(self._docker_url)
-            stack.callback(engine.close)  # after the task group: no call uses it any more
-            task_group = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(task_group.cancel_scope.cancel)  # stops the helper readers
-            http = await stack.enter_async_context(httpx.AsyncClient(timeout=httpx.Timeout(
-                600, connect=10)))
-            events = EventLog(store, task_group)
-            stack.push_async_callback(_flush_quietly, events)  # last events on disk first
-            turns = TurnLeases(store, events, task_group)
-            stack.push_async_callback(turns.aclose)
-            backend = DockerBackend(engine, task_group=task_group)
-            service = SessionService(store, backend, events, turns)
-            stack.push_async_callback(service.aclose)
-            self._conversations = conversations = Conversations(
-                service, events, task_group, prices=self._prices, api_keys=self._api_keys,
-                http=http, extra_tools=self._tools)
-            stack.push_async_callback(conversations.aclose)  # first: turns end while all runs
-            if self._reap_orphans:
-                try:
-                    await self.gc()
-                except SandboxSessionsError as exc:
-                    # The text only: a record that kept `exc` would keep its traceback's
-                    # frames (and docker-py's unclosed socket) alive in any handler.
-                    log.warning("orphan reaping skipped: %s", str(exc))
+            self._transport = await stack.enter_async_context(open_service(**self._options))
             self._stack = stack.pop_all()
         return self
 
@@ -150,7 +129,7 @@ class AsyncSandboxClient:
         Never raises anything but a `SandboxSessionsError` (or the caller's cancellation).
         Call it from the task that opened the client (`async with` does).
         """
-        stack, self._stack, self._conversations = self._stack, None, None
+        stack, self._stack, self._transport = self._stack, None, None
         if stack is None:
             return
         try:
@@ -186,9 +165,13 @@ class AsyncSandboxClient:
         a permission rule whose top-level key is not `"*"`, a built-in tool or one of the
         agent's tools raise `InvalidArgument`. `Tool` objects are registered on the client by
         name, for every session this client runs (register them again in a new process)."""
-        conversations = self._opened()
+        transport = self._opened()
+        registered = transport.tools if isinstance(transport, SessionService) else {}
         chosen = tools if tools is not None else (config or AgentConfig()).tools
-        names, custom = agent_tools(chosen, registered=self._tools)
+        names, custom = agent_tools(chosen, registered=registered)
+        if custom and not isinstance(transport, SessionService):
+            raise InvalidArgument("custom Tool objects run in this process: they need the "
+                                  "embedded client, not a server")
         overrides = {"model": model, "system": system, "tools": names,
                      "permissions": permissions, "script": script}
         agent_config = _validated(AgentConfig, config or AgentConfig(), overrides, "agent")
@@ -198,8 +181,9 @@ class AsyncSandboxClient:
         if agent_config.script is not None:
             ScriptedProvider(agent_config.script)  # a malformed script fails here, not later
         options_checked = sandbox_options(sandbox, options)
-        self._tools.update(custom)  # the live registry `Conversations` looks tools up in
-        return AsyncAgent(conversations, name, options_checked, agent_config)
+        if isinstance(transport, SessionService):
+            transport.register_tools(custom)
+        return AsyncAgent(transport, name, options_checked, agent_config)
 
     def session(self, session_id: str) -> AsyncSessionHandle:
         """A handle on an existing session by id. No I/O until it is used; an unknown id then
@@ -210,18 +194,13 @@ class AsyncSandboxClient:
         """The usable sessions of this store, newest first; with `include_ended`, every
         record, ended ones and ones still being created (`creating`) included. Turns left open
         by a process that died are closed first."""
-        return await self.service.list_sessions(include_ended=include_ended)
+        return await self._opened().list_sessions(include_ended=include_ended)
 
     async def gc(self) -> list[str]:
-        """Remove orphaned containers (see `SessionService.reap_orphans`); returns their ids."""
-        return await self.service.reap_orphans()
-
-
-async def _flush_quietly(events: EventLog) -> None:
-    try:
-        await events.flush()
-    except StoreError as exc:  # nothing more to do about it: say so, and close
-        log.error("closing with events not stored: %s", exc)
+        """Remove orphaned containers: of this store, those whose session is ended, unknown,
+        or was being created by a process that is gone; and those of deleted stores. A live or
+        starting session's container is never removed. Returns their ids."""
+        return await self._opened().gc()
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -22,11 +22,8 @@ from dataclasses import replace
 import anyio
 import anyio.abc
 
-from ._eventlog import EventLog
-from ._exceptions import SessionBusy, StoreError
-from ._leases import HEARTBEAT, TURN_LEASE, Owner, is_stale, new_lease
-from ._projection import project
-from ._types import (
+from .._exceptions import SessionBusy, StoreError
+from .._types import (
     AssistantMessage,
     MessageUpdatedEvent,
     SessionStatusEvent,
@@ -36,7 +33,10 @@ from ._types import (
     ToolPart,
     TurnEndEvent,
 )
-from .store.base import Lease, Store
+from ..store.base import Lease, Store
+from ._eventlog import EventLog
+from ._leases import HEARTBEAT, TURN_LEASE, Owner, is_stale, new_lease
+from ._projection import project
 
 __all__ = ["INTERRUPTED", "Hold", "TurnLeases"]
 
