@@ -27,7 +27,16 @@ if tried again unchanged. Each class also subclasses the nearest builtin, so
     │   └── ProtocolError          (RuntimeError)      protocol_error
     ├── ProviderError              (RuntimeError)      provider_error        (per call)
     ├── ToolError                  (ValueError)        tool_error
-    └── StoreError                 (RuntimeError)      store_error
+    ├── StoreError                 (RuntimeError)      store_error           (per call)
+    └── BridgeError                                    bridge_error
+        ├── BridgeUnavailable      (ConnectionError)   bridge_unavailable    retryable
+        ├── Unauthorized           (PermissionError)   unauthorized
+        ├── RequestRefused         (PermissionError)   request_refused
+        └── RequestTooLarge        (ValueError)        request_too_large
+
+Across HTTP, an error travels as `{"error": {"code", "message", "retryable"}}` with a real HTTP
+status (`to_wire`, `HTTP_STATUS`), and the HTTP transport raises the class of that `code`
+again (`from_wire`): the same classes whichever transport carried the call.
 
 `docker`, `requests` and `sqlite3` errors are wrapped where they are caught, with the original
 as `__cause__`; none of them reaches the user.
@@ -43,6 +52,9 @@ with `timed_out=True`.
 from __future__ import annotations
 
 __all__ = [
+    "HTTP_STATUS",
+    "BridgeError",
+    "BridgeUnavailable",
     "ContainerDied",
     "ContainerGone",
     "FileDecodeError",
@@ -54,6 +66,8 @@ __all__ = [
     "PermissionNotFound",
     "ProtocolError",
     "ProviderError",
+    "RequestRefused",
+    "RequestTooLarge",
     "SandboxError",
     "SandboxFileNotFound",
     "SandboxPermissionError",
@@ -65,7 +79,10 @@ __all__ = [
     "SessionNotFound",
     "StoreError",
     "ToolError",
+    "Unauthorized",
     "UnsafeArchive",
+    "from_wire",
+    "to_wire",
 ]
 
 
@@ -264,3 +281,91 @@ class StoreError(SandboxSessionsError, RuntimeError):
     """The session store could not be read or written."""
 
     code = "store_error"
+
+
+class BridgeError(SandboxSessionsError):
+    """Base of the errors of the HTTP bridge itself (not of the call it carried)."""
+
+    code = "bridge_error"
+
+
+class BridgeUnavailable(BridgeError, ConnectionError):
+    """The server does not answer, or the connection broke before the call completed."""
+
+    code = "bridge_unavailable"
+    retryable = True
+
+
+class Unauthorized(BridgeError, PermissionError):
+    """The request carried no bearer token, or the wrong one."""
+
+    code = "unauthorized"
+
+
+class RequestRefused(BridgeError, PermissionError):
+    """The server refused the request as it came: a foreign `Host` or `Origin`."""
+
+    code = "request_refused"
+
+
+class RequestTooLarge(BridgeError, ValueError):
+    """A request body over the server's cap; nothing of it was read or changed."""
+
+    code = "request_too_large"
+
+
+def _tree(base: type[SandboxSessionsError]) -> list[type[SandboxSessionsError]]:
+    return [base, *(cls for sub in base.__subclasses__() for cls in _tree(sub))]
+
+
+_BY_CODE: dict[str, type[SandboxSessionsError]] = {cls.code: cls for cls in _tree(
+    SandboxSessionsError)}
+
+HTTP_STATUS: dict[str, int] = {
+    "invalid_argument": 400, "tool_error": 400, "unsafe_archive": 400,
+    "file_not_text": 400, "unauthorized": 401, "request_refused": 403,
+    "permission_denied": 403, "session_not_found": 404, "permission_not_found": 404,
+    "file_not_found": 404, "image_not_found": 404, "session_ended": 409, "session_busy": 409,
+    "container_gone": 410, "container_died": 410, "file_too_large": 413,
+    "request_too_large": 413, "sandbox_unavailable": 503, "store_error": 503,
+    "bridge_unavailable": 503, "provider_error": 502, "operation_timeout": 504,
+}
+"""The HTTP status of each error code; any other code is a 500."""
+
+
+_DETAILS = ("session_id", "request_id", "path", "reason", "status")
+"""Attributes some errors carry beside their message; they cross HTTP under `details`."""
+
+
+def to_wire(error: SandboxSessionsError) -> dict[str, dict[str, object]]:
+    """The error as it crosses HTTP: `{"error": {"code", "message", "retryable"}}`, with
+    `details` when the error carries any (`session_id`, `reason`, ...)."""
+    body: dict[str, object] = {"code": error.code, "message": error.message,
+                               "retryable": error.retryable}
+    details = {name: getattr(error, name) for name in _DETAILS
+               if isinstance(getattr(error, name, None), str | int)}
+    if details:
+        body["details"] = details
+    return {"error": body}
+
+
+def from_wire(body: object, *, status: int) -> SandboxSessionsError:
+    """The error an HTTP error body stands for, of the class its `code` names (a body that
+    is not ours gives a `BridgeError` saying what came)."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+        return BridgeError(f"the server answered {status} without an error of ours: "
+                           f"{str(body)[:200]}")
+    message = str(error.get("message", ""))
+    kind = _BY_CODE.get(error["code"], SandboxSessionsError)
+    made = kind.__new__(kind)  # not __init__: subclasses take their own arguments
+    Exception.__init__(made, message)
+    made.message = message
+    made.code = error["code"]
+    made.retryable = bool(error.get("retryable", kind.retryable))
+    details = error.get("details")
+    for name in _DETAILS:
+        value = details.get(name) if isinstance(details, dict) else None
+        if isinstance(value, str | int):
+            setattr(made, name, value)
+    return made

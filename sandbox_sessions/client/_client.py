@@ -18,6 +18,7 @@ import anyio
 from pydantic import ValidationError
 
 from .._exceptions import InvalidArgument, SandboxSessionsError
+from .._tokens import default_token_path, load_token
 from .._types import AgentConfig, PermissionRules, SandboxOptions, SessionInfo
 from ..agent._permissions import validate_rules
 from ..agent._pricing import Price
@@ -28,6 +29,7 @@ from ..sandbox.base import SandboxBackend
 from ..service._open import open_service
 from ..service._service import SessionService
 from ..store.base import Store
+from ._http import HTTPTransport
 from ._session import AsyncAgent, AsyncSessionHandle
 from ._transport import Transport
 
@@ -71,7 +73,11 @@ class AsyncSandboxClient:
         async with AsyncSandboxClient() as client:
             session = await client.agent("build").create_session(title="My Session")
 
-    Embedded (the default), it runs sessions itself: `store` is a `Store` or the path of a
+    With `base_url` (default: `$SANDBOX_SESSIONS_URL`), it talks to a `sandbox-sessions serve`
+    bridge with the bearer `token` (default: `$SANDBOX_SESSIONS_TOKEN`, else the server's
+    token file): every call, result and error is the same as embedded, but custom `Tool`
+    objects (which run in this process) are refused. Embedded (the default), it runs sessions
+    itself: `store` is a `Store` or the path of a
     SQLite file (default: `$SANDBOX_SESSIONS_DB`, else the user's state folder); `backend` is a
     `SandboxBackend` (default: Docker on `docker_url`, else `$DOCKER_HOST` or the local
     socket). A `Store` passed in is left open; a backend that is an async context manager
@@ -83,6 +89,8 @@ class AsyncSandboxClient:
     def __init__(
         self,
         *,
+        base_url: str | None = None,
+        token: str | None = None,
         store: Store | str | os.PathLike[str] | None = None,
         backend: SandboxBackend | None = None,
         docker_url: str | None = None,
@@ -90,6 +98,9 @@ class AsyncSandboxClient:
         api_keys: Mapping[str, str] | None = None,
         prices: Mapping[str, Price] | None = None,
     ) -> None:
+        self._base_url = base_url if base_url is not None else os.environ.get(
+            "SANDBOX_SESSIONS_URL") or None
+        self._token = token
         self._options: dict[str, Any] = {
             "store": store, "backend": backend, "docker_url": docker_url,
             "reap_orphans": reap_orphans, "api_keys": api_keys, "prices": prices}
@@ -111,9 +122,20 @@ class AsyncSandboxClient:
 
     async def __aenter__(self) -> Self:
         async with AsyncExitStack() as stack:
-            self._transport = await stack.enter_async_context(open_service(**self._options))
+            if self._base_url is None:
+                self._transport = await stack.enter_async_context(open_service(**self._options))
+            else:
+                transport = HTTPTransport(self._base_url, self._bridge_token())
+                stack.push_async_callback(transport.aclose)
+                self._transport = transport
             self._stack = stack.pop_all()
         return self
+
+    def _bridge_token(self) -> str:
+        if self._token is not None:
+            return self._token
+        return os.environ.get("SANDBOX_SESSIONS_TOKEN") or load_token(
+            default_token_path(), create=False)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,

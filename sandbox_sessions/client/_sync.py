@@ -239,6 +239,8 @@ class SandboxClient:
     def __init__(
         self,
         *,
+        base_url: str | None = None,
+        token: str | None = None,
         store: Store | str | os.PathLike[str] | None = None,
         backend: SandboxBackend | None = None,
         docker_url: str | None = None,
@@ -247,8 +249,8 @@ class SandboxClient:
         prices: Mapping[str, Price] | None = None,
     ) -> None:
         self._async = AsyncSandboxClient(
-            store=store, backend=backend, docker_url=docker_url, reap_orphans=reap_orphans,
-            api_keys=api_keys, prices=prices,
+            base_url=base_url, token=token, store=store, backend=backend,
+            docker_url=docker_url, reap_orphans=reap_orphans, api_keys=api_keys, prices=prices,
         )
         self._stack: ExitStack | None = None
         self._portal: BlockingPortal | None = None

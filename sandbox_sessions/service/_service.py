@@ -183,5 +183,9 @@ class SessionService:
         """See `Transport.todos`."""
         return await self._turns.todos(session_id)
 
+    async def abort_all(self) -> None:
+        """Abort every turn running in this process; each stores its `turn-end` first."""
+        await self._turns.aclose()
+
     async def aclose(self) -> None:
         """Nothing to do: `open_service` closes what it opened."""

@@ -1,0 +1,252 @@
+"""The bridge's ASGI app: REST and SSE over one `SessionService`, a thin adapter.
+
+Every route calls one method of the facade with the same pydantic models the in-process
+transport uses, so the OpenAPI document (`GET /openapi.json`) describes exactly what the HTTP
+transport sends and receives. Errors are our error body with a real status (see
+`_exceptions.HTTP_STATUS`); the `Guard` in front refuses foreign hosts and origins, missing
+tokens and oversized bodies before a route runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from .._exceptions import InvalidArgument, SandboxSessionsError
+from .._types import (
+    ArtifactEntry,
+    ArtifactInfo,
+    CreateSessionRequest,
+    Message,
+    Metrics,
+    PermissionAnswerRequest,
+    SendResult,
+    SessionInfo,
+    ShellCommand,
+    Todo,
+    TurnRequest,
+    TurnStarted,
+    UpdateSessionRequest,
+)
+from ..service._projection import send_result
+from ..service._service import SessionService
+from ._config import ServerConfig
+from ._guard import Guard
+from ._streams import NDJSON, ByteStream, CommandStream, EventStream, error_response
+
+__all__ = ["Bridge", "create_app"]
+
+log: logging.Logger = logging.getLogger("sandbox_sessions.server")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {"description": 'Our error: `{"error": {"code", "message", "retryable"}}`'},
+    "5XX": {"description": 'Our error: `{"error": {"code", "message", "retryable"}}`'},
+}
+STREAMED = {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                 "format": "binary"}}}}
+Path = Annotated[str, Query(min_length=1, description="A path in the sandbox (relative ones "
+                                                      "from the workdir).")]
+MaxBytes = Annotated[int, Query(ge=0, description="Refuse a file larger than this.")]
+
+
+class Bridge:
+    """The routes' shared state: the service, the settings, and the shutdown signal."""
+
+    def __init__(self, service: SessionService, config: ServerConfig) -> None:
+        self.service = service
+        self.config = config
+        self.closing = anyio.Event()
+        """Set when the server shuts down: event streams end."""
+
+
+def create_app(service: SessionService, config: ServerConfig) -> tuple[Guard, Bridge]:
+    """The ASGI app serving `service` (wrapped in its `Guard`), and its shared state."""
+    bridge = Bridge(service, config)
+    app = FastAPI(title="sandbox_sessions bridge", version="1", responses=ERRORS,
+                  openapi_url="/openapi.json", docs_url=None, redoc_url=None)
+    app.add_exception_handler(SandboxSessionsError, _our_error)
+    app.add_exception_handler(RequestValidationError, _bad_request)
+    _session_routes(app, bridge)
+    _sandbox_routes(app, bridge)
+    _turn_routes(app, bridge)
+    _event_routes(app, bridge)
+    return Guard(app, config), bridge
+
+
+async def _our_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SandboxSessionsError)
+    return error_response(exc)
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+                         for item in exc.errors())
+    return error_response(InvalidArgument(f"invalid request: {problems}"))
+
+
+def _session_routes(app: FastAPI, bridge: Bridge) -> None:
+    service = bridge.service
+
+    @app.post("/sessions", status_code=201, tags=["sessions"])
+    async def create_session(request: CreateSessionRequest) -> SessionInfo:
+        """Create a session and start its container."""
+        return await service.create_session(request)
+
+    @app.get("/sessions", tags=["sessions"])
+    async def list_sessions(include_ended: bool = False) -> list[SessionInfo]:
+        """Usable sessions, newest first (`include_ended`: every record)."""
+        return await service.list_sessions(include_ended=include_ended)
+
+    @app.get("/sessions/{session_id}", tags=["sessions"])
+    async def get_session(session_id: str) -> SessionInfo:
+        """The session's record (`busy` while a turn runs)."""
+        return await service.get_session(session_id)
+
+    @app.patch("/sessions/{session_id}", tags=["sessions"])
+    async def update_session(session_id: str, request: UpdateSessionRequest) -> SessionInfo:
+        """Change the title or the permission rules."""
+        return await service.update_session(session_id, request)
+
+    @app.delete("/sessions/{session_id}", tags=["sessions"])
+    async def end_session(session_id: str) -> SessionInfo:
+        """End the session: its container is removed."""
+        return await service.end_session(session_id)
+
+    @app.post("/gc", tags=["sessions"])
+    async def gc() -> list[str]:
+        """Remove orphaned containers; their ids."""
+        return await service.gc()
+
+
+def _sandbox_routes(app: FastAPI, bridge: Bridge) -> None:
+    service = bridge.service
+
+    @app.post("/sessions/{session_id}/shell", tags=["sandbox"], response_class=CommandStream,
+              responses={200: {"content": {NDJSON: {"schema": {
+                  "$ref": "#/components/schemas/ShellChunk"}}},
+                  "description": "NDJSON: output lines as they come, then one result line "
+                                 "(or an error line)"}})
+    async def shell(session_id: str, command: ShellCommand) -> CommandStream:
+        """Run a command; its output streams as it comes. Leaving kills it."""
+        return CommandStream(lambda sink: service.shell(session_id, command, on_output=sink))
+
+    @app.put("/sessions/{session_id}/files", status_code=204, tags=["sandbox"],
+             openapi_extra={"requestBody": {"required": True, "content": STREAMED["content"]}})
+    async def put_file(session_id: str, path: Path, request: Request,
+                       mode: Annotated[int | None, Query(ge=0, le=0o7777)] = None) -> None:
+        """Write a file atomically from the streamed body."""
+        await service.put_file(session_id, path, request.stream(), mode=mode)
+
+    @app.get("/sessions/{session_id}/files", tags=["sandbox"], response_class=ByteStream,
+             responses={200: STREAMED})
+    async def read_file(session_id: str, path: Path, max_bytes: MaxBytes) -> ByteStream:
+        """A regular file's bytes, streamed."""
+        return ByteStream(service.read_file(session_id, path, max_bytes=max_bytes))
+
+    @app.get("/sessions/{session_id}/artifacts", tags=["sandbox"])
+    async def list_artifacts(session_id: str) -> list[ArtifactInfo]:
+        """The regular files under `/artifacts`."""
+        return await service.list_artifacts(session_id)
+
+    @app.get("/sessions/{session_id}/artifact-entries", tags=["sandbox"])
+    async def artifact_entries(session_id: str) -> list[ArtifactEntry]:
+        """Every entry under `/artifacts`, for a download."""
+        return await service.artifact_entries(session_id)
+
+    @app.get("/sessions/{session_id}/artifacts/{key:path}", tags=["sandbox"],
+             response_class=ByteStream, responses={200: STREAMED})
+    async def read_artifact(session_id: str, key: str, max_bytes: MaxBytes) -> ByteStream:
+        """An artifact's bytes, streamed."""
+        return ByteStream(service.read_artifact(session_id, key, max_bytes=max_bytes))
+
+
+def _turn_routes(app: FastAPI, bridge: Bridge) -> None:
+    service = bridge.service
+
+    @app.post("/sessions/{session_id}/turns", status_code=202, tags=["turns"])
+    async def start_turn(session_id: str, request: TurnRequest) -> TurnStarted:
+        """Start a turn in the background; follow it on the event stream."""
+        return await service.start_turn(session_id, request.prompt)
+
+    @app.post("/sessions/{session_id}/send", tags=["turns"])
+    async def send(session_id: str, request: TurnRequest) -> SendResult:
+        """Run a turn and answer once it ended. Permission requests wait for a reply on
+        `/permissions/{request_id}` (or the session's timeout policy)."""
+        start = await service.start_turn(session_id, request.prompt)
+        async for event in service.events(session_id, after=start.after, strict=True):
+            if event.type == "turn-end" and event.message_id == start.message_id:
+                return send_result(await service.messages(session_id, after=start.after), event)
+        raise AssertionError("the event log ended")  # pragma: no cover
+
+    @app.post("/sessions/{session_id}/abort", tags=["turns"])
+    async def abort(session_id: str, message_id: str | None = None) -> bool:
+        """Stop the running turn (only that of `message_id`, when given); whether one ran."""
+        return await service.abort(session_id, message_id=message_id)
+
+    @app.post("/sessions/{session_id}/permissions/{request_id}", status_code=204,
+              tags=["turns"])
+    async def reply_permission(session_id: str, request_id: str,
+                               answer: PermissionAnswerRequest) -> None:
+        """Answer a pending permission request: once, always or reject."""
+        await service.reply_permission(session_id, request_id, answer)
+
+    @app.get("/sessions/{session_id}/messages", tags=["turns"])
+    async def messages(session_id: str, after: Annotated[int, Query(ge=0)] = 0
+                       ) -> list[Message]:
+        """The session's messages (with `after`, those created after that seq)."""
+        return await service.messages(session_id, after=after)
+
+    @app.get("/sessions/{session_id}/metrics", tags=["turns"])
+    async def metrics(session_id: str) -> Metrics:
+        """Messages, steps, tool calls, tokens and cost so far."""
+        return await service.metrics(session_id)
+
+    @app.get("/sessions/{session_id}/todos", tags=["turns"])
+    async def todos(session_id: str) -> list[Todo]:
+        """The agent's todo list."""
+        return await service.todos(session_id)
+
+
+def _event_routes(app: FastAPI, bridge: Bridge) -> None:
+    service = bridge.service
+    sse: dict[int | str, dict[str, Any]] = {200: {
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "SSE: `id:` the event's seq, `event:` its type, `data:` the Event as JSON"}}
+
+    @app.get("/sessions/{session_id}/events", tags=["events"], response_class=EventStream,
+             responses=sse)
+    async def events(
+        session_id: str,
+        after: Annotated[int | None, Query(ge=0)] = None,
+        strict: bool = False,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> EventStream:
+        """The session's events after `after` (or `Last-Event-ID`), stored then live; from
+        its start with neither."""
+        start = _cursor(last_event_id) if after is None else after
+        return EventStream(_session_events(service, session_id, start, strict),
+                           heartbeat=bridge.config.heartbeat, closing=bridge.closing)
+
+
+def _cursor(value: str | None) -> int:
+    if value is None or not value.strip():
+        return 0
+    if not value.strip().isdigit():
+        raise InvalidArgument(f"Last-Event-ID {value[:40]!r} is not a seq")
+    return int(value)
+
+
+async def _session_events(service: SessionService, session_id: str, after: int,
+                          strict: bool) -> AsyncIterator[tuple[str, str, str]]:
+    await service.get_session(session_id)
+    yield "", "ready", ""
+    async for event in service.events(session_id, after=after, strict=strict):
+        yield str(event.seq), event.type, event.model_dump_json()
+
