@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from bridge import BridgeServer
 from servers import CannedServer
 
 from sandbox_sessions import DEFAULT_IMAGE, AsyncSandboxClient, SandboxClient
@@ -73,13 +74,56 @@ def store_path(tmp_path: Path) -> Path:
     return tmp_path / "sessions.db"
 
 
+CONFORMANCE = frozenset({
+    "test_session_api", "test_agent", "test_agent_permissions", "test_agent_lifecycle",
+    "test_api_validation", "test_bad_input", "test_bounded_reads", "test_tool_links",
+    "test_restarts", "test_deadlines",
+})
+"""The session API suites: each of their tests runs once per transport, in-process and over
+HTTP against a real bridge on a loopback port (the `transport` fixture)."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if "transport" in metafunc.fixturenames:
+        kinds = ["inprocess", "http"] if module in CONFORMANCE else ["inprocess"]
+        metafunc.parametrize("transport", kinds, scope="function")
+
+
 @pytest.fixture
-async def client(store_path: Path) -> AsyncIterator[AsyncSandboxClient]:
-    async with AsyncSandboxClient(store=store_path) as opened:
+def bridge(transport: str, store_path: Path) -> Iterator[BridgeServer | None]:
+    """A real bridge over the test's store when the transport is `http`, else None."""
+    if transport != "http":
+        yield None
+        return
+    with BridgeServer(store_path) as server:
+        yield server
+
+
+def _client_options(bridge: BridgeServer | None, store_path: Path) -> dict[str, object]:
+    if bridge is None:
+        return {"store": store_path}
+    return {"base_url": bridge.url, "token": bridge.token}
+
+
+@pytest.fixture
+async def client(
+    bridge: BridgeServer | None, store_path: Path
+) -> AsyncIterator[AsyncSandboxClient]:
+    """The client of the session API tests: embedded, or over HTTP (see `CONFORMANCE`)."""
+    async with AsyncSandboxClient(**_client_options(bridge, store_path)) as opened:  # type: ignore[arg-type]
         yield opened
 
 
 @pytest.fixture
-def sync_client(store_path: Path) -> Iterator[SandboxClient]:
-    with SandboxClient(store=store_path) as opened:
+def sync_client(bridge: BridgeServer | None, store_path: Path) -> Iterator[SandboxClient]:
+    """The blocking twin of `client`, over the same transport."""
+    with SandboxClient(**_client_options(bridge, store_path)) as opened:  # type: ignore[arg-type]
+        yield opened
+
+
+@pytest.fixture
+async def embedded_client(store_path: Path) -> AsyncIterator[AsyncSandboxClient]:
+    """An in-process client, for tests that look behind the API (the service, the backend)."""
+    async with AsyncSandboxClient(store=store_path) as opened:
         yield opened

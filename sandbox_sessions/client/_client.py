@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from .._exceptions import InvalidArgument, SandboxSessionsError
 from .._tokens import default_token_path, load_token
 from .._types import AgentConfig, PermissionRules, SandboxOptions, SessionInfo
+from .._validation import check_text
 from ..agent._permissions import validate_rules
 from ..agent._pricing import Price
 from ..agent._tools import agent_tools, check_rule_keys
@@ -210,6 +211,7 @@ class AsyncSandboxClient:
     def session(self, session_id: str) -> AsyncSessionHandle:
         """A handle on an existing session by id. No I/O until it is used; an unknown id then
         raises `SessionNotFound`."""
+        check_text(session_id, "session id", empty=False)
         return AsyncSessionHandle(self._opened(), session_id)
 
     async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:

@@ -285,10 +285,22 @@ async def _lines(response: httpx.Response) -> AsyncIterator[str]:
 
 
 def _chunk(line: str) -> ShellChunk:
-    body = json.loads(line) if line.startswith('{"type":"error"') else None
-    if body is not None:
-        raise from_wire(body, status=500)
-    return _parse(_CHUNK, line.encode())
+    try:
+        return _CHUNK.validate_json(line)
+    except ValidationError:
+        body = _error_line(line)
+        if body is None:
+            raise ProtocolError(f"the bridge sent a line we cannot read: {line[:200]!r}"
+                                ) from None
+        raise from_wire(body, status=500) from None
+
+
+def _error_line(line: str) -> dict[str, Any] | None:
+    try:
+        body = json.loads(line)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) and body.get("type") == "error" else None
 
 
 def _error(status: int, content: bytes) -> SandboxSessionsError:

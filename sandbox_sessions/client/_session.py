@@ -41,8 +41,16 @@ from .._types import (
     ToolPart,
     UpdateSessionRequest,
 )
-from .._validation import build, check_bytes, check_text, check_timeout
-from ..sandbox._archive import Caps
+from .._validation import (
+    build,
+    check_bytes,
+    check_count,
+    check_mode,
+    check_path,
+    check_text,
+    check_timeout,
+)
+from ..sandbox._archive import Caps, printable, unsafe_key_reason
 from ..sandbox.base import OutputCallback
 from ..service._projection import send_result
 from ._download import DownloadProgress, download
@@ -169,6 +177,8 @@ class AsyncSessionHandle:
 
         A relative `path` is taken from the session's workdir.
         """
+        check_path(path)
+        check_mode(mode)
         await self._transport.put_file(self.id, path, check_bytes(content), mode=mode)
 
     async def get_file(
@@ -190,6 +200,8 @@ class AsyncSessionHandle:
         through a link: a link (also a link to a folder on the path), a FIFO, a device, a
         socket or a /proc or /sys file raises `SandboxFileNotFound` saying which, at once.
         """
+        check_path(path)
+        check_count(max_bytes, "max_bytes")
         return await _joined(self._transport.read_file(self.id, path, max_bytes=max_bytes))
 
     async def list_artifacts(self) -> list[ArtifactInfo]:
@@ -210,6 +222,11 @@ class AsyncSessionHandle:
 
     async def get_artifact_bytes(self, key: str, *, max_bytes: int = DEFAULT_MAX_READ) -> bytes:
         """The bytes of the artifact `key`; read as `get_file_bytes()` reads."""
+        check_path(key, "artifact key")
+        reason = unsafe_key_reason(key)
+        if reason is not None:
+            raise InvalidArgument(f"artifact key {printable(key)!r}: {reason}")
+        check_count(max_bytes, "max_bytes")
         return await _joined(self._transport.read_artifact(self.id, key, max_bytes=max_bytes))
 
     async def download_artifacts(
@@ -311,6 +328,7 @@ class AsyncSessionHandle:
         rules) or `reject` (also rejects the session's other pending requests; with a
         `message` the model gets it and the turn goes on, without one the turn ends with
         reason `rejected`). An unknown or answered request raises `PermissionNotFound`."""
+        check_text(request_id, "request id")
         answer = build(PermissionAnswerRequest, "permission reply", reply=reply,
                        message=message)
         await self._transport.reply_permission(self.id, request_id, answer)
