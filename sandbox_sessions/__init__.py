@@ -8,6 +8,8 @@
 """
 
 from ._exceptions import (
+    BridgeError,
+    BridgeUnavailable,
     ContainerDied,
     ContainerGone,
     FileDecodeError,
@@ -19,6 +21,8 @@ from ._exceptions import (
     PermissionNotFound,
     ProtocolError,
     ProviderError,
+    RequestRefused,
+    RequestTooLarge,
     SandboxError,
     SandboxFileNotFound,
     SandboxPermissionError,
@@ -30,6 +34,7 @@ from ._exceptions import (
     SessionNotFound,
     StoreError,
     ToolError,
+    Unauthorized,
     UnsafeArchive,
 )
 from ._types import (
@@ -105,6 +110,8 @@ __all__ = [
     "AsyncAgent",
     "AsyncSandboxClient",
     "AsyncSessionHandle",
+    "BridgeError",
+    "BridgeUnavailable",
     "Caps",
     "CompactionPart",
     "ContainerDied",
@@ -133,6 +140,8 @@ __all__ = [
     "ProtocolError",
     "ProviderError",
     "ReasoningPart",
+    "RequestRefused",
+    "RequestTooLarge",
     "RetryPart",
     "SandboxClient",
     "SandboxError",
@@ -165,6 +174,7 @@ __all__ = [
     "ToolState",
     "Transport",
     "TurnEndReason",
+    "Unauthorized",
     "UnsafeArchive",
     "UserMessage",
     "__version__",

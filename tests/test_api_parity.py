@@ -145,7 +145,11 @@ def test_every_error_subclasses_the_base_and_is_exported() -> None:
         assert issubclass(cls, SandboxSessionsError), cls
         assert cls.__name__ in sandbox_sessions.__all__, cls
         assert getattr(sandbox_sessions, cls.__name__) is cls
-    assert sorted(cls.__name__ for cls in classes) == sorted(_exceptions.__all__)
+    error_names = [name for name in _exceptions.__all__
+                   if isinstance(getattr(_exceptions, name), type)]
+    assert sorted(cls.__name__ for cls in classes) == sorted(error_names)
+    # the rest of the module's names are the wire helpers, kept out of the package's API
+    assert set(_exceptions.__all__) - set(error_names) == {"HTTP_STATUS", "from_wire", "to_wire"}
 
 
 def test_every_error_has_a_unique_code() -> None:
