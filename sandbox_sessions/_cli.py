@@ -3,7 +3,8 @@
 Results go to stdout (`--json` for machines); progress and logs go to stderr.
 Exit codes: 0 success; 1 other error; 2 bad usage or arguments; 3 session or file not found,
 or session ended; 4 the Docker engine does not answer; `shell` exits with the command's own
-exit code (124 on its timeout).
+exit code (124 on its timeout). `serve` runs until SIGTERM or SIGINT and then exits 0; it
+exits 1 when it cannot listen, 2 on a bad argument or token file.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
@@ -25,6 +29,7 @@ from ._exceptions import (
     SessionEnded,
     SessionNotFound,
 )
+from ._tokens import default_token_path, load_token
 from ._types import DEFAULT_IMAGE
 from .client import SandboxClient
 
@@ -104,6 +109,45 @@ def cmd_end(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:  # the `server` extra: only this command needs it
+        from .server import DEFAULT_PORT, ServerConfig, serve
+        from .server._serve import is_loopback, listen
+    except ImportError as exc:
+        raise InvalidArgument(f"`serve` needs the server extra ({exc.name} is missing): "
+                              "pip install 'sandbox-sessions[server]'") from None
+    import anyio
+
+    origins = frozenset(_origin(value) for value in args.allow_origin)
+    token_path = Path(args.token_file).expanduser() if args.token_file else default_token_path()
+    token = load_token(token_path, create=True)
+    sock = listen(args.host, DEFAULT_PORT if args.port is None else args.port)
+    port: int = sock.getsockname()[1]
+    config = ServerConfig(host=args.host, port=port, token=token, allowed_origins=origins)
+    if not is_loopback(args.host):
+        log.warning("listening on %s, not loopback: anyone who can reach it and has the "
+                    "token drives containers on this machine", args.host)
+    host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
+
+    def ready(_: object) -> None:
+        _progress(f"sandbox-sessions: serving http://{host}:{port}")
+        _progress(f"sandbox-sessions: token file {token_path}")
+
+    with sock:
+        anyio.run(partial(serve, config, store=args.store, on_ready=ready, sock=sock))
+    return 0
+
+
+def _origin(value: str) -> str:
+    """An `--allow-origin` value, as browsers send it: `scheme://host[:port]`, nothing more."""
+    parts = urlsplit(value)
+    if (parts.scheme not in ("http", "https") or not parts.netloc or parts.path
+            or parts.query or parts.fragment or "@" in parts.netloc):
+        raise InvalidArgument(f"--allow-origin {value!r} is not an origin such as "
+                              "https://app.example:8443 (no wildcard, path or slash)")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sandbox-sessions", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -138,7 +182,28 @@ def _parser() -> argparse.ArgumentParser:
     end = commands.add_parser("end", help="end a session and remove its container")
     end.add_argument("session")
     end.set_defaults(run=cmd_end)
+    _serve_parser(commands)
     return parser
+
+
+def _serve_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve", help="serve the session API over HTTP (REST + SSE), locked down",
+        description="Serve the session API over HTTP, on the same store and engine as the "
+                    "embedded client. Every request needs the bearer token kept in the token "
+                    "file. Stops on SIGTERM or SIGINT: running turns end `aborted`.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default: 127.0.0.1; others are reachable from "
+                            "other machines)")
+    serve.add_argument("--port", type=int, default=None,
+                       help="port to bind (default: 4096; 0: any free port)")
+    serve.add_argument("--token-file", help="the bearer token's file, made (mode 0600) when "
+                                            "missing (default: $SANDBOX_SESSIONS_TOKEN_FILE, "
+                                            "else the state folder)")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="a browser origin allowed to call the API (repeatable); any "
+                            "other Origin is refused")
+    serve.set_defaults(run=cmd_serve)
 
 
 def _exit_code(error: SandboxSessionsError) -> int:
