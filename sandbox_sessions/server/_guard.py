@@ -15,8 +15,11 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
+
 from .._exceptions import (
     HTTP_STATUS,
+    BridgeUnavailable,
     RequestRefused,
     RequestTooLarge,
     SandboxSessionsError,
@@ -65,6 +68,13 @@ class Guard:
         exchange = _Exchange(receive, send, cap=cap, cors=cors)
         try:
             await self._app(scope, exchange.receive, exchange.send)
+        except anyio.get_cancelled_exc_class():
+            # the server shuts down and cancels what still runs: say so in our body (else
+            # uvicorn answers a bare 500), then let the cancellation go on
+            with anyio.CancelScope(shield=True):
+                await exchange.answer(BridgeUnavailable(
+                    "the server shut down before the request finished"))
+            raise
         except Exception:
             if not exchange.over:  # else: the app only failed to read what was cut off
                 raise
@@ -140,12 +150,16 @@ class _Exchange:
             self._seen += len(message.get("body", b""))
             if self._seen > self._cap:
                 self.over = True
-                if not self._started:
-                    self._started = True
-                    await _refuse(self._send, RequestTooLarge(
-                        f"the body went over the cap of {self._cap} bytes"), self._cors)
+                await self.answer(RequestTooLarge(
+                    f"the body went over the cap of {self._cap} bytes"))
                 return {"type": "http.disconnect"}
         return message
+
+    async def answer(self, error: SandboxSessionsError) -> None:
+        """Answer with `error`, unless a response has started already."""
+        if not self._started:
+            self._started = True
+            await _refuse(self._send, error, self._cors)
 
     async def send(self, message: Message) -> None:
         if self.over:

@@ -1,0 +1,198 @@
+"""The bridge's lifecycle, with a real `sandbox-sessions serve` process: SIGTERM mid-turn
+ends the turn in the log and the process within 10 s; a second server on the same store
+serves the old session, its container reattached; a client that goes away mid-turn does not
+stop the turn, and whoever reattaches sees it end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import httpx
+import pytest
+
+from sandbox_sessions import AsyncSandboxClient, Event
+from sandbox_sessions._exceptions import BridgeUnavailable, SandboxSessionsError
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+ROOT = Path(__file__).resolve().parents[1]
+SLEEPER: list[dict[str, Any]] = [
+    {"tool_calls": [{"name": "bash", "input": {"command": "sleep 300"}}]},
+    {"text": "never"},
+]
+NAPPER: list[dict[str, Any]] = [
+    {"tool_calls": [{"name": "bash", "input": {"command": "sleep 3"}}]},
+    {"text": "done"},
+]
+
+
+class Served:
+    """`sandbox-sessions serve` on a free loopback port, in a process of its own, over
+    `store`; its stderr is kept (read as it comes, so the pipe never fills)."""
+
+    def __init__(self, store: Path, token_file: Path) -> None:
+        self.token_file = token_file
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's package
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sandbox_sessions", "--store", str(store), "serve",
+             "--port", "0", "--token-file", str(token_file)],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._serving = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.url = ""
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line)
+            if "serving http://" in line:
+                self.url = line.split("serving ", 1)[1].strip()
+                self._serving.set()
+
+    def __enter__(self) -> Self:
+        deadline = time.monotonic() + 60
+        while not self._serving.wait(0.1):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise AssertionError(f"serve did not start: {''.join(self.lines)}")
+        return self
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    def terminate(self) -> float:
+        """SIGTERM; the seconds it took the process to exit (it is killed after 30)."""
+        start = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.terminate()
+        self._reader.join(timeout=10)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+async def _read_until_turn_end(client: AsyncSandboxClient, session_id: str, seen: list[Event],
+                               *, after: int = 0, running: anyio.Event | None = None) -> None:
+    async for event in client.session(session_id).events(after=after):
+        seen.append(event)
+        if event.type == "tool-running" and running is not None:
+            running.set()
+        if event.type == "turn-end":
+            return
+
+
+async def _start_turn(served: Served, session_id: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=served.url, timeout=30) as http:
+        response = await http.post(f"/sessions/{session_id}/turns", json={"prompt": "go"},
+                                   headers={"Authorization": f"Bearer {served.token}"})
+    assert response.status_code == 202, response.text
+    started: dict[str, Any] = response.json()
+    return started
+
+
+async def test_sigterm_mid_turn_ends_the_turn_and_a_new_server_serves_the_session(
+    store_path: Path, tmp_path: Path, image: str
+) -> None:
+    token_file = tmp_path / "state" / "token"
+    seen: list[Event] = []
+    command: list[object] = []
+    with Served(store_path, token_file) as first:
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert any(str(token_file) in line for line in first.lines)
+        async with AsyncSandboxClient(base_url=first.url, token=first.token) as client:
+            session = await client.agent("sleeper", model="scripted", script=SLEEPER,
+                                         image=image).create_session()
+            before = await session.get_info()
+            running = anyio.Event()
+
+            async def run_command() -> None:
+                try:
+                    command.append(await session.shell("sleep 120"))
+                except SandboxSessionsError as exc:
+                    command.append(exc)
+
+            with anyio.fail_after(60):  # the reader returns at turn-end, the command fails
+                async with anyio.create_task_group() as group:
+                    group.start_soon(lambda: _read_until_turn_end(client, session.id, seen,
+                                                                  running=running))
+                    await _start_turn(first, session.id)
+                    await running.wait()
+                    group.start_soon(run_command)
+                    await anyio.sleep(0.5)  # the command has started
+                    took = await anyio.to_thread.run_sync(first.terminate)
+        assert took < 10, f"serve took {took:.1f} s to exit"
+        assert first.process.returncode == 0, "".join(first.lines)
+
+    assert seen[-1].type == "turn-end"
+    assert seen[-1].reason == "aborted"
+    assert isinstance(command[0], BridgeUnavailable), command  # our error, not a bare 500
+    with Served(store_path, token_file) as second:
+        async with AsyncSandboxClient(base_url=second.url, token=second.token) as client:
+            handle = client.session(session.id)
+            after = await handle.get_info()
+            stored: list[Event] = []
+            with anyio.fail_after(30):
+                await _read_until_turn_end(client, session.id, stored)
+            shell = await handle.shell("echo alive; pgrep -x sleep | wc -l")
+            await handle.end()
+    assert after.status == "idle"
+    assert after.container_id == before.container_id  # reattached, not a new container
+    assert [event.reason for event in stored if event.type == "turn-end"] == ["aborted"]
+    assert shell.stdout.split() == ["alive", "0"]  # the tool's and the command's sleep gone
+
+
+async def test_a_client_that_goes_away_mid_turn_does_not_stop_it(
+    store_path: Path, tmp_path: Path, image: str
+) -> None:
+    with Served(store_path, tmp_path / "token") as served:
+        async with AsyncSandboxClient(base_url=served.url, token=served.token) as client:
+            session = await client.agent("napper", model="scripted", script=NAPPER,
+                                         image=image).create_session()
+            started = await _start_turn(served, session.id)
+            headers = {"Authorization": f"Bearer {served.token}"}
+            async with (httpx.AsyncClient(base_url=served.url, timeout=30) as gone,
+                        gone.stream("GET", f"/sessions/{session.id}/events",
+                                    headers=headers) as stream):
+                async for line in stream.aiter_lines():
+                    if line == "event: tool-running":
+                        break  # and the connection is dropped mid-turn
+            first: list[Event] = []
+            second: list[Event] = []
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(_read_until_turn_end, client, session.id, first)
+                    group.start_soon(_read_until_turn_end, client, session.id, second)
+            messages = await session.get_messages()
+            await session.end()
+    ends = [event for event in first if event.type == "turn-end"]
+    assert [(end.message_id, end.reason) for end in ends] == [
+        (started["message_id"], "completed")]
+    assert [event.model_dump() for event in first] == [event.model_dump() for event in second]
+    assert "done" in messages[-1].model_dump_json()
