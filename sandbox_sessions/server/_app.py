@@ -55,6 +55,8 @@ STREAMED = {"content": {"application/octet-stream": {"schema": {"type": "string"
 Path = Annotated[str, Query(min_length=1, description="A path in the sandbox (relative ones "
                                                       "from the workdir).")]
 MaxBytes = Annotated[int, Query(ge=0, description="Refuse a file larger than this.")]
+MAX_SEQ = (1 << 63) - 1
+"""The largest seq SQLite can hold: a larger `after` would overflow the query."""
 
 
 class Bridge:
@@ -225,7 +227,7 @@ def _turn_routes(app: FastAPI, bridge: Bridge) -> None:
         await service.reply_permission(session_id, request_id, answer)
 
     @app.get("/sessions/{session_id}/messages", tags=["turns"])
-    async def messages(session_id: str, after: Annotated[int, Query(ge=0)] = 0
+    async def messages(session_id: str, after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0
                        ) -> list[Message]:
         """The session's messages (with `after`, those created after that seq)."""
         return await service.messages(session_id, after=after)
@@ -252,7 +254,7 @@ def _event_routes(app: FastAPI, bridge: Bridge) -> None:
              responses=sse)
     async def events(
         session_id: str,
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
         strict: bool = False,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> EventStream:
@@ -266,7 +268,8 @@ def _event_routes(app: FastAPI, bridge: Bridge) -> None:
 def _cursor(value: str | None) -> int:
     if value is None or not value.strip():
         return 0
-    if not value.strip().isdigit():
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > MAX_SEQ:  # not "²"
         raise InvalidArgument(f"Last-Event-ID {value[:40]!r} is not a seq")
     return int(value)
 
