@@ -67,13 +67,15 @@ class Bridge:
         self.config = config
         self.closing = anyio.Event()
         """Set when the server shuts down: event streams end."""
+        self.app = FastAPI(title="sandbox_sessions bridge", version="1", responses=ERRORS,
+                           openapi_url="/openapi.json", docs_url=None, redoc_url=None)
+        """The routes, behind the `Guard` that `create_app` returns."""
 
 
 def create_app(service: SessionService, config: ServerConfig) -> tuple[Guard, Bridge]:
     """The ASGI app serving `service` (wrapped in its `Guard`), and its shared state."""
     bridge = Bridge(service, config)
-    app = FastAPI(title="sandbox_sessions bridge", version="1", responses=ERRORS,
-                  openapi_url="/openapi.json", docs_url=None, redoc_url=None)
+    app = bridge.app
     app.add_exception_handler(SandboxSessionsError, _our_error)
     app.add_exception_handler(RequestValidationError, _bad_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
