@@ -162,6 +162,21 @@ def test_cors_echoes_an_allowed_origin_and_never_a_wildcard(bridge: Bridge) -> N
         assert response.headers.get("access-control-allow-origin") != "*"
 
 
+def test_an_allowed_origin_s_preflight_is_answered_without_the_token(bridge: Bridge) -> None:
+    before = _rows(bridge.store)
+    asking = {"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": "POST",
+              "Access-Control-Request-Headers": "authorization, content-type"}
+    with httpx.Client(base_url=bridge.server.url, timeout=30) as http:
+        allowed = http.options("/sessions", headers=asking)
+        foreign_host = http.options("/sessions", headers={**asking, "Host": "evil.example"})
+    assert allowed.status_code == 204
+    assert allowed.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "authorization" in allowed.headers["access-control-allow-headers"]
+    assert "POST" in allowed.headers["access-control-allow-methods"]
+    assert foreign_host.status_code == 403
+    assert _rows(bridge.store) == before
+
+
 def _exchange(port: int, head: bytes, body: bytes = b"") -> bytes:
     """What the server answers `head` (then `body`), read until it closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:

@@ -4,8 +4,11 @@ else sees it.
 In order: a `Host` that is not the server's own (DNS rebinding) and an `Origin` that was not
 allowed are refused with 403; a missing or wrong bearer token with 401 (compared in constant
 time); a declared body over the cap with 413, before a byte of it is read, and a streamed
-body as soon as it goes over. A refused request changes nothing. No CORS header is ever a
-wildcard: an allowed origin is echoed, with `Vary: Origin`.
+body as soon as it goes over (the guard answers 413 itself). A refused request changes
+nothing. No CORS header is ever a wildcard: an allowed origin is echoed, with `Vary: Origin`;
+its preflight (`OPTIONS` with `Access-Control-Request-Method`, which browsers send without
+the token) is answered here and reaches no route. Headers that could be read two ways (two
+`Host`s, two tokens, two lengths) and absolute-form targets are refused.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ UPLOAD_SUFFIX = "/files"
 """Requests whose path ends so (`PUT /sessions/{id}/files`) may carry a file: `max_upload`."""
 
 
+PREFLIGHT_METHODS = b"GET, POST, PUT, PATCH, DELETE"
+PREFLIGHT_HEADERS = b"authorization, content-type, last-event-id"
 SINGLE = (b"host", b"origin", b"authorization", b"content-length", b"transfer-encoding")
 """Headers a request may carry once at most: two of them could be read two ways."""
 
@@ -61,6 +66,10 @@ class Guard:
         headers = _headers(scope)
         cors = _cors(headers, self._config)
         try:
+            if cors and _is_preflight(scope, headers):
+                self._check_host(scope, headers)
+                await _preflight(send, cors)  # browsers send no token with it
+                return
             cap = self._check(scope, headers)
         except SandboxSessionsError as refused:
             await _refuse(send, refused, cors)
@@ -79,8 +88,8 @@ class Guard:
             if not exchange.over:  # else: the app only failed to read what was cut off
                 raise
 
-    def _check(self, scope: Scope, headers: dict[bytes, list[bytes]]) -> int:
-        """The request's body cap; raises when the request must be refused."""
+    def _check_host(self, scope: Scope, headers: dict[bytes, list[bytes]]) -> None:
+        """Raises unless the request is for this server, told one way only."""
         for name in SINGLE:
             if len(headers.get(name, ())) > 1:
                 raise RequestRefused(f"more than one {name.decode()} header; refused")
@@ -90,6 +99,10 @@ class Guard:
                                  "refused")
         if not scope["path"].startswith("/"):  # absolute-form: its authority is not checked
             raise RequestRefused("only origin-form request targets (/path) are served")
+
+    def _check(self, scope: Scope, headers: dict[bytes, list[bytes]]) -> int:
+        """The request's body cap; raises when the request must be refused."""
+        self._check_host(scope, headers)
         origin = _one(headers, b"origin")
         if origin is not None and origin.decode("latin-1") not in self._config.allowed_origins:
             raise RequestRefused(f"Origin {origin.decode('latin-1')!r} is not allowed")
@@ -121,6 +134,20 @@ def _cors(headers: dict[bytes, list[bytes]], config: ServerConfig) -> list[tuple
     if origin is None or origin.decode("latin-1") not in config.allowed_origins:
         return []
     return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+
+
+def _is_preflight(scope: Scope, headers: dict[bytes, list[bytes]]) -> bool:
+    return scope["method"] == "OPTIONS" and b"access-control-request-method" in headers
+
+
+async def _preflight(send: Send, cors: list[tuple[bytes, bytes]]) -> None:
+    """The answer to an allowed origin's CORS preflight: what it may send, with the token.
+    It reaches no route, so it changes nothing."""
+    headers = [*cors, (b"access-control-allow-methods", PREFLIGHT_METHODS),
+               (b"access-control-allow-headers", PREFLIGHT_HEADERS),
+               (b"access-control-max-age", b"600"), (b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 class _Exchange:
