@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -196,3 +197,32 @@ async def test_a_client_that_goes_away_mid_turn_does_not_stop_it(
         (started["message_id"], "completed")]
     assert [event.model_dump() for event in first] == [event.model_dump() for event in second]
     assert "done" in messages[-1].model_dump_json()
+
+
+def _serve_exit(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sandbox_sessions", "--store", str(store), "serve", *args],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+        text=True, timeout=60, check=False)
+
+
+def test_serve_refuses_a_token_file_others_may_read_and_a_port_in_use(
+    store_path: Path, tmp_path: Path
+) -> None:
+    readable = tmp_path / "readable"
+    readable.write_text("a" * 64 + "\n")
+    readable.chmod(0o644)
+    refused = _serve_exit(store_path, "--port", "0", "--token-file", str(readable))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        in_use = _serve_exit(store_path, "--port", port, "--token-file", str(tmp_path / "t"))
+    bad_origin = _serve_exit(store_path, "--port", "0", "--token-file", str(tmp_path / "t"),
+                             "--allow-origin", "*")
+    assert refused.returncode == 2
+    assert "read by others" in refused.stderr
+    assert in_use.returncode == 1
+    assert f"port {port}" in in_use.stderr
+    assert bad_origin.returncode == 2
+    assert "--allow-origin" in bad_origin.stderr
