@@ -24,7 +24,7 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from .._exceptions import ContainerDied, ImageNotFound, SandboxError
+from .._exceptions import ContainerDied, ImageNotFound, InvalidArgument, SandboxError
 from .._types import SandboxOptions, size_in_bytes
 from ._channel import HelperChannel
 from ._container import HELPER_ARGV, DockerSandbox, death_of, start_attached
@@ -207,7 +207,7 @@ class DockerBackend:
                                  attach=attach)
             try:
                 container = await self._run(create, quota)
-            except SandboxError as exc:
+            except (SandboxError, InvalidArgument) as exc:  # an engine's 400 is the latter
                 if self._disk_mode == "quota" or not quota_unsupported(str(exc)):
                     raise
                 log.warning("the engine cannot cap a container's disk (%s): sessions get a "
