@@ -84,7 +84,26 @@ def create_app(service: SessionService, config: ServerConfig) -> tuple[Guard, Br
     _sandbox_routes(app, bridge)
     _turn_routes(app, bridge)
     _event_routes(app, bridge)
+    _declare_the_token(app)
     return Guard(app, config), bridge
+
+
+def _declare_the_token(app: FastAPI) -> None:
+    """Say in the OpenAPI document that every operation needs the bearer token (the `Guard`
+    checks it, so no route declares it)."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = plain()
+            document.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "The token in the server's token file (mode 0600)"}}
+            document["security"] = [{"bearer": []}]
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _our_error(request: Request, exc: Exception) -> Response:
