@@ -76,10 +76,10 @@ class Served:
     def token(self) -> str:
         return self.token_file.read_text().strip()
 
-    def terminate(self) -> float:
-        """SIGTERM; the seconds it took the process to exit (it is killed after 30)."""
+    def terminate(self, signum: int = signal.SIGTERM) -> float:
+        """Send `signum`; the seconds it took the process to exit (it is killed after 30)."""
         start = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(signum)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -226,3 +226,14 @@ def test_serve_refuses_a_token_file_others_may_read_and_a_port_in_use(
     assert f"port {port}" in in_use.stderr
     assert bad_origin.returncode == 2
     assert "--allow-origin" in bad_origin.stderr
+
+
+def test_sigint_stops_an_idle_server_cleanly(store_path: Path, tmp_path: Path) -> None:
+    with Served(store_path, tmp_path / "token") as served:
+        with httpx.Client(base_url=served.url, timeout=30) as http:
+            listed = http.get("/sessions", headers={"Authorization": f"Bearer {served.token}"})
+        took = served.terminate(signal.SIGINT)
+    assert listed.status_code == 200
+    assert took < 10
+    assert served.process.returncode == 0, "".join(served.lines)
+    assert not any("Traceback" in line for line in served.lines)
