@@ -78,6 +78,15 @@ class _Frozen(BaseModel):
     model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, extra="forbid")
 
 
+MAX_CPUS = 4096
+"""Most cores a container may be given (more is no machine's: the engine's own limit, in
+nano-CPUs, would overflow long before)."""
+MAX_MEMORY = 1 << 60
+"""Largest memory limit accepted (the engine's counts are 64-bit)."""
+MAX_PIDS = 1 << 22
+"""Most processes a container may be allowed: Linux's own highest `pid_max`."""
+
+
 class SandboxOptions(_Frozen):
     """How a session's container is made. Every field has a safe default."""
 
@@ -87,9 +96,9 @@ class SandboxOptions(_Frozen):
     """Give the container a network (Docker's default bridge). Off by default: `none`."""
     memory: str = "1g"
     """Memory limit, in Docker's notation (`"512m"`, `"2g"`)."""
-    cpus: float = Field(default=1.0, gt=0)
+    cpus: float = Field(default=1.0, gt=0, le=MAX_CPUS)
     """CPU limit, in cores."""
-    pids: int = Field(default=512, gt=0)
+    pids: int = Field(default=512, gt=0, le=MAX_PIDS)
     """Most processes the container may hold at once."""
     env: dict[str, str] = Field(default_factory=dict)
     """Environment of the container, and so of every command run in it."""
@@ -106,6 +115,13 @@ class SandboxOptions(_Frozen):
     this size each, whose data is held in (and counted against) `memory` and lost when the
     container stops (see docs/decisions.md). `None` sets no limit at all: unsafe, as a
     session can then fill the engine's disk."""
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_is_a_size(cls, value: str) -> str:
+        if not 0 < size_in_bytes(value) <= MAX_MEMORY:
+            raise ValueError(f"memory {value!r} is not between 1 byte and 1 EiB")
+        return value
 
     @field_validator("disk")
     @classmethod

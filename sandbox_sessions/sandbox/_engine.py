@@ -23,6 +23,7 @@ from .._exceptions import (
     ContainerGone,
     ImageBuildError,
     ImageNotFound,
+    InvalidArgument,
     SandboxError,
     SandboxFileNotFound,
     SandboxSessionsError,
@@ -36,6 +37,9 @@ POOL_SIZE = 64
 this exceeds anyio's default of 40 worker threads: a burst of calls (50 sessions made at
 once) never has a connection discarded."""
 
+_CALLERS = ("unable to find user", "unable to find group")
+"""Engine errors (a 500 when a container starts) that name a value the caller gave."""
+
 
 @contextmanager
 def translate(not_found: Callable[[], SandboxSessionsError] | None = None) -> Iterator[None]:
@@ -48,7 +52,13 @@ def translate(not_found: Callable[[], SandboxSessionsError] | None = None) -> It
         if not_found is None:
             raise SandboxError(_explain(exc)) from exc
         raise not_found() from exc
+    except docker.errors.NullResource as exc:  # an empty image or container name
+        raise InvalidArgument(str(exc)) from exc
     except docker.errors.APIError as exc:
+        if exc.status_code == 400 or any(text in _explain(exc) for text in _CALLERS):
+            # the engine refused values the caller gave (an image reference, a memory size,
+            # a user the image lacks): theirs to fix, not a failure of ours
+            raise InvalidArgument(f"the Docker engine refused it: {_explain(exc)}") from exc
         raise SandboxError(_explain(exc)) from exc
     except _UNAVAILABLE as exc:
         raise SandboxUnavailable(f"the Docker engine does not answer: {exc}") from exc

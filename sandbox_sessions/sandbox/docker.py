@@ -24,8 +24,8 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from .._exceptions import ContainerDied, ImageNotFound, SandboxError
-from .._types import SandboxOptions
+from .._exceptions import ContainerDied, ImageNotFound, InvalidArgument, SandboxError
+from .._types import SandboxOptions, size_in_bytes
 from ._channel import HelperChannel
 from ._container import HELPER_ARGV, DockerSandbox, death_of, start_attached
 from ._disk import DiskMode, disk_host_config, find_home, quota_unsupported
@@ -53,8 +53,8 @@ def _host_config(
         "security_opt": ["no-new-privileges"],
         "network_mode": "bridge" if options.network else "none",
         "pids_limit": options.pids,
-        "mem_limit": options.memory,
-        "memswap_limit": options.memory,
+        "mem_limit": size_in_bytes(options.memory),  # our notation, wider than docker-py's
+        "memswap_limit": size_in_bytes(options.memory),
         "nano_cpus": int(options.cpus * 1e9),
         # The helper's traffic goes over the attach stream; it must not also fill a log file.
         "log_config": {"type": "none", "config": {}},
@@ -207,7 +207,7 @@ class DockerBackend:
                                  attach=attach)
             try:
                 container = await self._run(create, quota)
-            except SandboxError as exc:
+            except (SandboxError, InvalidArgument) as exc:  # an engine's 400 is the latter
                 if self._disk_mode == "quota" or not quota_unsupported(str(exc)):
                     raise
                 log.warning("the engine cannot cap a container's disk (%s): sessions get a "

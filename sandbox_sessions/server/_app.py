@@ -16,9 +16,11 @@ from typing import Annotated, Any
 import anyio
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from .._exceptions import InvalidArgument, SandboxSessionsError
+from .._exceptions import InvalidArgument, SandboxSessionsError, to_wire
 from .._types import (
     ArtifactEntry,
     ArtifactInfo,
@@ -53,6 +55,8 @@ STREAMED = {"content": {"application/octet-stream": {"schema": {"type": "string"
 Path = Annotated[str, Query(min_length=1, description="A path in the sandbox (relative ones "
                                                       "from the workdir).")]
 MaxBytes = Annotated[int, Query(ge=0, description="Refuse a file larger than this.")]
+MAX_SEQ = (1 << 63) - 1
+"""The largest seq SQLite can hold: a larger `after` would overflow the query."""
 
 
 class Bridge:
@@ -63,20 +67,43 @@ class Bridge:
         self.config = config
         self.closing = anyio.Event()
         """Set when the server shuts down: event streams end."""
+        self.app = FastAPI(title="sandbox_sessions bridge", version="1", responses=ERRORS,
+                           openapi_url="/openapi.json", docs_url=None, redoc_url=None)
+        """The routes, behind the `Guard` that `create_app` returns."""
 
 
 def create_app(service: SessionService, config: ServerConfig) -> tuple[Guard, Bridge]:
     """The ASGI app serving `service` (wrapped in its `Guard`), and its shared state."""
     bridge = Bridge(service, config)
-    app = FastAPI(title="sandbox_sessions bridge", version="1", responses=ERRORS,
-                  openapi_url="/openapi.json", docs_url=None, redoc_url=None)
+    app = bridge.app
     app.add_exception_handler(SandboxSessionsError, _our_error)
     app.add_exception_handler(RequestValidationError, _bad_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
     _session_routes(app, bridge)
     _sandbox_routes(app, bridge)
     _turn_routes(app, bridge)
     _event_routes(app, bridge)
+    _declare_the_token(app)
     return Guard(app, config), bridge
+
+
+def _declare_the_token(app: FastAPI) -> None:
+    """Say in the OpenAPI document that every operation needs the bearer token (the `Guard`
+    checks it, so no route declares it)."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = plain()
+            document.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "The token in the server's token file (mode 0600)"}}
+            document["security"] = [{"bearer": []}]
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def _our_error(request: Request, exc: Exception) -> Response:
@@ -89,6 +116,25 @@ async def _bad_request(request: Request, exc: Exception) -> Response:
     problems = "; ".join(f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
                          for item in exc.errors())
     return error_response(InvalidArgument(f"invalid request: {problems}"))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such route, a method the route lacks), in our body with
+    their status: the client raises an `InvalidArgument`."""
+    assert isinstance(exc, StarletteHTTPException)
+    error = InvalidArgument(f"{request.method} {request.url.path}: {exc.detail}")
+    return JSONResponse(to_wire(error), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug of ours: a 500 in our body, the traceback logged and never sent."""
+    if isinstance(exc, ClientDisconnect):  # the client left (or the Guard cut its body)
+        log.debug("%s %s: the client went away", request.method, request.url.path)
+    else:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    body = {"error": {"code": "internal_error", "retryable": False,
+                      "message": f"internal error ({type(exc).__name__}); see the server log"}}
+    return JSONResponse(body, status_code=500)
 
 
 def _session_routes(app: FastAPI, bridge: Bridge) -> None:
@@ -128,7 +174,10 @@ def _session_routes(app: FastAPI, bridge: Bridge) -> None:
 def _sandbox_routes(app: FastAPI, bridge: Bridge) -> None:
     service = bridge.service
 
+    # status_code: FastAPI cannot find one on these Response classes (and /openapi.json
+    # failed without it)
     @app.post("/sessions/{session_id}/shell", tags=["sandbox"], response_class=CommandStream,
+              status_code=200,
               responses={200: {"content": {NDJSON: {"schema": {
                   "$ref": "#/components/schemas/ShellChunk"}}},
                   "description": "NDJSON: output lines as they come, then one result line "
@@ -145,6 +194,7 @@ def _sandbox_routes(app: FastAPI, bridge: Bridge) -> None:
         await service.put_file(session_id, path, request.stream(), mode=mode)
 
     @app.get("/sessions/{session_id}/files", tags=["sandbox"], response_class=ByteStream,
+             status_code=200,
              responses={200: STREAMED})
     async def read_file(session_id: str, path: Path, max_bytes: MaxBytes) -> ByteStream:
         """A regular file's bytes, streamed."""
@@ -161,7 +211,7 @@ def _sandbox_routes(app: FastAPI, bridge: Bridge) -> None:
         return await service.artifact_entries(session_id)
 
     @app.get("/sessions/{session_id}/artifacts/{key:path}", tags=["sandbox"],
-             response_class=ByteStream, responses={200: STREAMED})
+             response_class=ByteStream, status_code=200, responses={200: STREAMED})
     async def read_artifact(session_id: str, key: str, max_bytes: MaxBytes) -> ByteStream:
         """An artifact's bytes, streamed."""
         return ByteStream(service.read_artifact(session_id, key, max_bytes=max_bytes))
@@ -198,7 +248,7 @@ def _turn_routes(app: FastAPI, bridge: Bridge) -> None:
         await service.reply_permission(session_id, request_id, answer)
 
     @app.get("/sessions/{session_id}/messages", tags=["turns"])
-    async def messages(session_id: str, after: Annotated[int, Query(ge=0)] = 0
+    async def messages(session_id: str, after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0
                        ) -> list[Message]:
         """The session's messages (with `after`, those created after that seq)."""
         return await service.messages(session_id, after=after)
@@ -221,10 +271,11 @@ def _event_routes(app: FastAPI, bridge: Bridge) -> None:
         "description": "SSE: `id:` the event's seq, `event:` its type, `data:` the Event as JSON"}}
 
     @app.get("/sessions/{session_id}/events", tags=["events"], response_class=EventStream,
+             status_code=200,
              responses=sse)
     async def events(
         session_id: str,
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
         strict: bool = False,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> EventStream:
@@ -238,7 +289,8 @@ def _event_routes(app: FastAPI, bridge: Bridge) -> None:
 def _cursor(value: str | None) -> int:
     if value is None or not value.strip():
         return 0
-    if not value.strip().isdigit():
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) > MAX_SEQ:  # not "²"
         raise InvalidArgument(f"Last-Event-ID {value[:40]!r} is not a seq")
     return int(value)
 

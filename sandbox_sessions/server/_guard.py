@@ -4,8 +4,11 @@ else sees it.
 In order: a `Host` that is not the server's own (DNS rebinding) and an `Origin` that was not
 allowed are refused with 403; a missing or wrong bearer token with 401 (compared in constant
 time); a declared body over the cap with 413, before a byte of it is read, and a streamed
-body as soon as it goes over. A refused request changes nothing. No CORS header is ever a
-wildcard: an allowed origin is echoed, with `Vary: Origin`.
+body as soon as it goes over (the guard answers 413 itself). A refused request changes
+nothing. No CORS header is ever a wildcard: an allowed origin is echoed, with `Vary: Origin`;
+its preflight (`OPTIONS` with `Access-Control-Request-Method`, which browsers send without
+the token) is answered here and reaches no route. Headers that could be read two ways (two
+`Host`s, two tokens, two lengths) and absolute-form targets are refused.
 """
 
 from __future__ import annotations
@@ -15,8 +18,11 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
+
 from .._exceptions import (
     HTTP_STATUS,
+    BridgeUnavailable,
     RequestRefused,
     RequestTooLarge,
     SandboxSessionsError,
@@ -37,6 +43,12 @@ UPLOAD_SUFFIX = "/files"
 """Requests whose path ends so (`PUT /sessions/{id}/files`) may carry a file: `max_upload`."""
 
 
+PREFLIGHT_METHODS = b"GET, POST, PUT, PATCH, DELETE"
+PREFLIGHT_HEADERS = b"authorization, content-type, last-event-id"
+SINGLE = (b"host", b"origin", b"authorization", b"content-length", b"transfer-encoding")
+"""Headers a request may carry once at most: two of them could be read two ways."""
+
+
 class Guard:
     """Wraps the app: only requests from the server's own host, an allowed origin, with the
     token and within the size caps get through."""
@@ -52,71 +64,138 @@ class Guard:
             await self._app(scope, receive, send)
             return
         headers = _headers(scope)
+        cors = _cors(headers, self._config)
         try:
+            if cors and _is_preflight(scope, headers):
+                self._check_host(scope, headers)
+                await _preflight(send, cors)  # browsers send no token with it
+                return
             cap = self._check(scope, headers)
         except SandboxSessionsError as refused:
-            await _refuse(send, refused, _cors(headers, self._config))
+            await _refuse(send, refused, cors)
             return
-        await self._app(scope, _capped(receive, cap), _with_cors(send, headers, self._config))
+        exchange = _Exchange(receive, send, cap=cap, cors=cors)
+        try:
+            await self._app(scope, exchange.receive, exchange.send)
+        except anyio.get_cancelled_exc_class():
+            # the server shuts down and cancels what still runs: say so in our body (else
+            # uvicorn answers a bare 500), then let the cancellation go on
+            with anyio.CancelScope(shield=True):
+                await exchange.answer(BridgeUnavailable(
+                    "the server shut down before the request finished"))
+            raise
+        except Exception:
+            if not exchange.over:  # else: the app only failed to read what was cut off
+                raise
 
-    def _check(self, scope: Scope, headers: dict[bytes, bytes]) -> int:
+    def _check_host(self, scope: Scope, headers: dict[bytes, list[bytes]]) -> None:
+        """Raises unless the request is for this server, told one way only."""
+        for name in SINGLE:
+            if len(headers.get(name, ())) > 1:
+                raise RequestRefused(f"more than one {name.decode()} header; refused")
+        host = _one(headers, b"host") or b""
+        if host.decode("latin-1") not in self._hosts:
+            raise RequestRefused(f"Host {host.decode('latin-1')!r} is not this server's; "
+                                 "refused")
+        if not scope["path"].startswith("/"):  # absolute-form: its authority is not checked
+            raise RequestRefused("only origin-form request targets (/path) are served")
+
+    def _check(self, scope: Scope, headers: dict[bytes, list[bytes]]) -> int:
         """The request's body cap; raises when the request must be refused."""
-        host = headers.get(b"host", b"").decode("latin-1")
-        if host not in self._hosts:
-            raise RequestRefused(f"Host {host!r} is not this server's; refused")
-        origin = headers.get(b"origin")
+        self._check_host(scope, headers)
+        origin = _one(headers, b"origin")
         if origin is not None and origin.decode("latin-1") not in self._config.allowed_origins:
             raise RequestRefused(f"Origin {origin.decode('latin-1')!r} is not allowed")
-        given = headers.get(b"authorization", b"")
-        if not hmac.compare_digest(given, self._token):
+        if not hmac.compare_digest(_one(headers, b"authorization") or b"", self._token):
             raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
         upload = scope["method"] == "PUT" and scope["path"].endswith(UPLOAD_SUFFIX)
         cap = self._config.max_upload if upload else self._config.max_body
-        declared = headers.get(b"content-length")
+        declared = _one(headers, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > cap):
-            raise RequestTooLarge(f"a body of {declared.decode('latin-1')} bytes is over the "
-                                  f"cap of {cap} bytes")
+            raise RequestTooLarge(f"a body of {declared.decode('latin-1')[:40]} bytes is over "
+                                  f"the cap of {cap} bytes")
         return cap
 
 
-def _headers(scope: Scope) -> dict[bytes, bytes]:
-    return {name.lower(): value for name, value in scope.get("headers", [])}
+def _headers(scope: Scope) -> dict[bytes, list[bytes]]:
+    headers: dict[bytes, list[bytes]] = {}
+    for name, value in scope.get("headers", []):
+        headers.setdefault(name.lower(), []).append(value)
+    return headers
 
 
-def _cors(headers: dict[bytes, bytes], config: ServerConfig) -> list[tuple[bytes, bytes]]:
-    origin = headers.get(b"origin")
+def _one(headers: dict[bytes, list[bytes]], name: bytes) -> bytes | None:
+    values = headers.get(name)
+    return values[0] if values else None
+
+
+def _cors(headers: dict[bytes, list[bytes]], config: ServerConfig) -> list[tuple[bytes, bytes]]:
+    origin = _one(headers, b"origin")
     if origin is None or origin.decode("latin-1") not in config.allowed_origins:
         return []
     return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
 
 
-def _with_cors(send: Send, headers: dict[bytes, bytes], config: ServerConfig) -> Send:
-    extra = _cors(headers, config)
-    if not extra:
-        return send
-
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", []), *extra]}
-        await send(message)
-
-    return sending
+def _is_preflight(scope: Scope, headers: dict[bytes, list[bytes]]) -> bool:
+    return scope["method"] == "OPTIONS" and b"access-control-request-method" in headers
 
 
-def _capped(receive: Receive, cap: int) -> Receive:
-    """`receive`, failing the request once its body goes over `cap` bytes."""
-    seen = 0
+async def _preflight(send: Send, cors: list[tuple[bytes, bytes]]) -> None:
+    """The answer to an allowed origin's CORS preflight: what it may send, with the token.
+    It reaches no route, so it changes nothing."""
+    headers = [*cors, (b"access-control-allow-methods", PREFLIGHT_METHODS),
+               (b"access-control-allow-headers", PREFLIGHT_HEADERS),
+               (b"access-control-max-age", b"600"), (b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
-    async def receiving() -> Message:
-        nonlocal seen
-        message = await receive()
+
+class _Exchange:
+    """One request let through: its body counted against `cap` as it streams in (a chunked
+    body declares no length), the CORS headers added to its response.
+
+    A body that goes over the cap is answered 413 here, and the app is told the client left
+    (so whatever it was writing is abandoned, as when a client goes away); what the app sends
+    after that is dropped."""
+
+    def __init__(self, receive: Receive, send: Send, *, cap: int,
+                 cors: list[tuple[bytes, bytes]]) -> None:
+        self._receive = receive
+        self._send = send
+        self._cap = cap
+        self._cors = cors
+        self._seen = 0
+        self._started = False
+        self.over = False
+        """Whether the body went over the cap (and the guard answered)."""
+
+    async def receive(self) -> Message:
+        if self.over:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
         if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > cap:
-                raise RequestTooLarge(f"the body went over the cap of {cap} bytes")
+            self._seen += len(message.get("body", b""))
+            if self._seen > self._cap:
+                self.over = True
+                await self.answer(RequestTooLarge(
+                    f"the body went over the cap of {self._cap} bytes"))
+                return {"type": "http.disconnect"}
         return message
 
-    return receiving
+    async def answer(self, error: SandboxSessionsError) -> None:
+        """Answer with `error`, unless a response has started already."""
+        if not self._started:
+            self._started = True
+            await _refuse(self._send, error, self._cors)
+
+    async def send(self, message: Message) -> None:
+        if self.over:
+            return
+        if message["type"] == "http.response.start":
+            self._started = True
+            if self._cors:
+                message = {**message, "headers": [*message.get("headers", []), *self._cors]}
+        await self._send(message)
 
 
 async def _refuse(send: Send, error: SandboxSessionsError,

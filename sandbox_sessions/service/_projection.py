@@ -58,22 +58,28 @@ class _Draft:
 
 
 def project(events: Iterable[Event]) -> list[Message]:
-    """The session's messages with their parts, in the order they were created."""
+    """The session's messages with their parts, in the order they were created. Events of a
+    message created before the first event given (`messages(after=...)`) are left out."""
     drafts: dict[str, _Draft] = {}
     for event in events:
+        if event.type == "message-created":
+            drafts[event.message.id] = _Draft(event.message)
+            continue
+        message_id = event.message.id if event.type == "message-updated" \
+            else getattr(event, "message_id", None)
+        draft = drafts.get(message_id) if isinstance(message_id, str) else None
+        if draft is None:
+            continue
         match event.type:
-            case "message-created":
-                drafts[event.message.id] = _Draft(event.message)
             case "message-updated":
-                draft = drafts[event.message.id]
                 draft.message = event.message
             case "text-delta" | "reasoning-delta":
                 kind = "text" if event.type == "text-delta" else "reasoning"
                 signature = getattr(event, "signature", None)
-                drafts[event.message_id].delta(kind, event.part_id, event.delta, signature)
+                draft.delta(kind, event.part_id, event.delta, signature)
             case "tool-start" | "tool-running" | "tool-end" | "step-start" | "step-finish" \
                     | "retry":
-                drafts[event.message_id].parts[event.part.id] = event.part
+                draft.parts[event.part.id] = event.part
             case _:
                 pass
     return [draft.build() for draft in drafts.values()]
