@@ -230,6 +230,8 @@ class HTTPTransport:
             if source.response.is_error:
                 raise _error(source.response.status_code, await source.response.aread())
             async for sse in source.aiter_sse():
+                if not sse.data:  # a heartbeat: httpx-sse makes a data-less event of it
+                    continue
                 if sse.event == "error":
                     raise _error(503, sse.data.encode())
                 yield _parse(_EVENT, sse.data.encode())

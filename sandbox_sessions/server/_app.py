@@ -128,7 +128,8 @@ def _session_routes(app: FastAPI, bridge: Bridge) -> None:
 def _sandbox_routes(app: FastAPI, bridge: Bridge) -> None:
     service = bridge.service
 
-    @app.post("/sessions/{session_id}/shell", tags=["sandbox"], response_class=CommandStream,
+    @app.post("/sessions/{session_id}/shell", tags=["sandbox"], status_code=200,
+              response_class=CommandStream,
               responses={200: {"content": {NDJSON: {"schema": {
                   "$ref": "#/components/schemas/ShellChunk"}}},
                   "description": "NDJSON: output lines as they come, then one result line "
@@ -144,7 +145,8 @@ def _sandbox_routes(app: FastAPI, bridge: Bridge) -> None:
         """Write a file atomically from the streamed body."""
         await service.put_file(session_id, path, request.stream(), mode=mode)
 
-    @app.get("/sessions/{session_id}/files", tags=["sandbox"], response_class=ByteStream,
+    @app.get("/sessions/{session_id}/files", tags=["sandbox"], status_code=200,
+             response_class=ByteStream,
              responses={200: STREAMED})
     async def read_file(session_id: str, path: Path, max_bytes: MaxBytes) -> ByteStream:
         """A regular file's bytes, streamed."""
@@ -161,7 +163,7 @@ def _sandbox_routes(app: FastAPI, bridge: Bridge) -> None:
         return await service.artifact_entries(session_id)
 
     @app.get("/sessions/{session_id}/artifacts/{key:path}", tags=["sandbox"],
-             response_class=ByteStream, responses={200: STREAMED})
+             status_code=200, response_class=ByteStream, responses={200: STREAMED})
     async def read_artifact(session_id: str, key: str, max_bytes: MaxBytes) -> ByteStream:
         """An artifact's bytes, streamed."""
         return ByteStream(service.read_artifact(session_id, key, max_bytes=max_bytes))
@@ -220,7 +222,8 @@ def _event_routes(app: FastAPI, bridge: Bridge) -> None:
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
         "description": "SSE: `id:` the event's seq, `event:` its type, `data:` the Event as JSON"}}
 
-    @app.get("/sessions/{session_id}/events", tags=["events"], response_class=EventStream,
+    @app.get("/sessions/{session_id}/events", tags=["events"], status_code=200,
+             response_class=EventStream,
              responses=sse)
     async def events(
         session_id: str,

@@ -1,0 +1,191 @@
+"""Server-sent events over real HTTP: a real bridge on a loopback port (`BridgeServer`), read
+with our HTTP client or with plain httpx and no SSE library.
+
+Streams that need a turn run a scripted agent in a real container; the others get their events
+from a second writer of the same SQLite store (as another process would write it), which the
+bridge picks up from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from agent_support import Script, opened, read_log, settled
+from bridge import BridgeServer
+from sse_support import Frame, frames, proxy, store_writer
+
+from sandbox_sessions import AsyncSandboxClient, Event
+from sandbox_sessions._types import ToolStartEvent
+from sandbox_sessions.service._eventlog import CHUNK
+from sandbox_sessions.store._sqlite import SQLiteStore
+
+pytestmark = pytest.mark.anyio
+
+SLOW_TOOL: Script = [
+    {"tool_calls": [{"name": "bash", "input": {"command": "sleep 1; echo halfway"}}]},
+    {"text": "done " * 40},
+]
+"""A turn with a second of quiet in its middle: time to kill a connection mid-turn."""
+
+
+@pytest.fixture
+def server(store_path: Path) -> Iterator[BridgeServer]:
+    with BridgeServer(store_path, heartbeat=0.3) as running:
+        yield running
+
+
+def auth(server: BridgeServer) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.token}"}
+
+
+async def stored_log(path: Path, session_id: str) -> list[Event]:
+    """The session's log as the store holds it."""
+    store = SQLiteStore(path)
+    try:
+        chunks = await store.read_events(session_id)
+    finally:
+        await store.aclose()
+    return [event for chunk in chunks for event in CHUNK.validate_json(chunk.data)]
+
+
+async def raw_frames(server: BridgeServer, path: str, count: int, *,
+                     headers: dict[str, str] | None = None,
+                     params: dict[str, str] | None = None,
+                     keep: Callable[[Frame], bool] = lambda frame: frame.event is not None,
+                     ) -> list[Frame]:
+    """The first `count` frames `keep` accepts of a raw stream, read with plain httpx."""
+    taken: list[Frame] = []
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        with anyio.fail_after(10):
+            async with http.stream("GET", path, headers={**auth(server), **(headers or {})},
+                                   params=params) as response:
+                assert response.status_code == 200, await response.aread()
+                assert response.headers["content-type"].startswith("text/event-stream")
+                async for frame in frames(response):
+                    if keep(frame):
+                        taken.append(frame)
+                    if len(taken) == count:
+                        break
+    return taken
+
+
+async def test_a_session_stream_frames_each_event_with_its_seq_type_and_json(
+    server: BridgeServer, store_path: Path
+) -> None:
+    async with store_writer(store_path) as writer:
+        await writer.add_session("framed")
+        await writer.write("framed", 3)
+    got = await raw_frames(server, "/sessions/framed/events", 3)
+
+    assert [frame.id for frame in got] == ["1", "2", "3"]
+    assert [frame.event for frame in got] == ["text-delta"] * 3
+    bodies = [frame.json() for frame in got]
+    assert [body["seq"] for body in bodies] == [1, 2, 3]
+    assert [body["delta"] for body in bodies] == ["x0", "x1", "x2"]
+    assert {body["session_id"] for body in bodies} == {"framed"}
+    assert {body["type"] for body in bodies} == {"text-delta"}
+
+
+async def test_last_event_id_and_after_resume_exactly_after_a_seq(
+    server: BridgeServer, store_path: Path
+) -> None:
+    async with store_writer(store_path) as writer:
+        await writer.add_session("resumed")
+        await writer.write("resumed", 5)
+        path = "/sessions/resumed/events"
+        by_header = await raw_frames(server, path, 3, headers={"Last-Event-ID": "2"})
+        by_query = await raw_frames(server, path, 2, params={"after": "3"})
+        # both given: `after` wins
+        both = await raw_frames(server, path, 1, headers={"Last-Event-ID": "1"},
+                                params={"after": "4"})
+        # then live: what is written after the stream opened comes too
+        async with anyio.create_task_group() as group:
+            group.start_soon(writer.write, "resumed", 2)
+            live = await raw_frames(server, path, 2, params={"after": "5"})
+
+    assert [frame.id for frame in by_header] == ["3", "4", "5"]
+    assert [frame.id for frame in by_query] == ["4", "5"]
+    assert [frame.id for frame in both] == ["5"]
+    assert [frame.id for frame in live] == ["6", "7"]
+
+
+async def test_bad_cursors_and_unknown_sessions_get_our_error_with_a_real_status(
+    server: BridgeServer, store_path: Path
+) -> None:
+    async with store_writer(store_path) as writer:
+        await writer.add_session("known")
+    async with httpx.AsyncClient(base_url=server.url, headers=auth(server)) as http:
+        unknown = await http.get("/sessions/nobody/events")
+        bad_header = await http.get("/sessions/known/events", headers={"Last-Event-ID": "x"})
+        bad_query = await http.get("/sessions/known/events", params={"after": "-1"})
+
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "session_not_found"
+    for answer in (bad_header, bad_query):
+        assert answer.status_code == 400
+        assert answer.json()["error"]["code"] == "invalid_argument"
+
+
+async def test_an_idle_stream_gets_heartbeat_comments(
+    server: BridgeServer, store_path: Path
+) -> None:
+    async with store_writer(store_path) as writer:
+        await writer.add_session("quiet")
+    beats = await raw_frames(server, "/sessions/quiet/events", 2,
+                             keep=lambda frame: bool(frame.comments))
+
+    assert [frame.comments for frame in beats] == [["heartbeat"], ["heartbeat"]]
+    assert all(frame.id is None and frame.event is None for frame in beats)
+
+
+@pytest.mark.docker
+async def test_a_stream_killed_mid_turn_resumes_with_no_gap_and_no_duplicate(
+    server: BridgeServer, store_path: Path, image: str
+) -> None:
+    async with proxy(server.port) as path, \
+            AsyncSandboxClient(base_url=path.url, token=server.token) as client, \
+            opened(client, image, SLOW_TOOL, permissions={"bash": "allow"}) as session:
+        seen: list[Event] = []
+        cut = 0
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as group:
+                group.start_soon(session.send, "go")
+                async for event in session.events():
+                    seen.append(event)
+                    if isinstance(event, ToolStartEvent) and not cut:
+                        cut = await path.cut()  # the tool sleeps: the turn is mid-way
+                    if settled(1)(seen):
+                        break
+        connections = path.accepted
+        stored = await stored_log(store_path, session.id)
+
+    assert cut >= 1
+    assert connections > 1  # the reader came back on a new connection
+    assert [event.seq for event in seen] == list(range(1, len(seen) + 1))
+    assert seen == stored[:len(seen)]
+
+
+@pytest.mark.docker
+async def test_two_watchers_of_one_session_see_the_same_events(
+    server: BridgeServer, store_path: Path, image: str
+) -> None:
+    async with AsyncSandboxClient(base_url=server.url, token=server.token) as client, \
+            opened(client, image, SLOW_TOOL, permissions={"bash": "allow"}) as session:
+        watched: list[list[Event]] = [[], []]
+
+        async def watch(into: list[Event]) -> None:
+            into.extend(await read_log(session, settled(1), within=30))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch, watched[0])
+            group.start_soon(watch, watched[1])
+            await session.send("go")
+        stored = await stored_log(store_path, session.id)
+
+    assert watched[0] == watched[1]
+    assert settled(1)(watched[0])
+    assert watched[0] == stored[:len(watched[0])]
