@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from sandbox_sessions._types import Event, TextDeltaEvent
-from sandbox_sessions.service._eventlog import EventLog
+from sandbox_sessions.service._eventlog import LIVE_BUFFER, EventLog
 from sandbox_sessions.store._sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -92,3 +92,36 @@ async def test_two_writers_of_one_store_keep_one_gap_free_log(tmp_path: Path) ->
 
     assert [event.seq for event in seen_by_first] == list(range(1, 9))
     assert [event.delta for event in stored] == ["a0", "a1", "a2", "b0", "b1", "b2", "b3", "a3"]
+
+
+async def test_a_reader_that_stops_reading_gets_everything_later_from_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    total = 5 * LIVE_BUFFER
+    async with anyio.create_task_group() as group:
+        log = EventLog(store, group)
+        await log.open("s")
+        emit(log, "s", "first")
+        await log.flush()
+        reader = log.subscribe("s")
+        first = await take(reader, 1)  # registered for live events, then stops reading
+        backlogs = []
+        for index in range(total):
+            emit(log, "s", str(index))
+            if index % 100 == 99:
+                await log.flush()
+                backlogs.append(log.backlog())
+        await log.flush()
+        rest = await take(reader, total)
+        emit(log, "s", "live again")  # caught up: live events reach it again
+        last = await take(reader, 1)
+        await reader.aclose()  # type: ignore[attr-defined]
+        group.cancel_scope.cancel()
+    await store.aclose()
+
+    assert max(backlogs) <= LIVE_BUFFER  # the queue of the idle reader stayed bounded
+    seqs = [event.seq for event in first + rest + last]
+    assert seqs == list(range(1, total + 3))  # everything, in order, once
+    deltas = [e.delta for e in rest if isinstance(e, TextDeltaEvent)]
+    assert deltas == [str(index) for index in range(total)]
