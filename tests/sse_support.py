@@ -27,7 +27,8 @@ class Proxy:
     """Forwards loopback TCP connections to `target_port`; `cut()` closes every connection
     open now (as a dropped network path would), and new ones are still accepted."""
 
-    def __init__(self, listener: anyio.abc.SocketListener, target_port: int) -> None:
+    def __init__(self, listener: anyio.abc.Listener[anyio.abc.SocketStream],
+                 target_port: int) -> None:
         self._listener = listener
         self._target = target_port
         self._open: set[anyio.abc.SocketStream] = set()

@@ -142,6 +142,113 @@ async def test_an_idle_stream_gets_heartbeat_comments(
     assert all(frame.id is None and frame.event is None for frame in beats)
 
 
+async def test_the_global_stream_starts_live_and_resumes_exactly_with_its_cursor(
+    server: BridgeServer, store_path: Path
+) -> None:
+    async with store_writer(store_path) as writer, \
+            httpx.AsyncClient(base_url=server.url, headers=auth(server)) as http:
+        await writer.add_session("a")
+        await writer.add_session("b")
+        await writer.write("a", 2, text="before")  # before the stream opens: not in it
+        live: list[Frame] = []
+        with anyio.fail_after(10):
+            async with http.stream("GET", "/events") as response:
+                assert response.status_code == 200
+                reader = frames(response)
+                start = await anext(reader)  # the cursor it starts after, alone
+                await writer.write("a", 2)
+                await writer.write("b", 3)
+                await writer.write("a", 1, text="last")
+                async for frame in reader:
+                    if frame.event is not None:
+                        live.append(frame)
+                    if len(live) == 6:
+                        break
+        assert start.id
+        assert start.event is None
+        assert not start.data
+        cursors = [frame.id or "" for frame in live]
+        resumed = await raw_frames(server, "/events", 3, headers={"Last-Event-ID": cursors[2]})
+        by_query = await raw_frames(server, "/events", 1, params={"after": cursors[4]},
+                                    headers={"Last-Event-ID": cursors[0]})
+        from_start = await raw_frames(server, "/events", 6, headers={"Last-Event-ID": start.id})
+        bad = await http.get("/events", params={"after": "later"})
+
+    bodies = [frame.json() for frame in live]
+    assert [(body["session_id"], body["seq"]) for body in bodies] == [
+        ("a", 3), ("a", 4), ("b", 1), ("b", 2), ("b", 3), ("a", 5)]
+    assert [frame.event for frame in live] == ["text-delta"] * 6
+    assert [body["delta"] for body in bodies][-1] == "last0"
+    assert len(set(cursors)) == 6
+    assert [frame.json() for frame in resumed] == bodies[3:]  # no gap, no duplicate
+    assert [frame.id for frame in resumed] == cursors[3:]
+    assert [frame.json() for frame in by_query] == bodies[5:]  # `after` wins
+    assert [frame.json() for frame in from_start] == bodies
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_argument"
+
+
+async def test_the_global_stream_is_the_same_over_http_as_in_process(
+    server: BridgeServer, store_path: Path
+) -> None:
+    async with store_writer(store_path) as writer:
+        for session_id in ("a", "b"):
+            await writer.add_session(session_id)
+        for _ in range(3):
+            await writer.write("a", 2)
+            await writer.write("b", 1)
+
+    async def first(client: AsyncSandboxClient, count: int, after: str
+                    ) -> list[tuple[str, Event]]:
+        taken: list[tuple[str, Event]] = []
+        with anyio.fail_after(10):
+            async for item in client.events(after=after):
+                taken.append(item)
+                if len(taken) == count:
+                    break
+        return taken
+
+    async with AsyncSandboxClient(base_url=server.url, token=server.token) as remote:
+        over_http = await first(remote, 9, "0")
+        resumed_http = await first(remote, 4, over_http[4][0])
+    async with AsyncSandboxClient(store=store_path) as local:
+        in_process = await first(local, 9, "0")
+        resumed_local = await first(local, 4, in_process[4][0])
+
+    assert over_http == in_process
+    assert resumed_http == resumed_local == in_process[5:]
+    assert [(event.session_id, event.seq) for _, event in in_process] == [
+        ("a", 1), ("a", 2), ("b", 1), ("a", 3), ("a", 4), ("b", 2), ("a", 5), ("a", 6),
+        ("b", 3)]
+
+
+async def test_a_dropped_global_stream_is_resumed_by_the_client_from_its_cursor(
+    server: BridgeServer, store_path: Path
+) -> None:
+    seen: list[tuple[str, Event]] = []
+    async with store_writer(store_path) as writer, proxy(server.port) as path, \
+            AsyncSandboxClient(base_url=path.url, token=server.token) as client:
+        await writer.add_session("a")
+        await writer.add_session("b")
+        await writer.write("a", 2)
+        with anyio.fail_after(10):
+            async for item in client.events(after="0"):
+                seen.append(item)
+                if len(seen) == 2:
+                    cut = await path.cut()
+                    await writer.write("b", 2)  # while the reader is away
+                    await writer.write("a", 1)
+                if len(seen) == 5:
+                    break
+        connections = path.accepted
+
+    assert cut == 1
+    assert connections > 1
+    assert [(event.session_id, event.seq) for _, event in seen] == [
+        ("a", 1), ("a", 2), ("b", 1), ("b", 2), ("a", 3)]
+    assert len({cursor for cursor, _ in seen}) == 5
+
+
 @pytest.mark.docker
 async def test_a_stream_killed_mid_turn_resumes_with_no_gap_and_no_duplicate(
     server: BridgeServer, store_path: Path, image: str
