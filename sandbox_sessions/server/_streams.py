@@ -173,7 +173,11 @@ class EventStream(Response):
         async with sender:
             try:
                 async for item in self._events:
-                    await sender.send(_sse(*item))
+                    text = _sse(*item)
+                    try:  # no trip through the event loop per event while there is room
+                        sender.send_nowait(text)
+                    except anyio.WouldBlock:
+                        await sender.send(text)
             except StoreError as exc:
                 await sender.send(_sse("", "error", json.dumps(to_wire(exc))))
 
