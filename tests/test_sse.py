@@ -8,10 +8,12 @@ bridge picks up from the store.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 from agent_support import Script, opened, read_log, settled
@@ -19,8 +21,8 @@ from bridge import BridgeServer
 from sse_support import Frame, frames, proxy, store_writer
 
 from sandbox_sessions import AsyncSandboxClient, Event
-from sandbox_sessions._types import ToolStartEvent
-from sandbox_sessions.service._eventlog import CHUNK
+from sandbox_sessions._types import TextDeltaEvent, ToolStartEvent
+from sandbox_sessions.service._eventlog import CHUNK, LIVE_BUFFER
 from sandbox_sessions.store._sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -111,6 +113,52 @@ async def test_last_event_id_and_after_resume_exactly_after_a_seq(
     assert [frame.id for frame in by_query] == ["4", "5"]
     assert [frame.id for frame in both] == ["5"]
     assert [frame.id for frame in live] == ["6", "7"]
+
+
+async def test_a_reader_that_stops_reading_gets_every_event_later(
+    server: BridgeServer, store_path: Path
+) -> None:
+    total = 12 * 500  # far more than a live queue holds, and than socket buffers
+    assert total > 4 * LIVE_BUFFER
+    async with store_writer(store_path) as writer:
+        await writer.add_session("slow")
+    assert server.portal is not None
+    assert server.service is not None
+    log = server.service.log
+
+    async def emit_on_the_bridge() -> int:
+        """Events emitted by the bridge's own log (so they reach its readers live); the most
+        it held for one reader meanwhile."""
+        backlog = 0
+        await log.open("slow")
+        for _ in range(12):
+            for index in range(500):
+                log.emit("slow", TextDeltaEvent, message_id="m", part_id="p",
+                         delta=f"{'y' * 2000}{index}")
+            await log.flush()
+            backlog = max(backlog, log.backlog())
+        return backlog
+
+    seqs: list[int] = []
+    # a small receive window, so the bridge's socket fills up and its sends wait
+    small = httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                                      1 << 18)])
+    async with httpx.AsyncClient(base_url=server.url, headers=auth(server),
+                                 transport=small) as http:
+        with anyio.fail_after(30):
+            async with http.stream("GET", "/sessions/slow/events") as response:
+                assert response.status_code == 200
+                await anyio.sleep(0.3)  # the stream is live on the bridge
+                # meanwhile this reader reads nothing
+                backlog = await anyio.to_thread.run_sync(server.portal.call, emit_on_the_bridge)
+                async for frame in frames(response):
+                    if frame.event is not None:
+                        seqs.append(frame.json()["seq"])
+                    if len(seqs) == total:
+                        break
+
+    assert seqs == list(range(1, total + 1))  # everything, in order, once
+    assert 0 < backlog <= LIVE_BUFFER  # bounded: the rest was read from the store later
 
 
 async def test_bad_cursors_and_unknown_sessions_get_our_error_with_a_real_status(

@@ -260,7 +260,8 @@ class EventLog:
                     with anyio.move_on_after(POLL_INTERVAL):
                         items = [await receive.receive()]
                     if not items:  # quiet here: another process may be writing the session
-                        items = list(await self._stored(session_id, last))
+                        live.behind = True  # read as if behind: a window at a time
+                        items = list(await self._catch_up(session_id, last, live))
                 events = _events(items, strict=strict)
                 for event in events:
                     if event.seq > last + 1:  # written elsewhere meanwhile: those come first
