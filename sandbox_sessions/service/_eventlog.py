@@ -65,14 +65,19 @@ class _Live:
     failed: StoreError | None = None
 
     def offer(self, item: Event | StoreError) -> None:
-        if self.behind:
-            return
         try:
+            if self.behind:
+                raise anyio.WouldBlock
             self.send.send_nowait(item)
         except anyio.WouldBlock:
             self.behind = True
-            if isinstance(item, StoreError):
+            if isinstance(item, StoreError):  # an event is in the store later; this is not
                 self.failed = item
+
+    def take_failure(self) -> list[StoreError]:
+        """The store failure it could not be told through its queue, once."""
+        failed, self.failed = self.failed, None
+        return [] if failed is None else [failed]
 
 
 class EventLog:
@@ -253,8 +258,6 @@ class EventLog:
             while True:
                 items = _drain(receive)  # what is queued, without a loop trip per event
                 if not items and live.behind:
-                    if strict and live.failed is not None:
-                        raise _unstored(live.failed)
                     items = list(await self._catch_up(session_id, last, live))
                 if not items:
                     with anyio.move_on_after(POLL_INTERVAL):
@@ -262,7 +265,7 @@ class EventLog:
                     if not items:  # quiet here: another process may be writing the session
                         live.behind = True  # read as if behind: a window at a time
                         items = list(await self._catch_up(session_id, last, live))
-                events = _events(items, strict=strict)
+                events = _events([*live.take_failure(), *items], strict=strict)
                 for event in events:
                     if event.seq > last + 1:  # written elsewhere meanwhile: those come first
                         for missed in await self._stored(session_id, last, upto=event.seq - 1):
@@ -282,7 +285,7 @@ class EventLog:
         window = await self._stored(session_id, last, upto=last + LIVE_BUFFER)
         if window and window[-1].seq >= last + LIVE_BUFFER:
             return window
-        live.behind, live.failed = False, None
+        live.behind = False
         return window + await self._stored(session_id, window[-1].seq if window else last)
 
     async def _stored(self, session_id: str, after: int, upto: int | None = None) -> list[Event]:
