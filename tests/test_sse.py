@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -20,7 +21,7 @@ from agent_support import Script, opened, read_log, settled
 from bridge import BridgeServer
 from sse_support import Frame, frames, proxy, store_writer
 
-from sandbox_sessions import AsyncSandboxClient, Event
+from sandbox_sessions import AsyncSandboxClient, Event, InvalidArgument, SandboxClient
 from sandbox_sessions._types import TextDeltaEvent, ToolStartEvent
 from sandbox_sessions.service._eventlog import CHUNK, LIVE_BUFFER
 from sandbox_sessions.store._sqlite import SQLiteStore
@@ -268,6 +269,36 @@ async def test_the_global_stream_is_the_same_over_http_as_in_process(
     assert [(event.session_id, event.seq) for _, event in in_process] == [
         ("a", 1), ("a", 2), ("b", 1), ("a", 3), ("a", 4), ("b", 2), ("a", 5), ("a", 6),
         ("b", 3)]
+
+
+async def test_a_bad_global_cursor_is_invalid_argument_over_both_transports(
+    server: BridgeServer, store_path: Path
+) -> None:
+    async with AsyncSandboxClient(base_url=server.url, token=server.token) as remote, \
+            AsyncSandboxClient(store=store_path) as local:
+        for client in (remote, local):
+            for cursor in ("", "later", "-1", "1-", "1.5"):
+                with pytest.raises(InvalidArgument):
+                    client.events(after=cursor)
+
+
+def test_the_blocking_client_reads_the_global_stream(
+    server: BridgeServer, store_path: Path
+) -> None:
+    async def seed() -> None:
+        async with store_writer(store_path) as writer:
+            await writer.add_session("a")
+            await writer.write("a", 3)
+
+    anyio.run(seed)
+    with SandboxClient(base_url=server.url, token=server.token) as client:
+        with closing(client.events(after="0")) as events:  # type: ignore[type-var]
+            taken = [next(events) for _ in range(3)]
+        with closing(client.events(after=taken[0][0])) as events:  # type: ignore[type-var]
+            resumed = next(events)
+
+    assert [event.seq for _, event in taken] == [1, 2, 3]
+    assert resumed == taken[1]
 
 
 async def test_a_dropped_global_stream_is_resumed_by_the_client_from_its_cursor(

@@ -27,6 +27,7 @@ from ..agent._tools import agent_tools, check_rule_keys
 from ..agent.base import Tool
 from ..providers._scripted import ScriptedProvider
 from ..sandbox.base import SandboxBackend
+from ..service._allevents import Cursor
 from ..service._open import open_service
 from ..service._service import SessionService
 from ..store.base import Store
@@ -224,8 +225,8 @@ class AsyncSandboxClient:
         """Every session's events, each with its cursor: those stored after the cursor
         `after`, else those from now on; never ends by itself. Resume after a disconnect (or in
         another process) with the last cursor seen: nothing lost or repeated."""
-        if after is not None:
-            check_text(after, "event cursor", empty=False)
+        if after is not None:  # checked here: a bad cursor fails alike over both transports
+            Cursor.parse(check_text(after, "event cursor", empty=False))
         return self._opened().all_events(after=after)
 
     async def gc(self) -> list[str]:
