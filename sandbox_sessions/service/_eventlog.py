@@ -58,10 +58,12 @@ E = TypeVar("E", bound=EventBase)
 @dataclass(eq=False)
 class _Live:
     """A subscriber's live queue; `behind` once it overflowed (live events are dropped for it
-    until it has caught up from the store), `failed` a store failure it could not be told."""
+    until it has caught up from the store), `dropped` whether some were, `failed` a store
+    failure it could not be told."""
 
     send: MemoryObjectSendStream[Event | StoreError]
     behind: bool = False
+    dropped: bool = False
     failed: StoreError | None = None
 
     def offer(self, item: Event | StoreError) -> None:
@@ -70,7 +72,7 @@ class _Live:
                 raise anyio.WouldBlock
             self.send.send_nowait(item)
         except anyio.WouldBlock:
-            self.behind = True
+            self.behind = self.dropped = True
             if isinstance(item, StoreError):  # an event is in the store later; this is not
                 self.failed = item
 
@@ -285,7 +287,10 @@ class EventLog:
         window = await self._stored(session_id, last, upto=last + LIVE_BUFFER)
         if window and window[-1].seq >= last + LIVE_BUFFER:
             return window
-        live.behind = False
+        live.behind = False  # from here on, live events reach its queue again
+        if not live.dropped:
+            return window
+        live.dropped = False  # what was dropped is stored: read what came after the window
         return window + await self._stored(session_id, window[-1].seq if window else last)
 
     async def _stored(self, session_id: str, after: int, upto: int | None = None) -> list[Event]:
