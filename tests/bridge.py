@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Self
 
 import anyio
-from anyio.from_thread import start_blocking_portal
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from sandbox_sessions.server import ServerConfig, serve
 from sandbox_sessions.service import SessionService
@@ -42,9 +42,12 @@ class BridgeServer:
         self._stack = ExitStack()
         self._done: Future[None] | None = None
         self.service: SessionService | None = None
+        self.portal: BlockingPortal | None = None
+        """The server's event loop: call its service there."""
 
     def __enter__(self) -> Self:
         portal = self._stack.enter_context(start_blocking_portal())
+        self.portal = portal
         stop = portal.call(anyio.Event)
         ready = threading.Event()
 

@@ -3,25 +3,29 @@ across chunk boundaries and across two writers of one store."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import pytest
 
-from sandbox_sessions._types import Event, TextDeltaEvent
-from sandbox_sessions.service._eventlog import EventLog
+from sandbox_sessions._types import TextDeltaEvent
+from sandbox_sessions.service._allevents import Cursor, subscribe_all
+from sandbox_sessions.service._eventlog import CHUNK, LIVE_BUFFER, EventLog
 from sandbox_sessions.store._sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
+T = TypeVar("T")
 
 
 def emit(log: EventLog, session: str, text: str) -> None:
     log.emit(session, TextDeltaEvent, message_id="m", part_id="p", delta=text)
 
 
-async def take(events: AsyncIterator[Event], count: int) -> list[Event]:
-    taken: list[Event] = []
+async def take(events: AsyncIterator[T], count: int) -> list[T]:
+    taken: list[T] = []
     with anyio.fail_after(5):
         async for event in events:
             taken.append(event)
@@ -92,3 +96,87 @@ async def test_two_writers_of_one_store_keep_one_gap_free_log(tmp_path: Path) ->
 
     assert [event.seq for event in seen_by_first] == list(range(1, 9))
     assert [event.delta for event in stored] == ["a0", "a1", "a2", "b0", "b1", "b2", "b3", "a3"]
+
+
+async def test_a_reader_that_stops_reading_gets_everything_later_from_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    total = 5 * LIVE_BUFFER
+    async with anyio.create_task_group() as group:
+        log = EventLog(store, group)
+        await log.open("s")
+        emit(log, "s", "first")
+        await log.flush()
+        reader = log.subscribe("s")
+        first = await take(reader, 1)  # registered for live events, then stops reading
+        backlogs = []
+        for index in range(total):
+            emit(log, "s", str(index))
+            if index % 100 == 99:
+                await log.flush()
+                backlogs.append(log.backlog())
+        await log.flush()
+        rest = await take(reader, total)
+        emit(log, "s", "live again")  # caught up: live events reach it again
+        last = await take(reader, 1)
+        await reader.aclose()  # type: ignore[attr-defined]
+        group.cancel_scope.cancel()
+    await store.aclose()
+
+    assert max(backlogs) <= LIVE_BUFFER  # the queue of the idle reader stayed bounded
+    seqs = [event.seq for event in first + rest + last]
+    assert seqs == list(range(1, total + 3))  # everything, in order, once
+    deltas = [e.delta for e in rest if isinstance(e, TextDeltaEvent)]
+    assert deltas == [str(index) for index in range(total)]
+
+
+OLD_EVENTS_TABLE = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE sessions (id TEXT PRIMARY KEY, status TEXT NOT NULL, time_created REAL NOT NULL,
+                       info TEXT NOT NULL);
+CREATE TABLE events (session_id TEXT NOT NULL, first_seq INTEGER NOT NULL,
+                     last_seq INTEGER NOT NULL, data BLOB NOT NULL,
+                     PRIMARY KEY (session_id, first_seq)) WITHOUT ROWID;
+CREATE TABLE leases (session_id TEXT PRIMARY KEY, kind TEXT NOT NULL, owner TEXT NOT NULL,
+                     expires REAL NOT NULL, holder TEXT NOT NULL, after INTEGER NOT NULL);
+INSERT INTO meta VALUES ('owner_id', 'old');
+"""
+"""A store as made before chunks had a global position."""
+
+
+async def test_a_store_without_positions_is_migrated_in_place_and_streams_globally(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(OLD_EVENTS_TABLE)
+    for session, first in (("b", 1), ("a", 1), ("a", 3)):
+        events = [TextDeltaEvent(session_id=session, seq=seq, time=0.0, message_id="m",
+                                 part_id="p", delta=f"{session}{seq}")
+                  for seq in (first, first + 1)]
+        old.execute("INSERT INTO events VALUES (?, ?, ?, ?)",
+                    (session, first, first + 1, CHUNK.dump_json(list(events))))
+    old.commit()
+    old.close()
+
+    store = SQLiteStore(path)
+    async with anyio.create_task_group() as group:
+        log = EventLog(store, group)
+        await log.open("a")
+        emit(log, "a", "new")
+        await log.flush()
+        everything = await take(subscribe_all(log, after=Cursor(0)), 7)
+        after_third = await take(subscribe_all(log, after=Cursor(2, 3)), 4)
+        group.cancel_scope.cancel()
+    await store.aclose()
+    reopened = SQLiteStore(path)  # a second open of a migrated store changes nothing
+    positions = [chunk.position for chunk in await reopened.read_all_events()]
+    await reopened.aclose()
+
+    order = [(event.session_id, event.seq) for _, event in everything]
+    # old chunks numbered in (session, seq) order, then what came after the migration
+    assert order == [("a", 1), ("a", 2), ("a", 3), ("a", 4), ("b", 1), ("b", 2), ("a", 5)]
+    assert [str(cursor) for cursor, _ in everything][:3] == ["1-1", "1-2", "2-3"]
+    assert [(event.session_id, event.seq) for _, event in after_third] == order[3:]
+    assert positions == [1, 2, 3, 4]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from .._exceptions import InvalidArgument, SandboxSessionsError
 from .._tokens import default_token_path, load_token
-from .._types import AgentConfig, PermissionRules, SandboxOptions, SessionInfo
+from .._types import AgentConfig, Event, PermissionRules, SandboxOptions, SessionInfo
 from .._validation import check_text
 from ..agent._permissions import validate_rules
 from ..agent._pricing import Price
@@ -27,6 +27,7 @@ from ..agent._tools import agent_tools, check_rule_keys
 from ..agent.base import Tool
 from ..providers._scripted import ScriptedProvider
 from ..sandbox.base import SandboxBackend
+from ..service._allevents import Cursor
 from ..service._open import open_service
 from ..service._service import SessionService
 from ..store.base import Store
@@ -219,6 +220,14 @@ class AsyncSandboxClient:
         record, ended ones and ones still being created (`creating`) included. Turns left open
         by a process that died are closed first."""
         return await self._opened().list_sessions(include_ended=include_ended)
+
+    def events(self, *, after: str | None = None) -> AsyncIterator[tuple[str, Event]]:
+        """Every session's events, each with its cursor: those stored after the cursor
+        `after`, else those from now on; never ends by itself. Resume after a disconnect (or in
+        another process) with the last cursor seen: nothing lost or repeated."""
+        if after is not None:  # checked here: a bad cursor fails alike over both transports
+            Cursor.parse(check_text(after, "event cursor", empty=False))
+        return self._opened().all_events(after=after)
 
     async def gc(self) -> list[str]:
         """Remove orphaned containers: of this store, those whose session is ended, unknown,

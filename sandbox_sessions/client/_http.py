@@ -223,16 +223,45 @@ class HTTPTransport:
 
     async def _event_stream(self, url: str, after: int, strict: bool
                             ) -> AsyncIterator[Event]:
-        headers = {**self._headers, "Last-Event-ID": str(after)}
+        async for _, event in self._sse(url, str(after), {"strict": strict}):
+            if event is not None:
+                yield event
+
+    async def all_events(self, *, after: str | None = None
+                         ) -> AsyncIterator[tuple[str, Event]]:
+        """See `Transport.all_events`: reconnects with `Last-Event-ID` when the stream drops
+        (from the cursor the server gave when the stream opened, if no event came yet)."""
+        url = self._url("events")
+        last = after
+        while True:
+            try:
+                async for cursor, event in self._sse(url, last, {}):
+                    last = cursor or last
+                    if event is not None:
+                        yield cursor, event
+            except _TRANSPORT_ERRORS as exc:
+                log.info("the global event stream dropped (%s); reconnecting after %s",
+                         exc, last)
+                await self._wait_for_server()
+
+    async def _sse(self, url: str, after: str | None, params: dict[str, Any]
+                   ) -> AsyncIterator[tuple[str, Event | None]]:
+        """Each frame's `id:` and event (None for a frame with an id and no event)."""
+        headers = dict(self._headers)
+        if after is not None:
+            headers["Last-Event-ID"] = after
         timeout = httpx.Timeout(connect=10.0, read=STREAM_SILENCE, write=60.0, pool=30.0)
         async with aconnect_sse(self._client, "GET", url, headers=headers, timeout=timeout,
-                                params={"strict": strict}) as source:
+                                params=params) as source:
             if source.response.is_error:
                 raise _error(source.response.status_code, await source.response.aread())
             async for sse in source.aiter_sse():
-                if sse.event == "error":
+                if not sse.data:  # a heartbeat (httpx-sse makes a data-less event of it)
+                    yield sse.id, None  # or the start cursor of a stream
+                elif sse.event == "error":
                     raise _error(503, sse.data.encode())
-                yield _parse(_EVENT, sse.data.encode())
+                else:
+                    yield sse.id, _parse(_EVENT, sse.data.encode())
 
     async def _wait_for_server(self) -> None:
         """Back off until the server answers again; `BridgeUnavailable` after

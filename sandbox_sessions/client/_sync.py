@@ -309,6 +309,10 @@ class SandboxClient:
         """The sessions of this store, newest first."""
         return self.portal.call(lambda: self._async.list_sessions(include_ended=include_ended))
 
+    def events(self, *, after: str | None = None) -> Iterator[tuple[str, Event]]:
+        """Every session's events with their cursors; see `AsyncSandboxClient.events`."""
+        return _blocking_iter(self.portal, self._async.events(after=after))
+
     def gc(self) -> list[str]:
         """Remove orphaned containers; returns their ids."""
         return self.portal.call(self._async.gc)

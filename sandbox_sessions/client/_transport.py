@@ -124,6 +124,12 @@ class Transport(Protocol):
         itself. With `strict`, a store that cannot take the events raises `StoreError`."""
         ...
 
+    def all_events(self, *, after: str | None = None) -> AsyncIterator[tuple[str, Event]]:
+        """Every session's events stored after the cursor `after` (None: from now on), each
+        with the cursor that resumes right after it; never ending by itself. A malformed
+        cursor raises `InvalidArgument`."""
+        ...
+
     async def messages(self, session_id: str, *, after: int = 0) -> list[Message]:
         """The session's messages (with `after`, those created after that seq)."""
         ...

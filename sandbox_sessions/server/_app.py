@@ -269,6 +269,11 @@ def _event_routes(app: FastAPI, bridge: Bridge) -> None:
     sse: dict[int | str, dict[str, Any]] = {200: {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
         "description": "SSE: `id:` the event's seq, `event:` its type, `data:` the Event as JSON"}}
+    every: dict[int | str, dict[str, Any]] = {200: {
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "SSE: first an `id:` frame alone (the cursor the stream starts after), "
+                       "then per event `id:` a cursor that resumes right after it, `event:` "
+                       "its type, `data:` the Event as JSON (with its `session_id`)"}}
 
     @app.get("/sessions/{session_id}/events", tags=["events"], response_class=EventStream,
              status_code=200,
@@ -283,6 +288,19 @@ def _event_routes(app: FastAPI, bridge: Bridge) -> None:
         its start with neither."""
         start = _cursor(last_event_id) if after is None else after
         return EventStream(_session_events(service, session_id, start, strict),
+                           heartbeat=bridge.config.heartbeat, closing=bridge.closing)
+
+
+    @app.get("/events", tags=["events"], status_code=200, response_class=EventStream,
+             responses=every)
+    async def all_events(
+        after: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> EventStream:
+        """Every session's events stored after the cursor `after` (or `Last-Event-ID`;
+        `after` wins when both are given), then live; from now on with neither."""
+        start = after if after is not None else (last_event_id or "").strip() or None
+        return EventStream(_global_events(service, start),
                            heartbeat=bridge.config.heartbeat, closing=bridge.closing)
 
 
@@ -302,3 +320,12 @@ async def _session_events(service: SessionService, session_id: str, after: int,
     async for event in service.events(session_id, after=after, strict=strict):
         yield str(event.seq), event.type, event.model_dump_json()
 
+
+
+async def _global_events(service: SessionService, after: str | None
+                         ) -> AsyncIterator[tuple[str, str, str]]:
+    start = after if after is not None else await service.events_cursor()
+    events = service.all_events(after=start)  # a malformed cursor fails here, with a 400
+    yield start, "ready", ""
+    async for cursor, event in events:
+        yield cursor, event.type, event.model_dump_json()

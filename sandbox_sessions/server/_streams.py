@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
@@ -111,10 +111,20 @@ class ByteStream(Response):
             group.cancel_scope.cancel()
 
 
+FRAMES_AHEAD = 512
+"""Frames an event stream prepares while the previous ones are being sent; whatever is ready
+goes out as one body (one write), not one send per event."""
+
+
 class EventStream(Response):
-    """Server-sent events: `id:` a cursor (a session's seq), `event:` the event's type,
-    `data:` its JSON; a comment every `heartbeat` seconds while quiet. A store that cannot
-    take the events (with `strict`) ends the stream with an `error` event."""
+    """Server-sent events: `id:` a cursor (a session's seq, or the global stream's cursor),
+    `event:` the event's type, `data:` its JSON; a comment every `heartbeat` seconds while
+    quiet. A store that cannot take the events (with `strict`) ends the stream with an `error`
+    event.
+
+    `events` first yields `(cursor, "ready", "")` once the stream is open (before that, a
+    failure is answered with its status); a cursor there is sent as an `id:` frame alone,
+    so a reader that reconnects before any event resumes from where it started."""
 
     def __init__(self, events: AsyncIterator[tuple[str, str, str]], *, heartbeat: float,
                  closing: anyio.Event) -> None:
@@ -149,13 +159,27 @@ class EventStream(Response):
 
     async def _pump(self, first: tuple[str, str, str],
                     frame: Callable[[str], Awaitable[None]]) -> None:
-        if first[1] != "ready":  # "ready": nothing stored yet, but the stream is open
+        if first[1] != "ready":
             await frame(_sse(*first))
-        try:
-            async for item in self._events:
-                await frame(_sse(*item))
-        except StoreError as exc:
-            await frame(_sse("", "error", json.dumps(to_wire(exc))))
+        elif first[0]:
+            await frame(f"id: {first[0]}\n\n")
+        sender, frames = anyio.create_memory_object_stream[str](FRAMES_AHEAD)
+        async with anyio.create_task_group() as group, frames:
+            group.start_soon(self._produce, sender)
+            async for text in frames:
+                await frame(text + "".join(_ready(frames)))
+
+    async def _produce(self, sender: MemoryObjectSendStream[str]) -> None:
+        async with sender:
+            try:
+                async for item in self._events:
+                    text = _sse(*item)
+                    try:  # no trip through the event loop per event while there is room
+                        sender.send_nowait(text)
+                    except anyio.WouldBlock:
+                        await sender.send(text)
+            except StoreError as exc:
+                await sender.send(_sse("", "error", json.dumps(to_wire(exc))))
 
     async def _beat(self, frame: Callable[[str], Awaitable[None]]) -> None:
         while True:
@@ -165,6 +189,16 @@ class EventStream(Response):
     async def _close_on_shutdown(self, scope: anyio.CancelScope) -> None:
         await self._closing.wait()
         scope.cancel()
+
+
+def _ready(frames: MemoryObjectReceiveStream[str]) -> list[str]:
+    """The frames already prepared, without waiting."""
+    ready: list[str] = []
+    try:
+        while True:
+            ready.append(frames.receive_nowait())
+    except (anyio.WouldBlock, anyio.EndOfStream):
+        return ready
 
 
 def _sse(cursor: str, kind: str, data: str) -> str:

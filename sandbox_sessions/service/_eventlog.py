@@ -8,7 +8,9 @@ is not on disk, and a fast producer is not held to one fsync per event.
 A subscriber registers for live events first, then replays the store, then takes live events
 past what it replayed, filling any gap from the store (events another process wrote) and
 looking in the store whenever it has been quiet for `POLL_INTERVAL`: resuming after a seq loses
-nothing and duplicates nothing.
+nothing and duplicates nothing. Its live queue is bounded (`LIVE_BUFFER`): a subscriber that
+falls that far behind stops getting live events and reads the store instead until it has caught
+up, so it still gets everything, in order, and a slow reader costs no unbounded memory.
 
 A store that fails (locked by another process past its busy timeout, full) does not break the
 log: the batch that could not be written stays queued, in order, ahead of what came after it,
@@ -24,6 +26,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import anyio
@@ -35,7 +38,7 @@ from .._exceptions import StoreError
 from .._types import Event, EventBase
 from ..store.base import EventChunk, Store
 
-__all__ = ["CHUNK", "EVENTS", "EventLog"]
+__all__ = ["CHUNK", "EVENTS", "LIVE_BUFFER", "EventLog", "parsed"]
 
 log: logging.Logger = logging.getLogger("sandbox_sessions.events")
 
@@ -46,7 +49,37 @@ POLL_INTERVAL = 0.25
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 """Seconds the writer waits before each new attempt at a batch the store refused (the last
 repeats)."""
+LIVE_BUFFER = 1024
+"""Live events (or store failures) a subscriber's queue holds; one that falls further behind
+reads the store until it has caught up."""
 E = TypeVar("E", bound=EventBase)
+
+
+@dataclass(eq=False)
+class _Live:
+    """A subscriber's live queue; `behind` once it overflowed (live events are dropped for it
+    until it has caught up from the store), `dropped` whether some were, `failed` a store
+    failure it could not be told."""
+
+    send: MemoryObjectSendStream[Event | StoreError]
+    behind: bool = False
+    dropped: bool = False
+    failed: StoreError | None = None
+
+    def offer(self, item: Event | StoreError) -> None:
+        try:
+            if self.behind:
+                raise anyio.WouldBlock
+            self.send.send_nowait(item)
+        except anyio.WouldBlock:
+            self.behind = self.dropped = True
+            if isinstance(item, StoreError):  # an event is in the store later; this is not
+                self.failed = item
+
+    def take_failure(self) -> list[StoreError]:
+        """The store failure it could not be told through its queue, once."""
+        failed, self.failed = self.failed, None
+        return [] if failed is None else [failed]
 
 
 class EventLog:
@@ -65,8 +98,8 @@ class EventLog:
         self._failures = 0
         self._error: StoreError | None = None
         self._closed: StoreError | None = None
-        self._subscribers: dict[str, set[MemoryObjectSendStream[Event | StoreError]]] = (
-            defaultdict(set))
+        self._subscribers: dict[str, set[_Live]] = defaultdict(set)
+        self._stored_signal = anyio.Event()
         self._init_lock = anyio.Lock()
         task_group.start_soon(self._writer)
 
@@ -98,6 +131,21 @@ class EventLog:
         self._emitted += 1
         self._wake.set()
         return event
+
+    @property
+    def store(self) -> Store:
+        """The store the log is kept in."""
+        return self._store
+
+    def stored_signal(self) -> anyio.Event:
+        """An event set once the next batch of this process's events is stored."""
+        return self._stored_signal
+
+    def backlog(self) -> int:
+        """The most live events waiting in any one subscriber's queue (at most
+        `LIVE_BUFFER`)."""
+        return max((live.send.statistics().current_buffer_used
+                    for lives in self._subscribers.values() for live in lives), default=0)
 
     def head(self, session_id: str) -> int:
         """The last seq emitted for the session (stored or about to be)."""
@@ -160,7 +208,7 @@ class EventLog:
         self._error = exc
         for session_id in {event.session_id for event in self._pending}:
             for subscriber in self._subscribers.get(session_id, ()):
-                subscriber.send_nowait(exc)
+                subscriber.offer(exc)
         self._progressed()
 
     def _progressed(self) -> None:
@@ -187,7 +235,9 @@ class EventLog:
         for event in batch:
             self._durable[event.session_id] = event.seq
             for subscriber in self._subscribers.get(event.session_id, ()):
-                subscriber.send_nowait(event)
+                subscriber.offer(event)
+        self._stored_signal.set()
+        self._stored_signal = anyio.Event()
 
     async def subscribe(
         self, session_id: str, *, after: int = 0, strict: bool = False
@@ -199,8 +249,9 @@ class EventLog:
         this session's events raises `StoreError` here.
         """
         await self.open(session_id)
-        send, receive = anyio.create_memory_object_stream[Event | StoreError](math.inf)
-        self._subscribers[session_id].add(send)
+        send, receive = anyio.create_memory_object_stream[Event | StoreError](LIVE_BUFFER)
+        live = _Live(send)
+        self._subscribers[session_id].add(live)
         last = after
         try:
             for event in await self._stored(session_id, last):
@@ -208,12 +259,15 @@ class EventLog:
                 yield event
             while True:
                 items = _drain(receive)  # what is queued, without a loop trip per event
+                if not items and live.behind:
+                    items = list(await self._catch_up(session_id, last, live))
                 if not items:
                     with anyio.move_on_after(POLL_INTERVAL):
                         items = [await receive.receive()]
                     if not items:  # quiet here: another process may be writing the session
-                        items = list(await self._stored(session_id, last))
-                events = _events(items, strict=strict)
+                        live.behind = True  # read as if behind: a window at a time
+                        items = list(await self._catch_up(session_id, last, live))
+                events = _events([*live.take_failure(), *items], strict=strict)
                 for event in events:
                     if event.seq > last + 1:  # written elsewhere meanwhile: those come first
                         for missed in await self._stored(session_id, last, upto=event.seq - 1):
@@ -223,14 +277,26 @@ class EventLog:
                         last = event.seq
                         yield event
         finally:
-            self._subscribers[session_id].discard(send)
+            self._subscribers[session_id].discard(live)
             send.close()
             receive.close()
+
+    async def _catch_up(self, session_id: str, last: int, live: _Live) -> list[Event]:
+        """The next stored events of a subscriber that fell behind, `LIVE_BUFFER` at a time;
+        once it has all, it takes live events again (and what was stored meanwhile)."""
+        window = await self._stored(session_id, last, upto=last + LIVE_BUFFER)
+        if window and window[-1].seq >= last + LIVE_BUFFER:
+            return window
+        live.behind = False  # from here on, live events reach its queue again
+        if not live.dropped:
+            return window
+        live.dropped = False  # what was dropped is stored: read what came after the window
+        return window + await self._stored(session_id, window[-1].seq if window else last)
 
     async def _stored(self, session_id: str, after: int, upto: int | None = None) -> list[Event]:
         chunks = await self._store.read_events(session_id, after=after, upto=upto)
         high = math.inf if upto is None else upto
-        return [event for chunk in chunks for event in _parsed(chunk)
+        return [event for chunk in chunks for event in parsed(chunk)
                 if after < event.seq <= high]
 
     async def history(self, session_id: str, *, after: int = 0) -> list[Event]:
@@ -274,7 +340,7 @@ def _unstored(error: StoreError) -> StoreError:
     return fresh
 
 
-def _parsed(chunk: EventChunk) -> list[Event]:
+def parsed(chunk: EventChunk) -> list[Event]:
     """The events of a stored chunk; a corrupt one is a `StoreError` naming its row."""
     try:
         return CHUNK.validate_json(chunk.data)

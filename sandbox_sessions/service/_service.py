@@ -29,6 +29,7 @@ from .._validation import check_text
 from ..agent.base import Tool
 from ..sandbox.base import Sandbox, SandboxBackend
 from ..store.base import Store
+from ._allevents import Cursor, subscribe_all
 from ._eventlog import EventLog
 from ._sessions import OutputSink, Sessions
 from ._turns import Turns
@@ -170,6 +171,19 @@ class SessionService:
     ) -> AsyncIterator[Event]:
         """See `Transport.events`."""
         return self._turns.subscribe(session_id, after=after, strict=strict)
+
+    def all_events(self, *, after: str | None = None) -> AsyncIterator[tuple[str, Event]]:
+        """See `Transport.all_events`."""
+        start = None if after is None else Cursor.parse(after)  # a bad cursor fails here
+        return self._all_events(start)
+
+    async def _all_events(self, start: Cursor | None) -> AsyncIterator[tuple[str, Event]]:
+        async for cursor, event in subscribe_all(self.log, after=start):
+            yield str(cursor), event
+
+    async def events_cursor(self) -> str:
+        """The global stream's cursor now: `all_events(after=)` it gives what comes next."""
+        return str(Cursor(await self.log.store.last_position()))
 
     async def messages(self, session_id: str, *, after: int = 0) -> list[Message]:
         """See `Transport.messages`."""

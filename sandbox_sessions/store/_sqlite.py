@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS events (
     first_seq INTEGER NOT NULL,
     last_seq INTEGER NOT NULL,
     data BLOB NOT NULL,
+    pos INTEGER,
     PRIMARY KEY (session_id, first_seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
@@ -45,6 +46,11 @@ CREATE TABLE IF NOT EXISTS leases (
     after INTEGER NOT NULL
 );
 """
+_POSITIONS = """
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_pos ON events (pos);
+"""
+"""The global order of the store's chunks (`pos`, given in the append transaction)."""
+_COLUMNS = "session_id, first_seq, last_seq, data, pos"
 _UNLISTED = "('ended', 'creating')"
 _SAME_HOLDER = "session_id=? AND kind=? AND owner=? AND holder=?"
 
@@ -99,12 +105,40 @@ def _lease_values(lease: Lease) -> tuple[object, ...]:
 
 
 def _chunk(row: tuple[Any, ...]) -> EventChunk:
-    session_id, first, last, data = row
-    if not isinstance(first, int) or not isinstance(last, int):
+    session_id, first, last, data, position = row
+    if not isinstance(first, int) or not isinstance(last, int) \
+            or not isinstance(position, int):
         raise _Corrupt(f"session {session_id}: a stored events row (first_seq={first!r}) has "
-                       f"corrupt seq numbers")
+                       f"corrupt seq numbers or position")
     blob = data if isinstance(data, bytes) else str(data).encode()
-    return EventChunk(session_id=str(session_id), first_seq=first, last_seq=last, data=blob)
+    return EventChunk(session_id=str(session_id), first_seq=first, last_seq=last, data=blob,
+                      position=position)
+
+
+def _last_position(db: sqlite3.Connection) -> int:
+    value = db.execute("SELECT COALESCE(MAX(pos), 0) FROM events").fetchone()[0]
+    return value if isinstance(value, int) else 0
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Give a store made before chunks had a global position (`pos`) one, in place: its
+    chunks are numbered in (session, seq) order, the only order they have."""
+    def has_positions() -> bool:
+        return "pos" in {row[1] for row in db.execute("PRAGMA table_info(events)")}
+
+    if has_positions():
+        db.executescript(_POSITIONS)
+        return
+    with db:
+        db.execute("BEGIN IMMEDIATE")  # another process may be migrating it too
+        if not has_positions():
+            db.execute("ALTER TABLE events ADD COLUMN pos INTEGER")
+            keys = db.execute(
+                "SELECT session_id, first_seq FROM events ORDER BY session_id, first_seq"
+            ).fetchall()
+            db.executemany("UPDATE events SET pos=? WHERE session_id=? AND first_seq=?",
+                           [(index, *key) for index, key in enumerate(keys, start=1)])
+        db.execute(_POSITIONS)
 
 
 def _owner_row(db: sqlite3.Connection) -> tuple[Any, ...] | None:
@@ -154,6 +188,7 @@ class SQLiteStore:
                                      (uuid.uuid4().hex,))
                 row = _owner_row(self._db)
             assert row is not None
+            _migrate(self._db)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the session store at {self._path}: {exc}") from exc
         self._owner_id = str(row[0])
@@ -318,10 +353,11 @@ class SQLiteStore:
                 db.execute("BEGIN IMMEDIATE")  # the heads cannot move until we commit
                 heads = {sid: _head(db, sid) for sid in first}
                 behind = {sid: head for sid, head in heads.items() if head != first[sid] - 1}
-                if not behind:
-                    db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)",
-                                   [(c.session_id, c.first_seq, c.last_seq, c.data)
-                                    for c in chunks])
+                if not behind:  # positions follow commit order: writers are serialized
+                    start = _last_position(db) + 1
+                    db.executemany(f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                                   [(c.session_id, c.first_seq, c.last_seq, c.data, start + i)
+                                    for i, c in enumerate(chunks)])
             return behind
 
         return await self._run(append)
@@ -330,7 +366,7 @@ class SQLiteStore:
         self, session_id: str, *, after: int = 0, upto: int | None = None
     ) -> list[EventChunk]:
         """See `Store.read_events`."""
-        query = "SELECT * FROM events WHERE session_id=? AND last_seq>?"
+        query = f"SELECT {_COLUMNS} FROM events WHERE session_id=? AND last_seq>?"
         args: tuple[object, ...] = (session_id, after)
         if upto is not None:
             query, args = query + " AND first_seq<=?", (*args, upto)
@@ -340,6 +376,20 @@ class SQLiteStore:
             return [_chunk(row) for row in rows]
 
         return await self._run(select)
+
+    async def read_all_events(self, *, after: int = 0, limit: int = 1000
+                              ) -> list[EventChunk]:
+        """See `Store.read_all_events`."""
+        query = f"SELECT {_COLUMNS} FROM events WHERE pos>? ORDER BY pos LIMIT ?"
+
+        def select(db: sqlite3.Connection) -> list[EventChunk]:
+            return [_chunk(row) for row in db.execute(query, (after, limit)).fetchall()]
+
+        return await self._run(select)
+
+    async def last_position(self) -> int:
+        """See `Store.last_position`."""
+        return await self._run(_last_position)
 
     async def last_seq(self, session_id: str) -> int:
         """See `Store.last_seq`."""

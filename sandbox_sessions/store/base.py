@@ -20,12 +20,16 @@ LeaseKind = Literal["create", "turn"]
 
 @dataclass(frozen=True, slots=True)
 class EventChunk:
-    """Consecutive events of one session, stored together: a JSON array of them."""
+    """Consecutive events of one session, stored together: a JSON array of them.
+
+    `position` orders every chunk of the store (across sessions): given by the store when it
+    appends the chunk, in commit order; 0 on a chunk not stored yet."""
 
     session_id: str
     first_seq: int
     last_seq: int
     data: bytes
+    position: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,16 @@ class Store(Protocol):
     ) -> list[EventChunk]:
         """The chunks holding any event with `after < seq <= upto`, in seq order. A chunk may
         also hold events outside that range: filter by seq."""
+        ...
+
+    async def read_all_events(self, *, after: int = 0, limit: int = 1000
+                              ) -> list[EventChunk]:
+        """Up to `limit` chunks of any session with `position > after`, in position order:
+        a chunk committed later never gets a lower position than one already readable."""
+        ...
+
+    async def last_position(self) -> int:
+        """The highest chunk position stored, 0 when there is none."""
         ...
 
     async def last_seq(self, session_id: str) -> int:
