@@ -23,6 +23,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,9 @@ from typing import Any
 import anyio
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # the sibling modules, when run as a script
+# The sibling modules, and this checkout's library before any installed copy (the server
+# process, started from the checkout's root, imports the same one).
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from bridge_measure import (  # noqa: E402
     Peer,
@@ -49,7 +53,7 @@ from bridge_servers import (  # noqa: E402
     our_server,
 )
 
-from sandbox_sessions import AsyncSandboxClient  # noqa: E402
+from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle  # noqa: E402
 
 EVENTS_FLOOR = 20_000
 EVENTS_RATIO = 0.5
@@ -79,31 +83,73 @@ def stream_summary(samples: list[StreamSample]) -> dict[str, Any]:
 # --- part 1: our client, in-process vs HTTP ---------------------------------------------------
 
 
-async def client_part(client: AsyncSandboxClient, args: argparse.Namespace) -> dict[str, Any]:
-    """Events/s and `shell("true")` through `client`, on one session of a scripted agent."""
+async def _session(stack: AsyncExitStack, client: AsyncSandboxClient,
+                   args: argparse.Namespace) -> AsyncSessionHandle:
+    """A session of a scripted agent with a turn's entry for every turn of the run."""
+    await stack.enter_async_context(client)
     script = scripted_turns(args.deltas, args.turns + 1)
     agent = client.agent("bench-bridge", model="scripted", tools=[], script=script)
     session = await agent.create_session(title="bench")
-    try:
-        await client_events(session, turns=1)  # warm-up: imports, caches, the first turn
-        events = await client_events(session, turns=args.turns)
-        shell = await client_shell(session, iterations=args.shell_iters)
-    finally:
-        await session.end()
-    return {"events": stream_summary(events), "shell": summary(shell)}
+    stack.push_async_callback(session.end)
+    return session
 
 
 async def transports(server: Running, folder: Path, args: argparse.Namespace
                      ) -> dict[str, Any]:
-    """Part 1, in-process first, then over HTTP."""
-    results = {}
-    progress("part 1: in-process client")
-    async with AsyncSandboxClient(store=folder / "in-process.db") as client:
-        results["in_process"] = await client_part(client, args)
-    progress(f"part 1: HTTP client to {server.url}")
-    async with AsyncSandboxClient(base_url=server.url, token=server.token) as client:
-        results["http"] = await client_part(client, args)
+    """Part 1: one session per transport, measured by turns (in-process, then HTTP, and
+    again), so that whatever else loads the machine weighs on both alike. Shell calls
+    first, on fresh sessions and a fresh server; then the event streams."""
+    async with AsyncExitStack() as stack:
+        local = AsyncSandboxClient(store=folder / "in-process.db")
+        remote = AsyncSandboxClient(base_url=server.url, token=server.token)
+        sessions = [await _session(stack, local, args), await _session(stack, remote, args)]
+        peer = await stack.enter_async_context(ours_peer(server.url, server.token, ""))
+        shell = await _shell_calls(sessions, peer, args)
+        events = await _event_turns(sessions, args)
+    results = {name: {"events": stream_summary(events[i]), "shell": summary(shell[i])}
+               for i, name in enumerate(("in_process", "http"))}
+    results["plain_http"] = {"shell": summary(shell[2]), "get_session": summary(shell[3])}
     return results
+
+
+async def _shell_calls(sessions: list[AsyncSessionHandle], peer: Peer,
+                       args: argparse.Namespace) -> list[list[float]]:
+    """`shell("true")` in-process, through our HTTP client, through a plain one, and a
+    plain `GET /sessions/{id}` (the server's floor for one request), one after the other."""
+    progress(f"part 1: {args.shell_iters} shell(\"true\") each way")
+    calls: list[Callable[[], Awaitable[list[float]]]] = [
+        lambda: client_shell(sessions[0], iterations=1, warmup=0),
+        lambda: client_shell(sessions[1], iterations=1, warmup=0),
+        lambda: timed(peer.shell(sessions[1].id, "true")),
+        lambda: timed(peer.get_session(sessions[1].id))]
+    samples: list[list[float]] = [[] for _ in calls]
+    for _ in range(3):  # warm-up
+        for call in calls:
+            await call()
+    for _ in range(args.shell_iters):
+        for index, call in enumerate(calls):
+            samples[index] += await call()
+    return samples
+
+
+async def _event_turns(sessions: list[AsyncSessionHandle], args: argparse.Namespace
+                       ) -> list[list[StreamSample]]:
+    """A warm-up turn each, then `args.turns` turns each, alternating."""
+    progress(f"part 1: {args.turns} turns of {args.deltas:,} deltas each way")
+    events: list[list[StreamSample]] = [[], []]
+    for session in sessions:  # warm-up: imports, caches, the first turn
+        await client_events(session, turns=1)
+    for _ in range(args.turns):
+        for index, session in enumerate(sessions):
+            events[index] += await client_events(session, turns=1)
+    return events
+
+
+async def timed(call: Awaitable[object]) -> list[float]:
+    """The wall time of awaiting `call`, as a list of one sample."""
+    started = time.perf_counter()
+    await call
+    return [time.perf_counter() - started]
 
 
 # --- part 2: ours vs opencode, one plain client ------------------------------------------------
@@ -123,11 +169,10 @@ async def peer_part(peer: Peer, args: argparse.Namespace) -> dict[str, Any]:
         progress(f"part 2: {peer.name}: {args.shell_iters} shell round trips")
         for _ in range(3):
             await peer.shell(session_id, "true")
-        shell = []
+        shell, reads = [], []
         for _ in range(args.shell_iters):
-            started = time.perf_counter()
-            await peer.shell(session_id, "true")
-            shell.append(time.perf_counter() - started)
+            shell += await timed(peer.shell(session_id, "true"))
+            reads += await timed(peer.get_session(session_id))
         progress(f"part 2: {peer.name}: {args.turns} turns of {args.deltas:,} deltas")
         await peer.turn(session_id, "deltas=10")  # warm-up (and opencode's title request)
         turns = [await peer.turn(session_id, f"deltas={args.deltas}")
@@ -135,7 +180,7 @@ async def peer_part(peer: Peer, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         await peer.end_session(session_id)
     return {"create": summary(created[1:]), "shell": summary(shell),
-            "events": stream_summary(turns)}
+            "get_session": summary(reads), "events": stream_summary(turns)}
 
 
 async def peers(server: Running, folder: Path, model_url: str, args: argparse.Namespace
@@ -216,6 +261,11 @@ def report(results: dict[str, Any]) -> None:
           f"{_met(r['targets']['shell_added'])} |")
     print(f"| shell(\"true\") p90 | {_ms(local['shell']['p90'])} | {_ms(http['shell']['p90'])} "
           "| | |")
+    plain = results["transports"]["plain_http"]
+    print(f"| shell(\"true\") p50, plain httpx client | | {_ms(plain['shell']['p50'])} | "
+          f"+{(plain['shell']['p50'] - local['shell']['p50']) * 1000:.2f} ms | |")
+    print(f"| GET /sessions/{{id}} p50, plain httpx client | | "
+          f"{_ms(plain['get_session']['p50'])} | | |")
     peers_ = results.get("peers")
     if not peers_:
         return
@@ -233,6 +283,9 @@ def report(results: dict[str, Any]) -> None:
           f"{_ms(theirs['shell']['p50'])} | x{q['shell_p50']:.2f} |")
     print(f"| shell round trip (`true`), p90 | {_ms(ours['shell']['p90'])} | "
           f"{_ms(theirs['shell']['p90'])} | |")
+    print(f"| session read (GET), p50 | {_ms(ours['get_session']['p50'])} | "
+          f"{_ms(theirs['get_session']['p50'])} | "
+          f"x{ours['get_session']['p50'] / theirs['get_session']['p50']:.2f} |")
     print(f"| events/s of a turn (median of turns) | {ours['events']['rate_p50']:,.0f} | "
           f"{theirs['events']['rate_p50']:,.0f} | x{q['events_per_second']:.2f} |")
     print(f"| events in one turn | {ours['events']['turns'][0]['events']:,} | "

@@ -24,11 +24,18 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
-from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle
+from sandbox_sessions import AsyncSessionHandle
 from sandbox_sessions._types import AgentConfig, CreateSessionRequest
 
-__all__ = ["Peer", "StreamSample", "client_events", "client_shell", "ours_peer",
-           "opencode_peer", "scripted_turns"]
+__all__ = [
+    "Peer",
+    "StreamSample",
+    "client_events",
+    "client_shell",
+    "opencode_peer",
+    "ours_peer",
+    "scripted_turns",
+]
 
 WORD = "word "
 
@@ -101,6 +108,10 @@ class Peer:
         """Remove the session (its container, for ours)."""
         raise NotImplementedError
 
+    async def get_session(self, session_id: str) -> None:
+        """Read the session's record: the server's floor for one request."""
+        raise NotImplementedError
+
     async def shell(self, session_id: str, command: str) -> None:
         """Run `command` and read the whole answer."""
         raise NotImplementedError
@@ -126,6 +137,9 @@ class _Ours(Peer):
 
     async def end_session(self, session_id: str) -> None:
         (await self.http.delete(f"/sessions/{session_id}")).raise_for_status()
+
+    async def get_session(self, session_id: str) -> None:
+        (await self.http.get(f"/sessions/{session_id}")).raise_for_status()
 
     async def shell(self, session_id: str, command: str) -> None:
         response = await self.http.post(f"/sessions/{session_id}/shell",
@@ -160,6 +174,9 @@ class _OpenCode(Peer):
 
     async def end_session(self, session_id: str) -> None:
         (await self.http.delete(f"/session/{session_id}")).raise_for_status()
+
+    async def get_session(self, session_id: str) -> None:
+        (await self.http.get(f"/session/{session_id}")).raise_for_status()
 
     async def shell(self, session_id: str, command: str) -> None:
         response = await self.http.post(f"/session/{session_id}/shell",
