@@ -77,21 +77,18 @@ def stream_summary(samples: list[StreamSample]) -> dict[str, Any]:
     """The median rate of the turns, and each turn's count, time and event types."""
     return {"rate_p50": statistics.median(s.rate for s in samples),
             "turns": [{"events": s.events, "seconds": s.seconds, "rate": s.rate,
-                       "types": dict(s.types)} for s in samples]}
+                       "first_event_seconds": s.first, "types": dict(s.types)}
+                      for s in samples]}
 
 
 # --- part 1: our client, in-process vs HTTP ---------------------------------------------------
 
 
-async def _session(stack: AsyncExitStack, client: AsyncSandboxClient,
-                   args: argparse.Namespace) -> AsyncSessionHandle:
-    """A session of a scripted agent with a turn's entry for every turn of the run."""
-    await stack.enter_async_context(client)
-    script = scripted_turns(args.deltas, args.turns + 1)
+async def _session(client: AsyncSandboxClient, script: list[dict[str, Any]]
+                   ) -> AsyncSessionHandle:
+    """A new session of a scripted agent playing `script`."""
     agent = client.agent("bench-bridge", model="scripted", tools=[], script=script)
-    session = await agent.create_session(title="bench")
-    stack.push_async_callback(session.end)
-    return session
+    return await agent.create_session(title="bench")
 
 
 async def transports(server: Running, folder: Path, args: argparse.Namespace
@@ -100,12 +97,16 @@ async def transports(server: Running, folder: Path, args: argparse.Namespace
     again), so that whatever else loads the machine weighs on both alike. Shell calls
     first, on fresh sessions and a fresh server; then the event streams."""
     async with AsyncExitStack() as stack:
-        local = AsyncSandboxClient(store=folder / "in-process.db")
-        remote = AsyncSandboxClient(base_url=server.url, token=server.token)
-        sessions = [await _session(stack, local, args), await _session(stack, remote, args)]
+        clients = [AsyncSandboxClient(store=folder / "in-process.db"),
+                   AsyncSandboxClient(base_url=server.url, token=server.token)]
+        sessions = []
+        for client in clients:
+            await stack.enter_async_context(client)
+            sessions.append(await _session(client, []))
+            stack.push_async_callback(sessions[-1].end)
         peer = await stack.enter_async_context(ours_peer(server.url, server.token, ""))
         shell = await _shell_calls(sessions, peer, args)
-        events = await _event_turns(sessions, args)
+        events = await _event_turns(clients, args)
     results = {name: {"events": stream_summary(events[i]), "shell": summary(shell[i])}
                for i, name in enumerate(("in_process", "http"))}
     results["plain_http"] = {"shell": summary(shell[2]), "get_session": summary(shell[3])}
@@ -132,16 +133,23 @@ async def _shell_calls(sessions: list[AsyncSessionHandle], peer: Peer,
     return samples
 
 
-async def _event_turns(sessions: list[AsyncSessionHandle], args: argparse.Namespace
+async def _event_turns(clients: list[AsyncSandboxClient], args: argparse.Namespace
                        ) -> list[list[StreamSample]]:
-    """A warm-up turn each, then `args.turns` turns each, alternating."""
+    """`args.turns` rounds, each a timed turn through each client, after an untimed
+    round. Every timed turn is the second of a new session, so that all start from the
+    same (one-word) history: a turn's start reads the session's whole history."""
     progress(f"part 1: {args.turns} turns of {args.deltas:,} deltas each way")
     events: list[list[StreamSample]] = [[], []]
-    for session in sessions:  # warm-up: imports, caches, the first turn
-        await client_events(session, turns=1)
-    for _ in range(args.turns):
-        for index, session in enumerate(sessions):
-            events[index] += await client_events(session, turns=1)
+    for round_ in range(args.turns + 1):
+        for index, client in enumerate(clients):
+            session = await _session(client, scripted_turns(args.deltas))
+            try:
+                await client_events(session, turns=1)  # the one-word turn
+                sample = await client_events(session, turns=1)
+            finally:
+                await session.end()
+            if round_:  # the first round warms up imports and caches
+                events[index] += sample
     return events
 
 
@@ -173,14 +181,23 @@ async def peer_part(peer: Peer, args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.shell_iters):
             shell += await timed(peer.shell(session_id, "true"))
             reads += await timed(peer.get_session(session_id))
-        progress(f"part 2: {peer.name}: {args.turns} turns of {args.deltas:,} deltas")
-        await peer.turn(session_id, "deltas=10")  # warm-up (and opencode's title request)
-        turns = [await peer.turn(session_id, f"deltas={args.deltas}")
-                 for _ in range(args.turns)]
     finally:
         await peer.end_session(session_id)
+    progress(f"part 2: {peer.name}: {args.turns} turns of {args.deltas:,} deltas")
+    turns = [await _peer_turn(peer, args.deltas) for _ in range(args.turns + 1)][1:]
     return {"create": summary(created[1:]), "shell": summary(shell),
             "get_session": summary(reads), "events": stream_summary(turns)}
+
+
+async def _peer_turn(peer: Peer, deltas: int) -> StreamSample:
+    """The second turn of a new session, after one of a single delta (which also takes
+    opencode's title request, made on a session's first turn)."""
+    session_id = await peer.create_session()
+    try:
+        await peer.turn(session_id, "deltas=1")
+        return await peer.turn(session_id, f"deltas={deltas}")
+    finally:
+        await peer.end_session(session_id)
 
 
 async def peers(server: Running, folder: Path, model_url: str, args: argparse.Namespace
@@ -256,6 +273,7 @@ def report(results: dict[str, Any]) -> None:
           f"{http['events']['rate_p50']:,.0f} | x{r['http_over_in_process_events']:.2f} | "
           f">= {EVENTS_FLOOR:,}/s and >= x{EVENTS_RATIO}: "
           f"{_met(r['targets']['events_floor'] and r['targets']['events_ratio'])} |")
+    print(f"| first event after, per turn | {_firsts(local)} | {_firsts(http)} | | |")
     print(f"| shell(\"true\") p50 | {_ms(local['shell']['p50'])} | {_ms(http['shell']['p50'])} "
           f"| +{r['shell_added_ms']:.2f} ms | <= +{SHELL_ADDED_MS} ms: "
           f"{_met(r['targets']['shell_added'])} |")
@@ -288,8 +306,14 @@ def report(results: dict[str, Any]) -> None:
           f"x{ours['get_session']['p50'] / theirs['get_session']['p50']:.2f} |")
     print(f"| events/s of a turn (median of turns) | {ours['events']['rate_p50']:,.0f} | "
           f"{theirs['events']['rate_p50']:,.0f} | x{q['events_per_second']:.2f} |")
+    print(f"| first event after, per turn | {_firsts(ours)} | {_firsts(theirs)} | |")
     print(f"| events in one turn | {ours['events']['turns'][0]['events']:,} | "
           f"{theirs['events']['turns'][0]['events']:,} | |")
+
+
+def _firsts(case: dict[str, Any]) -> str:
+    return ", ".join(f"{turn['first_event_seconds'] * 1000:.0f}"
+                     for turn in case["events"]["turns"]) + " ms"
 
 
 def _ms(seconds: float) -> str:

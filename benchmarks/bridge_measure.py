@@ -48,6 +48,8 @@ class StreamSample:
     seconds: float
     events: int
     types: Counter[str] = field(default_factory=Counter)
+    first: float = 0.0
+    """Seconds from the start to the first event: the turn's start, mostly."""
 
     @property
     def rate(self) -> float:
@@ -55,10 +57,11 @@ class StreamSample:
         return self.events / self.seconds
 
 
-def scripted_turns(deltas: int, turns: int) -> list[dict[str, Any]]:
-    """A script of `turns` entries, each one step streaming `deltas` words (one text delta
+def scripted_turns(deltas: int) -> list[dict[str, Any]]:
+    """A script of two turns of one step: one word, then `deltas` words (one text delta
     each: the scripted model streams a text word by word)."""
-    return [{"text": WORD * deltas, "usage": {"input": 1, "output": deltas}}] * turns
+    return [{"text": WORD, "usage": {"input": 1, "output": 1}},
+            {"text": WORD * deltas, "usage": {"input": 1, "output": deltas}}]
 
 
 async def client_events(session: AsyncSessionHandle, *, turns: int) -> list[StreamSample]:
@@ -67,10 +70,13 @@ async def client_events(session: AsyncSessionHandle, *, turns: int) -> list[Stre
     samples = []
     for _ in range(turns):
         types: Counter[str] = Counter()
+        first = 0.0
         started = time.perf_counter()
         async for event in session.stream("go"):
+            first = first or time.perf_counter() - started
             types[event.type] += 1
-        samples.append(StreamSample(time.perf_counter() - started, sum(types.values()), types))
+        samples.append(StreamSample(time.perf_counter() - started, sum(types.values()), types,
+                                    first))
     return samples
 
 
@@ -148,6 +154,7 @@ class _Ours(Peer):
 
     async def turn(self, session_id: str, prompt: str) -> StreamSample:
         types: Counter[str] = Counter()
+        first = 0.0
         started = time.perf_counter()
         response = await self.http.post(f"/sessions/{session_id}/turns",
                                         json={"prompt": prompt})
@@ -158,10 +165,11 @@ class _Ours(Peer):
                                 headers=headers) as source:
             async for sse in source.aiter_sse():
                 event = json.loads(sse.data)
+                first = first or time.perf_counter() - started
                 types[event["type"]] += 1
                 if event["type"] == "turn-end" and event.get("message_id") == turn["message_id"]:
                     break
-        return StreamSample(time.perf_counter() - started, sum(types.values()), types)
+        return StreamSample(time.perf_counter() - started, sum(types.values()), types, first)
 
 
 class _OpenCode(Peer):
@@ -186,6 +194,7 @@ class _OpenCode(Peer):
     async def turn(self, session_id: str, prompt: str) -> StreamSample:
         # `/event` carries every session's events and only live ones: subscribe first.
         types: Counter[str] = Counter()
+        first = 0.0
         async with aconnect_sse(self.http, "GET", "/event") as source:
             events = source.aiter_sse()
             await anext(events)  # server.connected: the subscription is live
@@ -195,11 +204,12 @@ class _OpenCode(Peer):
             response.raise_for_status()
             async for sse in events:
                 event = json.loads(sse.data)
+                first = first or time.perf_counter() - started
                 types[event["type"]] += 1
                 if (event["type"] == "session.idle"
                         and event["properties"].get("sessionID") == session_id):
                     break
-        return StreamSample(time.perf_counter() - started, sum(types.values()), types)
+        return StreamSample(time.perf_counter() - started, sum(types.values()), types, first)
 
 
 @asynccontextmanager
