@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -228,6 +229,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if not args.skip_peer:
                 results["peers"] = await peers(server, folder, model_url, args)
     results["ratios"] = ratios(results)
+    results["meta"]["load_average_after"] = os.getloadavg()
+    progress("load average before {} and after {}".format(
+        *(" ".join(f"{x:.2f}" for x in results["meta"][k])
+          for k in ("load_average", "load_average_after"))))
     return results
 
 
@@ -235,6 +240,7 @@ def meta(args: argparse.Namespace) -> dict[str, Any]:
     """When, where and with what settings."""
     return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
             "python": platform.python_version(), "machine": platform.machine(),
+            "cpus": os.cpu_count(), "load_average": os.getloadavg(),
             "settings": {k: v for k, v in vars(args).items() if k != "json"}}
 
 
