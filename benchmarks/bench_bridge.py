@@ -85,14 +85,14 @@ def stream_summary(samples: list[StreamSample]) -> dict[str, Any]:
 # --- part 1: our client, in-process vs HTTP ---------------------------------------------------
 
 
-async def _session(client: AsyncSandboxClient, script: list[dict[str, Any]]
+async def _session(client: AsyncSandboxClient, *, script: list[dict[str, Any]]
                    ) -> AsyncSessionHandle:
     """A new session of a scripted agent playing `script`."""
     agent = client.agent("bench-bridge", model="scripted", tools=[], script=script)
     return await agent.create_session(title="bench")
 
 
-async def transports(server: Running, folder: Path, args: argparse.Namespace
+async def transports(server: Running, *, folder: Path, args: argparse.Namespace
                      ) -> dict[str, Any]:
     """Part 1: one session per transport, measured by turns (in-process, then HTTP, and
     again), so that whatever else loads the machine weighs on both alike. Shell calls
@@ -103,18 +103,19 @@ async def transports(server: Running, folder: Path, args: argparse.Namespace
         sessions = []
         for client in clients:
             await stack.enter_async_context(client)
-            sessions.append(await _session(client, []))
+            sessions.append(await _session(client, script=[]))
             stack.push_async_callback(sessions[-1].end)
-        peer = await stack.enter_async_context(ours_peer(server.url, server.token, ""))
-        shell = await _shell_calls(sessions, peer, args)
-        events = await _event_turns(clients, args)
+        peer = await stack.enter_async_context(ours_peer(server.url, token=server.token,
+                                                               model_url=""))
+        shell = await _shell_calls(sessions, peer=peer, args=args)
+        events = await _event_turns(clients, args=args)
     results = {name: {"events": stream_summary(events[i]), "shell": summary(shell[i])}
                for i, name in enumerate(("in_process", "http"))}
     results["plain_http"] = {"shell": summary(shell[2]), "get_session": summary(shell[3])}
     return results
 
 
-async def _shell_calls(sessions: list[AsyncSessionHandle], peer: Peer,
+async def _shell_calls(sessions: list[AsyncSessionHandle], *, peer: Peer,
                        args: argparse.Namespace) -> list[list[float]]:
     """`shell("true")` in-process, through our HTTP client, through a plain one, and a
     plain `GET /sessions/{id}` (the server's floor for one request), one after the other."""
@@ -122,7 +123,7 @@ async def _shell_calls(sessions: list[AsyncSessionHandle], peer: Peer,
     calls: list[Callable[[], Awaitable[list[float]]]] = [
         lambda: client_shell(sessions[0], iterations=1, warmup=0),
         lambda: client_shell(sessions[1], iterations=1, warmup=0),
-        lambda: timed(peer.shell(sessions[1].id, "true")),
+        lambda: timed(peer.shell(sessions[1].id, command="true")),
         lambda: timed(peer.get_session(sessions[1].id))]
     samples: list[list[float]] = [[] for _ in calls]
     for _ in range(3):  # warm-up
@@ -134,7 +135,7 @@ async def _shell_calls(sessions: list[AsyncSessionHandle], peer: Peer,
     return samples
 
 
-async def _event_turns(clients: list[AsyncSandboxClient], args: argparse.Namespace
+async def _event_turns(clients: list[AsyncSandboxClient], *, args: argparse.Namespace
                        ) -> list[list[StreamSample]]:
     """`args.turns` rounds, each a timed turn through each client, after an untimed
     round. Every timed turn is the second of a new session, so that all start from the
@@ -143,7 +144,7 @@ async def _event_turns(clients: list[AsyncSandboxClient], args: argparse.Namespa
     events: list[list[StreamSample]] = [[], []]
     for round_ in range(args.turns + 1):
         for index, client in enumerate(clients):
-            session = await _session(client, scripted_turns(args.deltas))
+            session = await _session(client, script=scripted_turns(args.deltas))
             try:
                 await client_events(session, turns=1)  # the one-word turn
                 sample = await client_events(session, turns=1)
@@ -164,7 +165,7 @@ async def timed(call: Awaitable[object]) -> list[float]:
 # --- part 2: ours vs opencode, one plain client ------------------------------------------------
 
 
-async def peer_part(peer: Peer, args: argparse.Namespace) -> dict[str, Any]:
+async def peer_part(peer: Peer, *, args: argparse.Namespace) -> dict[str, Any]:
     """Sessions created, shell round trips and turns' events on one server."""
     progress(f"part 2: {peer.name}: {args.create_rounds} sessions created")
     created = []
@@ -177,41 +178,41 @@ async def peer_part(peer: Peer, args: argparse.Namespace) -> dict[str, Any]:
     try:
         progress(f"part 2: {peer.name}: {args.shell_iters} shell round trips")
         for _ in range(3):
-            await peer.shell(session_id, "true")
+            await peer.shell(session_id, command="true")
         shell, reads = [], []
         for _ in range(args.shell_iters):
-            shell += await timed(peer.shell(session_id, "true"))
+            shell += await timed(peer.shell(session_id, command="true"))
             reads += await timed(peer.get_session(session_id))
     finally:
         await peer.end_session(session_id)
     progress(f"part 2: {peer.name}: {args.turns} turns of {args.deltas:,} deltas")
-    turns = [await _peer_turn(peer, args.deltas) for _ in range(args.turns + 1)][1:]
+    turns = [await _peer_turn(peer, deltas=args.deltas) for _ in range(args.turns + 1)][1:]
     return {"create": summary(created[1:]), "shell": summary(shell),
             "get_session": summary(reads), "events": stream_summary(turns)}
 
 
-async def _peer_turn(peer: Peer, deltas: int) -> StreamSample:
+async def _peer_turn(peer: Peer, *, deltas: int) -> StreamSample:
     """The second turn of a new session, after one of a single delta (which also takes
     opencode's title request, made on a session's first turn)."""
     session_id = await peer.create_session()
     try:
-        await peer.turn(session_id, "deltas=1")
-        return await peer.turn(session_id, f"deltas={deltas}")
+        await peer.turn(session_id, prompt="deltas=1")
+        return await peer.turn(session_id, prompt=f"deltas={deltas}")
     finally:
         await peer.end_session(session_id)
 
 
-async def peers(server: Running, folder: Path, model_url: str, args: argparse.Namespace
+async def peers(server: Running, *, folder: Path, model_url: str, args: argparse.Namespace
                 ) -> dict[str, Any]:
     """Part 2: ours, then opencode."""
     results: dict[str, Any] = {}
-    async with ours_peer(server.url, server.token, model_url) as peer:
-        results["ours"] = await peer_part(peer, args)
+    async with ours_peer(server.url, token=server.token, model_url=model_url) as peer:
+        results["ours"] = await peer_part(peer, args=args)
     try:
-        with opencode_server(folder, model_url) as opencode:
+        with opencode_server(folder, model_url=model_url) as opencode:
             progress(f"part 2: opencode serve at {opencode.url}")
             async with opencode_peer(opencode.url) as peer:
-                results["opencode"] = await peer_part(peer, args)
+                results["opencode"] = await peer_part(peer, args=args)
     except StartError as exc:
         progress(f"part 2: opencode: {exc}")
         results["opencode"] = {"error": str(exc)}
@@ -225,9 +226,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         folder = Path(name)
         with fake_model(folder) as model_url, our_server(folder) as server:
             progress(f"bridge at {server.url}, fake model at {model_url}")
-            results["transports"] = await transports(server, folder, args)
+            results["transports"] = await transports(server, folder=folder, args=args)
             if not args.skip_peer:
-                results["peers"] = await peers(server, folder, model_url, args)
+                results["peers"] = await peers(server, folder=folder, model_url=model_url,
+                                               args=args)
     results["ratios"] = ratios(results)
     results["meta"]["load_average_after"] = os.getloadavg()
     progress("load average before {} and after {}".format(

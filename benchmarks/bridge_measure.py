@@ -118,11 +118,11 @@ class Peer:
         """Read the session's record: the server's floor for one request."""
         raise NotImplementedError
 
-    async def shell(self, session_id: str, command: str) -> None:
+    async def shell(self, session_id: str, *, command: str) -> None:
         """Run `command` and read the whole answer."""
         raise NotImplementedError
 
-    async def turn(self, session_id: str, prompt: str) -> StreamSample:
+    async def turn(self, session_id: str, *, prompt: str) -> StreamSample:
         """Start a turn; read the event stream until the turn has ended."""
         raise NotImplementedError
 
@@ -130,7 +130,7 @@ class Peer:
 class _Ours(Peer):
     name = "ours"
 
-    def __init__(self, http: httpx.AsyncClient, model_url: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, *, model_url: str) -> None:
         super().__init__(http)
         config = AgentConfig(model="openai/bench", base_url=model_url, tools=[])
         self._create = CreateSessionRequest(agent="bench", title="bench", config=config
@@ -147,12 +147,12 @@ class _Ours(Peer):
     async def get_session(self, session_id: str) -> None:
         (await self.http.get(f"/sessions/{session_id}")).raise_for_status()
 
-    async def shell(self, session_id: str, command: str) -> None:
+    async def shell(self, session_id: str, *, command: str) -> None:
         response = await self.http.post(f"/sessions/{session_id}/shell",
                                         json={"command": command})
         response.raise_for_status()  # the body (NDJSON lines) was read whole by post()
 
-    async def turn(self, session_id: str, prompt: str) -> StreamSample:
+    async def turn(self, session_id: str, *, prompt: str) -> StreamSample:
         types: Counter[str] = Counter()
         first = 0.0
         started = time.perf_counter()
@@ -186,12 +186,12 @@ class _OpenCode(Peer):
     async def get_session(self, session_id: str) -> None:
         (await self.http.get(f"/session/{session_id}")).raise_for_status()
 
-    async def shell(self, session_id: str, command: str) -> None:
+    async def shell(self, session_id: str, *, command: str) -> None:
         response = await self.http.post(f"/session/{session_id}/shell",
                                         json={"agent": "build", "command": command})
         response.raise_for_status()
 
-    async def turn(self, session_id: str, prompt: str) -> StreamSample:
+    async def turn(self, session_id: str, *, prompt: str) -> StreamSample:
         # `/event` carries every session's events and only live ones: subscribe first.
         types: Counter[str] = Counter()
         first = 0.0
@@ -213,7 +213,7 @@ class _OpenCode(Peer):
 
 
 @asynccontextmanager
-async def _http(url: str, token: str | None) -> AsyncIterator[httpx.AsyncClient]:
+async def _http(url: str, *, token: str | None) -> AsyncIterator[httpx.AsyncClient]:
     headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     timeout = httpx.Timeout(120.0, connect=10.0)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout) as http:
@@ -221,15 +221,15 @@ async def _http(url: str, token: str | None) -> AsyncIterator[httpx.AsyncClient]
 
 
 @asynccontextmanager
-async def ours_peer(url: str, token: str | None, model_url: str) -> AsyncIterator[Peer]:
+async def ours_peer(url: str, *, token: str | None, model_url: str) -> AsyncIterator[Peer]:
     """Our bridge at `url`, its sessions' model the fake one at `model_url`."""
-    async with _http(url, token) as http:
-        yield _Ours(http, model_url)
+    async with _http(url, token=token) as http:
+        yield _Ours(http, model_url=model_url)
 
 
 @asynccontextmanager
 async def opencode_peer(url: str) -> AsyncIterator[Peer]:
     """opencode's server at `url`."""
-    async with _http(url, None) as http:
+    async with _http(url, token=None) as http:
         yield _OpenCode(http)
 

@@ -63,7 +63,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def _process(argv: list[str], log: Path, *, cwd: Path | None = None,
+def _process(argv: list[str], *, log: Path, cwd: Path | None = None,
              env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
@@ -84,7 +84,8 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def _wait_for(pattern: str, log: Path, process: subprocess.Popen[bytes], what: str) -> str:
+def _wait_for(pattern: str, *, log: Path, process: subprocess.Popen[bytes], what: str
+              ) -> str:
     deadline = time.monotonic() + START_LIMIT
     compiled = re.compile(pattern)
     while time.monotonic() < deadline:
@@ -105,8 +106,8 @@ def _tail(log: Path) -> str:
 def fake_model(folder: Path) -> Iterator[str]:
     """The fake model's base URL (ending in `/v1`), until the block ends."""
     log = folder / "fake-model.log"
-    with _process([sys.executable, str(HERE / "fake_model.py")], log) as process:
-        port = _wait_for(r"port (\d+)", log, process, "the fake model")
+    with _process([sys.executable, str(HERE / "fake_model.py")], log=log) as process:
+        port = _wait_for(r"port (\d+)", log=log, process=process, what="the fake model")
         yield f"http://127.0.0.1:{port}/v1"
 
 
@@ -116,8 +117,9 @@ def our_server(folder: Path) -> Iterator[Running]:
     log, token_file = folder / "bridge.log", folder / "token"
     argv = [sys.executable, "-m", "sandbox_sessions", "--store", str(folder / "bridge.db"),
             "serve", "--port", "0", "--token-file", str(token_file)]
-    with _process(argv, log, cwd=HERE.parent) as process:
-        url = _wait_for(r"serving (http://\S+)", log, process, "sandbox-sessions serve")
+    with _process(argv, log=log, cwd=HERE.parent) as process:
+        url = _wait_for(r"serving (http://\S+)", log=log, process=process,
+                        what="sandbox-sessions serve")
         yield Running(url=url, process=process, token=token_file.read_text().strip())
 
 
@@ -134,7 +136,7 @@ def opencode_config(model_url: str) -> dict[str, object]:
 
 
 @contextmanager
-def opencode_server(folder: Path, model_url: str) -> Iterator[Running]:
+def opencode_server(folder: Path, *, model_url: str) -> Iterator[Running]:
     """`opencode serve` on a free port, its model the fake one at `model_url`."""
     if not OPENCODE_BIN.exists():
         raise StartError(f"{OPENCODE_BIN} is missing: run benchmarks/setup-opencode.sh")
@@ -149,6 +151,7 @@ def opencode_server(folder: Path, model_url: str) -> Iterator[Running]:
     argv = [str(OPENCODE_BIN), "serve", "--pure", "--hostname", "127.0.0.1",
             "--port", str(free_port())]
     log = folder / "opencode.log"
-    with _process(argv, log, cwd=project, env=env) as process:
-        url = _wait_for(r"listening on (http://\S+)", log, process, "opencode serve")
+    with _process(argv, log=log, cwd=project, env=env) as process:
+        url = _wait_for(r"listening on (http://\S+)", log=log, process=process,
+                        what="opencode serve")
         yield Running(url=url, process=process)
