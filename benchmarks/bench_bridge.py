@@ -9,7 +9,8 @@
    second of a turn streaming N text deltas from the same fake model.
 
 Progress goes to stderr, the tables to stdout; `--json PATH` writes every sample.
-`benchmarks/README.md` says what each row is.
+`benchmarks/README.md` says how to run it, `docs/performance.md` ("The bridge") what each
+row is exactly and what the figures were.
 
     .venv/bin/python benchmarks/bench_bridge.py [--deltas 20000] [--json out.json]
 """
@@ -105,8 +106,8 @@ async def transports(server: Running, *, folder: Path, args: argparse.Namespace
             await stack.enter_async_context(client)
             sessions.append(await _session(client, script=[]))
             stack.push_async_callback(sessions[-1].end)
-        peer = await stack.enter_async_context(ours_peer(server.url, token=server.token,
-                                                               model_url=""))
+        plain = ours_peer(server.url, token=server.token, model_url="")  # no turns
+        peer = await stack.enter_async_context(plain)
         shell = await _shell_calls(sessions, peer=peer, args=args)
         events = await _event_turns(clients, args=args)
     results = {name: {"events": stream_summary(events[i]), "shell": summary(shell[i])}
