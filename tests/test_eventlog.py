@@ -13,7 +13,7 @@ import pytest
 
 from sandbox_sessions._types import TextDeltaEvent
 from sandbox_sessions.service._allevents import Cursor, subscribe_all
-from sandbox_sessions.service._eventlog import CHUNK, LIVE_BUFFER, EventLog
+from sandbox_sessions.service._eventlog import CHUNK, LIVE_BUFFER, MAX_BATCH, EventLog
 from sandbox_sessions.store._sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
@@ -129,6 +129,34 @@ async def test_a_reader_that_stops_reading_gets_everything_later_from_bounded_me
     assert seqs == list(range(1, total + 3))  # everything, in order, once
     deltas = [e.delta for e in rest if isinstance(e, TextDeltaEvent)]
     assert deltas == [str(index) for index in range(total)]
+
+
+async def test_a_burst_is_stored_in_bounded_chunks_and_a_reader_behind_gets_it_all(
+    tmp_path: Path,
+) -> None:
+    """A burst emitted at once (a long turn's text) is stored in chunks of at most MAX_BATCH
+    events, so what a reader catching up parses at once stays bounded."""
+    store = SQLiteStore(tmp_path / "log.db")
+    total = 3 * MAX_BATCH + 7
+    async with anyio.create_task_group() as group:
+        log = EventLog(store, group)
+        await log.open("s")
+        reader = log.subscribe("s")
+        for index in range(total):  # no checkpoint: the writer sees the whole burst queued
+            emit(log, "s", str(index))
+        await log.flush()
+        taken = await take(reader, total)
+        await reader.aclose()  # type: ignore[attr-defined]
+        group.cancel_scope.cancel()
+    chunks = await store.read_events("s")
+    await store.aclose()
+
+    assert [e.delta for e in taken if isinstance(e, TextDeltaEvent)] == [
+        str(index) for index in range(total)]
+    assert [event.seq for event in taken] == list(range(1, total + 1))
+    sizes = [chunk.last_seq - chunk.first_seq + 1 for chunk in chunks]
+    assert sum(sizes) == total
+    assert max(sizes) <= MAX_BATCH
 
 
 OLD_EVENTS_TABLE = """

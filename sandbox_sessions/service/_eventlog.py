@@ -52,6 +52,9 @@ repeats)."""
 LIVE_BUFFER = 1024
 """Live events (or store failures) a subscriber's queue holds; one that falls further behind
 reads the store until it has caught up."""
+MAX_BATCH = 4 * LIVE_BUFFER
+"""Events stored in one append at most, so that a stored chunk (what a reader catching up
+parses at once) stays bounded."""
 E = TypeVar("E", bound=EventBase)
 
 
@@ -182,7 +185,8 @@ class EventLog:
             self._wake = anyio.Event()
             attempt = 0
             while self._pending:
-                self._inflight, self._pending = self._pending, []
+                self._inflight = self._pending[:MAX_BATCH]
+                self._pending = self._pending[MAX_BATCH:]
                 try:
                     batch = await self._append()
                 except StoreError as exc:
@@ -284,7 +288,9 @@ class EventLog:
     async def _catch_up(self, session_id: str, last: int, live: _Live) -> list[Event]:
         """The next stored events of a subscriber that fell behind, `LIVE_BUFFER` at a time;
         once it has all, it takes live events again (and what was stored meanwhile)."""
-        window = await self._stored(session_id, last, upto=last + LIVE_BUFFER)
+        # Whole chunks: a chunk (one stored batch) may hold more than a window, and cutting
+        # it would parse it again for each window (quadratic in a long turn).
+        window = await self._stored(session_id, last, upto=last + LIVE_BUFFER, whole=True)
         if window and window[-1].seq >= last + LIVE_BUFFER:
             return window
         live.behind = False  # from here on, live events reach its queue again
@@ -293,9 +299,12 @@ class EventLog:
         live.dropped = False  # what was dropped is stored: read what came after the window
         return window + await self._stored(session_id, window[-1].seq if window else last)
 
-    async def _stored(self, session_id: str, after: int, upto: int | None = None) -> list[Event]:
+    async def _stored(self, session_id: str, after: int, upto: int | None = None, *,
+                      whole: bool = False) -> list[Event]:
+        """The stored events after `after`, up to `upto`; with `whole`, every event of the
+        chunks that reach `upto` (so more than asked, never fewer)."""
         chunks = await self._store.read_events(session_id, after=after, upto=upto)
-        high = math.inf if upto is None else upto
+        high = math.inf if upto is None or whole else upto
         return [event for chunk in chunks for event in parsed(chunk)
                 if after < event.seq <= high]
 
