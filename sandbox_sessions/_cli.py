@@ -134,8 +134,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _progress(f"sandbox-sessions: token file {token_path}")
 
     with sock:
-        anyio.run(partial(serve, config, store=args.store, on_ready=ready, sock=sock))
+        anyio.run(partial(serve, config, store=args.store, on_ready=ready, sock=sock),
+                  backend_options={"use_uvloop": _has_uvloop()})
     return 0
+
+
+def _has_uvloop() -> bool:
+    """Whether uvloop (in the `server` extra) can run the server's event loop: it takes a
+    few tenths of a millisecond off each request on loopback."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _origin(value: str) -> str:

@@ -60,13 +60,16 @@ class CommandStream(Response):
                 first = await chunks.receive()
                 if isinstance(first, SandboxSessionsError):
                     await error_response(first)(scope, receive, send)
+                elif isinstance(first, ShellDone):  # no output: one plain body, one write
+                    body = _encoded(first)
+                    await send({"type": "http.response.start", "status": 200, "headers": [
+                        (b"content-type", NDJSON.encode()),
+                        (b"content-length", str(len(body)).encode())]})
+                    await send({"type": "http.response.body", "body": body})
                 else:
                     await send({"type": "http.response.start", "status": 200,
                                 "headers": [(b"content-type", NDJSON.encode())]})
-                    await _line(send, first)
-                    async for chunk in chunks:
-                        await _line(send, chunk)
-                    await send({"type": "http.response.body", "body": b""})
+                    await _lines(send, first, chunks)
             group.cancel_scope.cancel()
 
     async def _produce(self, sender: MemoryObjectSendStream[Any]) -> None:
@@ -79,10 +82,24 @@ class CommandStream(Response):
                 sender.send_nowait(ShellDone(result=result))
 
 
-async def _line(send: Send, chunk: ShellChunk | SandboxSessionsError) -> None:
+async def _lines(send: Send, first: ShellChunk,
+                 chunks: MemoryObjectReceiveStream[ShellChunk | SandboxSessionsError]) -> None:
+    """Output lines, then the last line (the result, or an error) with the body's end, so
+    that the client reads both at once."""
+    await send({"type": "http.response.body", "body": _encoded(first), "more_body": True})
+    async for chunk in chunks:
+        last = not isinstance(chunk, ShellOutput)
+        await send({"type": "http.response.body", "body": _encoded(chunk),
+                    "more_body": not last})
+        if last:
+            return
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _encoded(chunk: ShellChunk | SandboxSessionsError) -> bytes:
     data = (json.dumps({"type": "error", **to_wire(chunk)}).encode()
             if isinstance(chunk, SandboxSessionsError) else chunk.model_dump_json().encode())
-    await send({"type": "http.response.body", "body": data + b"\n", "more_body": True})
+    return data + b"\n"
 
 
 class ByteStream(Response):
