@@ -119,7 +119,7 @@ async def transports(server: Running, *, folder: Path, args: argparse.Namespace
 async def _shell_calls(sessions: list[AsyncSessionHandle], *, peer: Peer,
                        args: argparse.Namespace) -> list[list[float]]:
     """`shell("true")` in-process, through our HTTP client, through a plain one, and a
-    plain `GET /sessions/{id}` (the server's floor for one request), one after the other."""
+    plain `GET /sessions/{id}` (the server's floor for one request), interleaved."""
     progress(f"part 1: {args.shell_iters} shell(\"true\") each way")
     calls: list[Callable[[], Awaitable[list[float]]]] = [
         lambda: client_shell(sessions[0], iterations=1, warmup=0),
@@ -130,9 +130,12 @@ async def _shell_calls(sessions: list[AsyncSessionHandle], *, peer: Peer,
     for _ in range(3):  # warm-up
         for call in calls:
             await call()
-    for _ in range(args.shell_iters):
-        for index, call in enumerate(calls):
-            samples[index] += await call()
+    # The order turns each round: a call leaves work behind (the in-process client's store
+    # commit of its `shell-run` event, in a thread), which would always slow the same next one.
+    for round_ in range(args.shell_iters):
+        for step in range(len(calls)):
+            index = (round_ + step) % len(calls)
+            samples[index] += await calls[index]()
     return samples
 
 
@@ -338,7 +341,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--deltas", type=int, default=20_000, help="text deltas per turn")
     parser.add_argument("--turns", type=int, default=3, help="timed turns per case")
-    parser.add_argument("--shell-iters", type=int, default=50, help="timed shell calls")
+    parser.add_argument("--shell-iters", type=int, default=200, help="timed shell calls")
     parser.add_argument("--create-rounds", type=int, default=5, help="timed sessions made")
     parser.add_argument("--skip-peer", action="store_true", help="part 1 only")
     parser.add_argument("--json", metavar="PATH", help="write every sample as JSON")
