@@ -129,9 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     "token drives containers on this machine", args.host)
     host = f"[{args.host}]" if ":" in args.host and not args.host.startswith("[") else args.host
 
-    def ready(_: object) -> None:
-        _progress(f"sandbox-sessions: serving http://{host}:{port}")
+    def ready(_: object) -> None:  # "serving" last: a script waiting on it has seen it all
         _progress(f"sandbox-sessions: token file {token_path}")
+        _progress(f"sandbox-sessions: serving http://{host}:{port}")
 
     with sock:
         anyio.run(partial(serve, config, store=args.store, on_ready=ready, sock=sock),

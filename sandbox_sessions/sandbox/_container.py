@@ -32,6 +32,7 @@ import anyio.to_thread
 from .._exceptions import (
     ContainerDied,
     ContainerGone,
+    InvalidArgument,
     OperationTimeout,
     ProtocolError,
     SandboxError,
@@ -127,11 +128,12 @@ async def start_attached(
     sock = await anyio.to_thread.run_sync(engine.attach_socket, container)
     try:
         await anyio.to_thread.run_sync(engine.start, container)
-    except SandboxError as exc:
+    except (SandboxError, InvalidArgument) as exc:
         sock.close()
-        if type(exc) is not SandboxError:
+        if type(exc) not in (SandboxError, InvalidArgument):
             raise
-        # The runtime could not start the helper (no python3 in an image derived from ours).
+        # The runtime could not start the helper (no python3 in an image derived from ours):
+        # the engine answers 400 (InvalidArgument) or 500; the container's state says which.
         state = await anyio.to_thread.run_sync(engine.inspect, container)
         raise death_of(state) or exc from exc
     except BaseException:

@@ -145,7 +145,8 @@ async def _serve(config: ServerConfig, *, store: Store | str | os.PathLike[str] 
         server = _Server(uvicorn.Config(app, host=config.host, port=config.port,
                                         log_level="warning", lifespan="off",
                                         timeout_graceful_shutdown=REQUEST_GRACE,
-                                        proxy_headers=False, server_header=False), bridge)
+                                        proxy_headers=False, server_header=False,
+                                        http="h11"), bridge)  # see docs/decisions.md
         async with anyio.create_task_group() as group:
             group.start_soon(_stop_when, stop, server)
             if on_ready is not None:
