@@ -55,6 +55,9 @@ __all__ = [
     "HTTP_STATUS",
     "BridgeError",
     "BridgeUnavailable",
+    "CommandError",
+    "CommandFailed",
+    "CommandNotFound",
     "ContainerDied",
     "ContainerGone",
     "FileDecodeError",
@@ -154,6 +157,34 @@ class PermissionNotFound(SessionError, LookupError):
     def __init__(self, request_id: str) -> None:
         super().__init__(f"no pending permission request {request_id!r}")
         self.request_id = request_id
+
+
+class CommandError(SandboxSessionsError):
+    """Base of the errors about running a command template (`run_command`)."""
+
+    code = "command_error"
+
+
+class CommandNotFound(CommandError, LookupError):
+    """No command template has that name (see `list_commands()`)."""
+
+    code = "command_not_found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no command template named {name!r} (see list_commands())")
+        self.name = name
+
+
+class CommandFailed(CommandError, RuntimeError):
+    """A command template did not give its answer: a `` !`cmd` `` in it failed or timed out
+    in the sandbox, or its turn ended otherwise than completed (`reason` says how)."""
+
+    code = "command_failed"
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"command {name!r}: {reason}")
+        self.name = name
+        self.reason = reason
 
 
 class ProviderError(SandboxSessionsError, RuntimeError):
@@ -325,7 +356,8 @@ HTTP_STATUS: dict[str, int] = {
     "invalid_argument": 400, "tool_error": 400, "unsafe_archive": 400,
     "file_not_text": 400, "unauthorized": 401, "request_refused": 403,
     "permission_denied": 403, "session_not_found": 404, "permission_not_found": 404,
-    "file_not_found": 404, "image_not_found": 404, "session_ended": 409, "session_busy": 409,
+    "file_not_found": 404, "image_not_found": 404, "command_not_found": 404,
+    "command_failed": 422, "session_ended": 409, "session_busy": 409,
     "container_gone": 410, "container_died": 410, "file_too_large": 413,
     "request_too_large": 413, "sandbox_unavailable": 503, "store_error": 503,
     "bridge_unavailable": 503, "provider_error": 502, "operation_timeout": 504,
@@ -333,7 +365,7 @@ HTTP_STATUS: dict[str, int] = {
 """The HTTP status of each error code; any other code is a 500."""
 
 
-_DETAILS = ("session_id", "request_id", "path", "reason", "status")
+_DETAILS = ("session_id", "request_id", "path", "reason", "status", "name")
 """Attributes some errors carry beside their message; they cross HTTP under `details`."""
 
 

@@ -21,6 +21,9 @@ __all__ = [
     "ArtifactDownload",
     "ArtifactEntry",
     "ArtifactInfo",
+    "CommandArguments",
+    "CommandCall",
+    "CommandTemplate",
     "CreateSessionRequest",
     "FileContent",
     "PermissionAnswerRequest",
@@ -389,6 +392,35 @@ Part = Annotated[
 ]
 
 
+CommandArguments = str | list[str] | dict[str, str] | None
+"""A command template's arguments: a string (split into `$1`... as a shell would), words, or
+named values (`$name`)."""
+
+
+class CommandCall(_Frozen):
+    """The command template a user message was made from, with its arguments as given."""
+
+    name: str
+    arguments: CommandArguments = None
+
+
+class CommandTemplate(_Frozen):
+    """A prompt template run by name (`run_command`); see `list_commands()`."""
+
+    name: str
+    template: str
+    """The body, with its placeholders (`$ARGUMENTS`, `$1`, `$name`, `` !`cmd` ``, `@path`)."""
+    description: str | None = None
+    agent: str | None = None
+    """The agent the command is for: running it in another agent's session is refused."""
+    model: str | None = None
+    """The model of the command's turn, instead of the session's."""
+    subtask: bool = False
+    """Run in a child session (not built yet: such a command is refused)."""
+    source: str | None = None
+    """The file it was read from; None when it was registered in code."""
+
+
 class UserMessage(_Frozen):
     """What the user sent: its text parts."""
 
@@ -397,6 +429,8 @@ class UserMessage(_Frozen):
     session_id: str
     time_created: float
     parts: list[Part] = Field(default_factory=list)
+    command: CommandCall | None = None
+    """The command template the prompt was made from, if any."""
 
 
 class AssistantMessage(_Frozen):
@@ -685,9 +719,12 @@ class ShellCommand(_Request):
 
 
 class TurnRequest(_Request):
-    """A prompt that starts a turn."""
+    """A prompt that starts a turn: with `model`, the turn's model instead of the session's;
+    `command` records the template the prompt was made from."""
 
     prompt: str
+    model: str | None = None
+    command: CommandCall | None = None
 
 
 class PermissionAnswerRequest(_Request):

@@ -19,8 +19,15 @@ from pydantic import ValidationError
 
 from .._exceptions import InvalidArgument, SandboxSessionsError
 from .._tokens import default_token_path, load_token
-from .._types import AgentConfig, Event, PermissionRules, SandboxOptions, SessionInfo
-from .._validation import check_text
+from .._types import (
+    AgentConfig,
+    CommandTemplate,
+    Event,
+    PermissionRules,
+    SandboxOptions,
+    SessionInfo,
+)
+from .._validation import build, check_text
 from ..agent._permissions import validate_rules
 from ..agent._pricing import Price
 from ..agent._tools import agent_tools, check_rule_keys
@@ -31,6 +38,7 @@ from ..service._allevents import Cursor
 from ..service._open import open_service
 from ..service._service import SessionService
 from ..store.base import Store
+from ._commands import CommandRegistry, check_name
 from ._http import HTTPTransport
 from ._session import AsyncAgent, AsyncSessionHandle
 from ._transport import Transport
@@ -108,6 +116,7 @@ class AsyncSandboxClient:
             "reap_orphans": reap_orphans, "api_keys": api_keys, "prices": prices}
         self._transport: Transport | None = None
         self._stack: AsyncExitStack | None = None
+        self._commands = CommandRegistry()
 
     def _opened(self) -> Transport:
         if self._transport is None:
@@ -207,13 +216,14 @@ class AsyncSandboxClient:
         options_checked = sandbox_options(sandbox, options)
         if isinstance(transport, SessionService):
             transport.register_tools(custom)
-        return AsyncAgent(transport, name, options_checked, agent_config)
+        return AsyncAgent(transport, name, options_checked, agent_config,
+                          commands=self._commands)
 
     def session(self, session_id: str) -> AsyncSessionHandle:
         """A handle on an existing session by id. No I/O until it is used; an unknown id then
         raises `SessionNotFound`."""
         check_text(session_id, "session id", empty=False)
-        return AsyncSessionHandle(self._opened(), session_id)
+        return AsyncSessionHandle(self._opened(), session_id, commands=self._commands)
 
     async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
         """The usable sessions of this store, newest first; with `include_ended`, every
@@ -228,6 +238,23 @@ class AsyncSandboxClient:
         if after is not None:  # checked here: a bad cursor fails alike over both transports
             Cursor.parse(check_text(after, "event cursor", empty=False))
         return self._opened().all_events(after=after)
+
+    def add_command(
+        self, name: str, template: str, *, description: str | None = None,
+        agent: str | None = None, model: str | None = None,
+    ) -> CommandTemplate:
+        """Register a command template for this client's sessions (`run_command(name)`); it
+        hides a file of the same name. `name` is words joined by `/` (`team/review`)."""
+        command = build(CommandTemplate, "command template", name=check_name(name),
+                        template=check_text(template, "template"), description=description,
+                        agent=agent, model=model)
+        self._commands.add(command)
+        return command
+
+    async def list_commands(self) -> list[CommandTemplate]:
+        """The command templates this client's sessions can run, by name (see
+        `AsyncSessionHandle.list_commands`)."""
+        return self._commands.list()
 
     async def gc(self) -> list[str]:
         """Remove orphaned containers: of this store, those whose session is ended, unknown,

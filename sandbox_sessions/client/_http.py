@@ -25,6 +25,7 @@ from .._exceptions import BridgeUnavailable, ProtocolError, SandboxSessionsError
 from .._types import (
     ArtifactEntry,
     ArtifactInfo,
+    CommandCall,
     CreateSessionRequest,
     Event,
     Message,
@@ -185,10 +186,14 @@ class HTTPTransport:
 
     # --- turns and the log ---------------------------------------------------------------
 
-    async def start_turn(self, session_id: str, prompt: str) -> TurnStarted:
+    async def start_turn(
+        self, session_id: str, prompt: str, *, model: str | None = None,
+        command: CommandCall | None = None,
+    ) -> TurnStarted:
         """See `Transport.start_turn`."""
         return await self._json("POST", _STARTED, "sessions", session_id, "turns",
-                                json=_body(TurnRequest(prompt=prompt)))
+                                json=_body(TurnRequest(prompt=prompt, model=model,
+                                                           command=command)))
 
     async def abort(self, session_id: str, *, message_id: str | None = None) -> bool:
         """See `Transport.abort`."""

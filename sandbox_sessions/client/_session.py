@@ -15,13 +15,16 @@ from typing import Self, cast
 
 import anyio
 
-from .._exceptions import FileDecodeError, InvalidArgument, PermissionNotFound
+from .._exceptions import CommandFailed, FileDecodeError, InvalidArgument, PermissionNotFound
 from .._types import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_MAX_READ,
     AgentConfig,
     ArtifactDownload,
     ArtifactInfo,
+    CommandArguments,
+    CommandCall,
+    CommandTemplate,
     CreateSessionRequest,
     Event,
     FileContent,
@@ -53,6 +56,7 @@ from .._validation import (
 from ..sandbox._archive import Caps, printable, unsafe_key_reason
 from ..sandbox.base import OutputCallback
 from ..service._projection import send_result
+from ._commands import COMMAND_TIMEOUT, CommandRegistry, render
 from ._download import DownloadProgress, download
 from ._transport import Transport
 
@@ -115,8 +119,10 @@ class AsyncSessionHandle:
     As an async context manager it ends the session on exit.
     """
 
-    def __init__(self, transport: Transport, session_id: str) -> None:
+    def __init__(self, transport: Transport, session_id: str, *,
+                 commands: CommandRegistry | None = None) -> None:
         self._transport = transport
+        self._commands = commands if commands is not None else CommandRegistry()
         self.id: str = session_id
 
     def __repr__(self) -> str:
@@ -281,7 +287,11 @@ class AsyncSessionHandle:
         """
         callbacks = _Callbacks(on_text, on_reasoning, on_tool_start, on_tool_end,
                                on_permission, on_event)
-        start = await self._transport.start_turn(self.id, prompt)
+        return await self._turn(prompt, callbacks)
+
+    async def _turn(self, prompt: str, callbacks: _Callbacks, *, model: str | None = None,
+                    command: CommandCall | None = None) -> SendResult:
+        start = await self._transport.start_turn(self.id, prompt, model=model, command=command)
         ended = False
         try:
             events = self._transport.events(self.id, after=start.after, strict=True)
@@ -353,6 +363,60 @@ class AsyncSessionHandle:
         return await self._transport.update_session(self.id, request)
 
 
+    async def list_commands(self) -> list[CommandTemplate]:
+        """The command templates `run_command` knows, by name: those of the user's and the
+        project's folders and those added with `client.add_command()` (see `CommandRegistry`).
+        A file that is not a valid template is left out, with a warning on the log."""
+        return self._commands.list()
+
+    async def run_command(
+        self,
+        name: str,
+        arguments: CommandArguments = None,
+        *,
+        timeout: float = COMMAND_TIMEOUT,
+        on_text: TextCallback | None = None,
+        on_permission: PermissionCallback | None = None,
+        on_event: EventCallback | None = None,
+    ) -> str:
+        """Run the command template `name` as one turn; the assistant's final text.
+
+        The prompt is the template with its placeholders filled: `$ARGUMENTS`, `$1`...`$9`
+        (from a string, split as a shell would, or a list), `$name` (from a dict), the output
+        of each `` !`cmd` `` run in the sandbox (at most `timeout` seconds each; arguments go
+        in as quoted words) and each `@path`'s file. The user message records the command
+        and its arguments. `CommandNotFound` for an unknown name; `InvalidArgument` for a
+        missing named argument or a template that is not valid; `CommandFailed` when a
+        `` !`cmd` `` fails or times out (no turn starts then) or the turn ends otherwise
+        than completed. Callbacks are those of `send()`.
+        """
+        template = self._commands.get(name)
+        if template.subtask:
+            raise InvalidArgument(f"command {name!r} is a subtask: child sessions are not "
+                                  "supported yet")
+        if template.agent is not None:
+            agent = (await self.get_info()).agent
+            if template.agent != agent:
+                raise InvalidArgument(f"command {name!r} is for agent {template.agent!r}; this "
+                                      f"session's agent is {agent!r}")
+        check_timeout(timeout)
+
+        async def shell(command: str, seconds: float) -> ShellResult:
+            return await self.shell(command, timeout=seconds)
+
+        async def read_text(path: str, max_bytes: int) -> str:
+            return await self.get_file(path, max_bytes=max_bytes)
+
+        prompt = await render(template, arguments, shell=shell, read_text=read_text,
+                              timeout=timeout)
+        callbacks = _Callbacks(on_text, None, None, None, on_permission, on_event)
+        call = build(CommandCall, "command", name=name, arguments=arguments)
+        result = await self._turn(prompt, callbacks, model=template.model, command=call)
+        if result.reason != "completed":
+            raise CommandFailed(name, f"its turn ended {result.reason}"
+                                + (f": {result.error}" if result.error else ""))
+        return result.text
+
     async def end(self) -> SessionInfo:
         """Remove the container at once and mark the session ended. Later calls raise
         `SessionEnded`; ending again is a no-op."""
@@ -365,8 +429,10 @@ class AsyncAgent:
 
     def __init__(
         self, transport: Transport, name: str, options: SandboxOptions, config: AgentConfig,
+        *, commands: CommandRegistry | None = None,
     ) -> None:
         self._transport = transport
+        self._commands = commands
         self.name: str = name
         self.sandbox: SandboxOptions = options
         self.config: AgentConfig = config
@@ -376,7 +442,7 @@ class AsyncAgent:
         request = build(CreateSessionRequest, "session", agent=self.name, title=title,
                         sandbox=self.sandbox, config=self.config)
         info = await self._transport.create_session(request)
-        return AsyncSessionHandle(self._transport, info.id)
+        return AsyncSessionHandle(self._transport, info.id, commands=self._commands)
 
 
 async def _joined(chunks: AsyncIterator[bytes]) -> bytes:

@@ -21,6 +21,8 @@ from .._types import (
     AgentConfig,
     ArtifactDownload,
     ArtifactInfo,
+    CommandArguments,
+    CommandTemplate,
     Event,
     FileContent,
     Message,
@@ -39,6 +41,7 @@ from ..sandbox._archive import Caps
 from ..sandbox.base import OutputCallback, SandboxBackend
 from ..store.base import Store
 from ._client import AsyncSandboxClient, SandboxKwargs
+from ._commands import COMMAND_TIMEOUT
 from ._download import DownloadProgress
 from ._session import (
     AsyncAgent,
@@ -208,6 +211,24 @@ class SessionHandle:
         """Change the title or the rules; see `AsyncSessionHandle.update`."""
         return self._call(self._async.update, title=title, permissions=permissions)
 
+    def list_commands(self) -> list[CommandTemplate]:
+        """The command templates; see `AsyncSessionHandle.list_commands`."""
+        return self._call(self._async.list_commands)
+
+    def run_command(
+        self,
+        name: str,
+        arguments: CommandArguments = None,
+        *,
+        timeout: float = COMMAND_TIMEOUT,
+        on_text: TextCallback | None = None,
+        on_permission: PermissionCallback | None = None,
+        on_event: EventCallback | None = None,
+    ) -> str:
+        """Run a command template as one turn; see `AsyncSessionHandle.run_command`."""
+        return self._call(self._async.run_command, name, arguments, timeout=timeout,
+                          on_text=on_text, on_permission=on_permission, on_event=on_event)
+
     def end(self) -> SessionInfo:
         """Remove the container and mark the session ended; see `AsyncSessionHandle.end`."""
         return self._call(self._async.end)
@@ -312,6 +333,18 @@ class SandboxClient:
     def events(self, *, after: str | None = None) -> Iterator[tuple[str, Event]]:
         """Every session's events with their cursors; see `AsyncSandboxClient.events`."""
         return _blocking_iter(self.portal, self._async.events(after=after))
+
+    def add_command(
+        self, name: str, template: str, *, description: str | None = None,
+        agent: str | None = None, model: str | None = None,
+    ) -> CommandTemplate:
+        """Register a command template; see `AsyncSandboxClient.add_command`."""
+        return self._async.add_command(name, template, description=description, agent=agent,
+                                       model=model)
+
+    def list_commands(self) -> list[CommandTemplate]:
+        """The command templates; see `AsyncSandboxClient.list_commands`."""
+        return self.portal.call(self._async.list_commands)
 
     def gc(self) -> list[str]:
         """Remove orphaned containers; returns their ids."""

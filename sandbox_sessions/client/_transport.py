@@ -21,6 +21,7 @@ from typing import Protocol, runtime_checkable
 from .._types import (
     ArtifactEntry,
     ArtifactInfo,
+    CommandCall,
     CreateSessionRequest,
     Event,
     Message,
@@ -101,9 +102,14 @@ class Transport(Protocol):
         """The artifact's bytes in chunks; `FileTooLarge` past `max_bytes`."""
         ...
 
-    async def start_turn(self, session_id: str, prompt: str) -> TurnStarted:
+    async def start_turn(
+        self, session_id: str, prompt: str, *, model: str | None = None,
+        command: CommandCall | None = None,
+    ) -> TurnStarted:
         """Record the prompt and start a turn in the background; `SessionBusy` when one
-        runs. A turn whose `turn-end` was published no longer counts as running."""
+        runs. A turn whose `turn-end` was published no longer counts as running. `model`
+        runs this turn on another model than the session's; `command` is recorded on the
+        user message."""
         ...
 
     async def abort(self, session_id: str, *, message_id: str | None = None) -> bool:

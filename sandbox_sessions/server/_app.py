@@ -223,13 +223,15 @@ def _turn_routes(app: FastAPI, bridge: Bridge) -> None:
     @app.post("/sessions/{session_id}/turns", status_code=202, tags=["turns"])
     async def start_turn(session_id: str, request: TurnRequest) -> TurnStarted:
         """Start a turn in the background; follow it on the event stream."""
-        return await service.start_turn(session_id, request.prompt)
+        return await service.start_turn(session_id, request.prompt, model=request.model,
+                                        command=request.command)
 
     @app.post("/sessions/{session_id}/send", tags=["turns"])
     async def send(session_id: str, request: TurnRequest) -> SendResult:
         """Run a turn and answer once it ended. Permission requests wait for a reply on
         `/permissions/{request_id}` (or the session's timeout policy)."""
-        start = await service.start_turn(session_id, request.prompt)
+        start = await service.start_turn(session_id, request.prompt, model=request.model,
+                                         command=request.command)
         async for event in service.events(session_id, after=start.after, strict=True):
             if event.type == "turn-end" and event.message_id == start.message_id:
                 return send_result(await service.messages(session_id, after=start.after), event)

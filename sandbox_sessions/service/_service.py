@@ -13,6 +13,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from .._types import (
     ArtifactEntry,
     ArtifactInfo,
+    CommandCall,
     CreateSessionRequest,
     Event,
     Message,
@@ -152,9 +153,12 @@ class SessionService:
 
     # --- turns and the log ---------------------------------------------------------------
 
-    async def start_turn(self, session_id: str, prompt: str) -> TurnStarted:
+    async def start_turn(
+        self, session_id: str, prompt: str, *, model: str | None = None,
+        command: CommandCall | None = None,
+    ) -> TurnStarted:
         """See `Transport.start_turn`."""
-        return await self._turns.start_turn(session_id, prompt)
+        return await self._turns.start_turn(session_id, prompt, model=model, command=command)
 
     async def abort(self, session_id: str, *, message_id: str | None = None) -> bool:
         """See `Transport.abort`."""

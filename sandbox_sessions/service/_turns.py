@@ -27,6 +27,7 @@ from .._exceptions import (
 from .._types import (
     AgentConfig,
     AssistantMessage,
+    CommandCall,
     Event,
     Message,
     MessageCreatedEvent,
@@ -113,10 +114,16 @@ class Turns:
         running = self._running.get(session_id)
         return running is not None and not running.closing
 
-    async def start_turn(self, session_id: str, prompt: str) -> TurnStarted:
+    async def start_turn(
+        self, session_id: str, prompt: str, *, model: str | None = None,
+        command: CommandCall | None = None,
+    ) -> TurnStarted:
         """Record the prompt and start the turn in the background; `SessionBusy` if one runs,
-        in this process or another. A turn whose `turn-end` is already out is waited for."""
+        in this process or another. A turn whose `turn-end` is already out is waited for.
+        `model` runs this turn on another model; `command` is kept on the user message."""
         check_text(prompt, "prompt")
+        if model is not None:
+            check_text(model, "model", empty=False)
         ending = self._running.get(session_id)
         if ending is not None and ending.closing:
             await ending.done.wait()
@@ -124,14 +131,14 @@ class Turns:
             raise SessionBusy(session_id)
         running = self._running[session_id] = _Running()  # taken before any await: no race
         try:
-            turn, history = await self._begin(session_id, running)
+            turn, history = await self._begin(session_id, running, model)
         except BaseException:
             del self._running[session_id]
             running.done.set()  # an abort() that came meanwhile must not wait for ever
             raise
         after = self.events.head(session_id)
         user = UserMessage(id=new_id("msg"), session_id=session_id, time_created=now(),
-                           parts=[TextPart(id=new_id("prt"), text=prompt)])
+                           parts=[TextPart(id=new_id("prt"), text=prompt)], command=command)
         assistant = AssistantMessage(id=turn.message_id, session_id=session_id,
                                      parent_id=user.id, model=turn.model, time_created=now())
         self.events.emit(session_id, MessageCreatedEvent, message=user)
@@ -143,11 +150,14 @@ class Turns:
         return TurnStarted(user_message_id=user.id, message_id=assistant.id, after=after)
 
     async def _begin(
-        self, session_id: str, running: _Running
+        self, session_id: str, running: _Running, model: str | None
     ) -> tuple[Turn, list[ModelMessage]]:
         """Take the session's turn lease and prepare the turn; the lease is released again if
         the preparation fails."""
         info = await self.sessions.get_info(session_id)
+        if model is not None:  # this turn only: the provider is resolved for it
+            info = info.model_copy(update={"config": info.config.model_copy(
+                update={"model": model})})
         if info.config.model is None:
             raise InvalidArgument("this session's agent has no model: pass agent(model=...)")
         await self.events.refresh(session_id)
