@@ -25,6 +25,9 @@ if tried again unchanged. Each class also subclasses the nearest builtin, so
     │   ├── UnsafeArchive          (ValueError)        unsafe_archive
     │   ├── OperationTimeout       (TimeoutError)      operation_timeout     retryable
     │   └── ProtocolError          (RuntimeError)      protocol_error
+    ├── CommandError                                   command_error
+    │   ├── CommandNotFound        (LookupError)       command_not_found
+    │   └── CommandFailed          (RuntimeError)      command_failed
     ├── ProviderError              (RuntimeError)      provider_error        (per call)
     ├── ToolError                  (ValueError)        tool_error
     ├── StoreError                 (RuntimeError)      store_error           (per call)

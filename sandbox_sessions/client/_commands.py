@@ -30,6 +30,7 @@ argument, a command's output, a file) is itself read as a placeholder:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -76,11 +77,13 @@ Shell = Callable[[str, float], Awaitable[ShellResult]]
 ReadText = Callable[[str, int], Awaitable[str]]
 
 
-def command_dirs(cwd: Path | None = None) -> list[Path]:
-    """The folders searched for template files, lowest precedence first."""
+def command_dirs(cwd: Path | None = None) -> list[tuple[Path, bool]]:
+    """The folders searched for template files, lowest precedence first, each with whether
+    links are followed in it: in the user's own folder yes (dotfile managers link files
+    there), in the project's no (it may be a repository cloned from anyone)."""
     config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     project = (cwd or Path.cwd()) / ".sandbox-sessions" / "commands"
-    return [Path(config) / "sandbox-sessions" / "commands", project]
+    return [(Path(config) / "sandbox-sessions" / "commands", True), (project, False)]
 
 
 def check_name(name: object) -> str:
@@ -126,11 +129,15 @@ def parse_template(name: str, text: str, *, source: str | None = None) -> Comman
     return CommandTemplate(name=name, template=body, source=source, **fields)
 
 
-def _read_file(path: Path) -> str:
-    """The text of a template file: a regular file (never a link) within the cap."""
+def _read_file(path: Path, *, follow: bool = False) -> str:
+    """The text of a template file: a regular file (a link only if `follow`) within the cap."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InvalidArgument(f"template {path}: a link, not read (a template must be a "
+                                  "regular file)") from None
         raise InvalidArgument(f"template {path}: cannot be opened ({exc.strerror})") from None
     with os.fdopen(fd, "rb") as file:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -144,17 +151,20 @@ def _read_file(path: Path) -> str:
         raise InvalidArgument(f"template {path}: not UTF-8 text") from None
 
 
-def _files(folder: Path) -> Iterator[tuple[str, Path]]:
-    """Each `*.md` below `folder` with the command name it gives, links left out."""
-    if not folder.is_dir() or folder.is_symlink():
+def _files(folder: Path, *, follow: bool) -> Iterator[tuple[str, Path]]:
+    """Each `*.md` below `folder` with the command name it gives (a link too, which
+    `_read_file` refuses unless `follow`); folders that are links are entered only if
+    `follow` (the folder itself and its parent included)."""
+    if not folder.is_dir() or (not follow and (folder.is_symlink()
+                                                or folder.parent.is_symlink())):
         return
-    for root, dirs, files in os.walk(folder, followlinks=False):
+    for root, dirs, files in os.walk(folder, followlinks=follow):
         depth = len(Path(root).relative_to(folder).parts)
         dirs[:] = sorted(d for d in dirs if depth < MAX_DEPTH
-                         and not (Path(root) / d).is_symlink())
+                         and (follow or not (Path(root) / d).is_symlink()))
         for file in sorted(files):
             path = Path(root) / file
-            if not file.endswith(".md") or path.is_symlink():
+            if not file.endswith(".md"):
                 continue
             name = path.relative_to(folder).with_suffix("").as_posix()
             if _NAME.fullmatch(name):
@@ -172,21 +182,22 @@ class CommandRegistry:
     def add(self, template: CommandTemplate) -> None:
         self._registered[check_name(template.name)] = template
 
-    def _found(self, cwd: Path | None) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        for folder in command_dirs(cwd):
-            found.update(_files(folder))
+    def _found(self, cwd: Path | None) -> dict[str, tuple[Path, bool]]:
+        found: dict[str, tuple[Path, bool]] = {}
+        for folder, follow in command_dirs(cwd):
+            found.update((name, (path, follow)) for name, path in _files(folder, follow=follow))
         return found
 
     def list(self, *, cwd: Path | None = None) -> list[CommandTemplate]:
         """Every template, by name. A file that cannot be read or parsed is left out, with a
         warning on the log (running it by name says why)."""
         templates: dict[str, CommandTemplate] = {}
-        for name, path in self._found(cwd).items():
+        for name, (path, follow) in self._found(cwd).items():
             if name in self._registered:
                 continue
             try:
-                templates[name] = parse_template(name, _read_file(path), source=str(path))
+                templates[name] = parse_template(name, _read_file(path, follow=follow),
+                                                 source=str(path))
             except InvalidArgument as exc:
                 log.warning("skipping %s", exc)
         templates.update(self._registered)
@@ -198,10 +209,11 @@ class CommandRegistry:
         check_name(name)
         if name in self._registered:
             return self._registered[name]
-        path = self._found(cwd).get(name)
-        if path is None:
+        found = self._found(cwd).get(name)
+        if found is None:
             raise CommandNotFound(name)
-        return parse_template(name, _read_file(path), source=str(path))
+        path, follow = found
+        return parse_template(name, _read_file(path, follow=follow), source=str(path))
 
 
 class _Arguments:
