@@ -212,15 +212,15 @@ async def test_named_and_listed_arguments(
     client: AsyncSandboxClient, session: AsyncSessionHandle
 ) -> None:
     client.add_command("test", "Test $path in $mode mode: !`ls $path`; all: $ARGUMENTS")
-    client.add_command("words", "1=$1 2=$2 all=$ARGUMENTS")
-    await session.shell("mkdir -p 'my src' && touch 'my src/a.py'")
+    client.add_command("words", "1=$1 2=$2 all=$ARGUMENTS @$2")
+    await session.shell("mkdir -p 'my src' && touch 'my src/a.py' && echo C > c")
 
     await session.run_command("test", {"path": "my src", "mode": "fast"})
     await session.run_command("words", ["a b", "c"])
 
     first, second = [m.parts[0].text for m in (await _user_messages(session))]  # type: ignore[union-attr]
     assert first == "Test my src in fast mode: a.py; all: 'path=my src' mode=fast"
-    assert second == "1=a b 2=c all='a b' c"
+    assert second == "1=a b 2=c all='a b' c c:\n```\nC\n```\n"
 
 
 @pytest.mark.docker
@@ -234,6 +234,7 @@ async def test_each_template_error_is_ours_and_starts_no_turn(
     client.add_command("missing-file", "See @nowhere.txt")
     client.add_command("quotes", "$1")
     client.add_command("elsewhere", "x", agent="deploy")
+    client.add_command("empty-path", "See @$1.")
 
     with pytest.raises(CommandNotFound, match="'nope'"):
         await session.run_command("nope")
@@ -248,6 +249,8 @@ async def test_each_template_error_is_ours_and_starts_no_turn(
         await session.run_command("missing-file")
     with pytest.raises(InvalidArgument, match="split into words"):
         await session.run_command("quotes", "'unclosed")
+    with pytest.raises(InvalidArgument, match="names no file"):
+        await session.run_command("empty-path")
     with pytest.raises(InvalidArgument, match="for agent 'deploy'"):
         await session.run_command("elsewhere")
     with pytest.raises(InvalidArgument, match="argument"):
@@ -278,6 +281,11 @@ async def test_the_model_of_a_template_runs_its_turn_only(
 
     models = [m.model for m in await session.get_messages() if m.role == "assistant"]
     assert models == ["scripted/reviewer", "scripted"]
+
+    client.add_command("unknown", "x", model="nosuch/model")
+    with pytest.raises(InvalidArgument, match="unknown provider 'nosuch'"):
+        await session.run_command("unknown")
+    assert len(await session.get_messages()) == 4  # the refused turn left nothing
 
 
 @pytest.mark.docker

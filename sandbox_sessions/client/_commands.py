@@ -10,9 +10,10 @@ same name):
 A file's name, without `.md` and with its folders, is the command's name (`team/review.md`
 is `team/review`). The file may start with YAML frontmatter between `---` lines: `description`,
 `agent`, `model`, `subtask`. The folders are read at each lookup, so an edited file counts
-at once. A file is read only if it is a regular file of at most `MAX_TEMPLATE_BYTES`, not a
-link (a cloned repository could link a command to a secret of the host, which would then go
-to the model); folders that are links are not entered.
+at once. A file is read only if it is a regular file of at most `MAX_TEMPLATE_BYTES`, in
+UTF-8. In the project's folder links are refused, files and folders alike (a cloned
+repository could link a command to a secret of the host, which would then go to the model);
+in the user's own folder they are followed (dotfile managers put links there).
 
 Rendering is one pass over the template, so nothing that a substitution brings in (an
 argument, a command's output, a file) is itself read as a placeholder:
@@ -24,8 +25,8 @@ argument, a command's output, a file) is itself read as a placeholder:
 - `` !`cmd` ``: run in the session's sandbox, replaced by its standard output (its final
   newline dropped). The arguments inside it are substituted as quoted shell words, so an
   argument cannot inject a command. A command that fails or times out raises `CommandFailed`.
-- `@path`, at the start of a word: the sandbox file's text, fenced and headed by its path;
-  `@@` is a literal `@`.
+- `@path`, at the start of a word: the sandbox file's text, fenced and headed by its path
+  (arguments in the path are filled in: `@$1`); `@@` is a literal `@`.
 """
 
 from __future__ import annotations
@@ -284,12 +285,16 @@ async def render(template: CommandTemplate, arguments: CommandArguments, *, shel
             out.append(await _run(template.name, command, shell, timeout))
         elif text == "@@":
             out.append("@")
-        elif match.group(4) is not None:  # @path
-            path = match.group(4).rstrip(_TRAILING)
-            tail = match.group(4)[len(path):]
-            if not path:
+        elif match.group(4) is not None:  # @path, whose arguments are filled in (@$1)
+            written = match.group(4).rstrip(_TRAILING)
+            tail = match.group(4)[len(written):]
+            if not written:
                 out.append(text)
                 continue
+            path = _ARGUMENT.sub(lambda m: given.substitute(m, quoted=False), written)
+            if not path:
+                raise InvalidArgument(f"command {template.name!r}: @{written} names no file "
+                                      "with these arguments")
             content = await read_text(path, MAX_INLINED_FILE)
             fence = "```"
             while fence in content:

@@ -156,8 +156,10 @@ class Turns:
         the preparation fails."""
         info = await self.sessions.get_info(session_id)
         if model is not None:  # this turn only: the provider is resolved for it
+            same = (info.config.model or "").split("/")[0] == model.split("/")[0]
+            # the session's base_url is for its own provider: another's gets its default
             info = info.model_copy(update={"config": info.config.model_copy(
-                update={"model": model})})
+                update={"model": model, "base_url": info.config.base_url if same else None})})
         if info.config.model is None:
             raise InvalidArgument("this session's agent has no model: pass agent(model=...)")
         await self.events.refresh(session_id)
