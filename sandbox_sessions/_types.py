@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "DEFAULT_DISK",
@@ -26,6 +26,7 @@ __all__ = [
     "CommandTemplate",
     "CreateSessionRequest",
     "FileContent",
+    "Metadata",
     "PermissionAnswerRequest",
     "SandboxOptions",
     "SessionInfo",
@@ -176,6 +177,30 @@ class AgentConfig(_Frozen):
     """Provider-specific extras, passed through (e.g. Anthropic's `thinking`)."""
 
 
+MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 1024
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_.:/-]+")
+
+
+def _check_metadata(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > MAX_METADATA_KEYS:
+        raise ValueError(f"at most {MAX_METADATA_KEYS} keys")
+    for key, item in value.items():
+        if len(key) > MAX_METADATA_KEY or not _METADATA_KEY.fullmatch(key):
+            raise ValueError(f"key {key[:80]!r}: 1 to {MAX_METADATA_KEY} of letters, digits, "
+                             "'_', '.', ':', '/', '-'")
+        if len(item) > MAX_METADATA_VALUE or "\x00" in item:
+            raise ValueError(f"value of {key!r}: at most {MAX_METADATA_VALUE} characters, "
+                             "no NUL")
+    return value
+
+
+Metadata = Annotated[dict[str, str], AfterValidator(_check_metadata)]
+"""A session's labels for its owner (`{"ci": "123"}`): at most 64 keys of letters, digits
+and `_.:/-` (64 at most), values of at most 1024 characters."""
+
+
 class SessionInfo(_Frozen):
     """What is known of a session without touching its container."""
 
@@ -188,6 +213,10 @@ class SessionInfo(_Frozen):
     container_id: str | None = None
     sandbox: SandboxOptions
     config: AgentConfig = Field(default_factory=AgentConfig)
+    archived: bool = False
+    """Hidden from `list_sessions()` unless asked for; the session stays usable."""
+    pinned: bool = False
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class ShellResult(_Frozen):
@@ -612,6 +641,9 @@ class SessionUpdatedEvent(EventBase):
     type: Literal["session-updated"] = "session-updated"
     config: AgentConfig
     title: str
+    archived: bool = False
+    pinned: bool = False
+    metadata: dict[str, str] = Field(default_factory=dict)
 
 
 class ShellRunEvent(EventBase):
@@ -699,6 +731,7 @@ class CreateSessionRequest(_Request):
     title: str | None = None
     sandbox: SandboxOptions = Field(default_factory=SandboxOptions)
     config: AgentConfig = Field(default_factory=AgentConfig)
+    metadata: Metadata = Field(default_factory=dict)
 
 
 class UpdateSessionRequest(_Request):
@@ -706,6 +739,10 @@ class UpdateSessionRequest(_Request):
 
     title: str | None = None
     permissions: PermissionRules | None = None
+    archived: bool | None = None
+    pinned: bool | None = None
+    metadata: Metadata | None = None
+    """Replaces the whole metadata."""
 
 
 class ShellCommand(_Request):

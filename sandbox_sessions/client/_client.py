@@ -12,7 +12,7 @@ import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any, Self, TypedDict, Unpack
+from typing import Any, Self, TypedDict, Unpack, get_args
 
 import anyio
 from pydantic import ValidationError
@@ -26,6 +26,7 @@ from .._types import (
     PermissionRules,
     SandboxOptions,
     SessionInfo,
+    SessionStatus,
 )
 from .._validation import build, check_text
 from ..agent._permissions import validate_rules
@@ -225,11 +226,24 @@ class AsyncSandboxClient:
         check_text(session_id, "session id", empty=False)
         return AsyncSessionHandle(self._opened(), session_id, commands=self._commands)
 
-    async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
+    async def list_sessions(
+        self, *, include_ended: bool = False, archived: bool | None = False,
+        agent: str | None = None, status: SessionStatus | None = None,
+    ) -> list[SessionInfo]:
         """The usable sessions of this store, newest first; with `include_ended`, every
-        record, ended ones and ones still being created (`creating`) included. Turns left open
-        by a process that died are closed first."""
-        return await self._opened().list_sessions(include_ended=include_ended)
+        record, ended ones and ones still being created (`creating`) included. Archived
+        sessions are left out unless `archived` is True (only them) or None (both); `agent`
+        and `status` (`busy` while a turn runs anywhere) filter too. Turns left open by a
+        process that died are closed first."""
+        if agent is not None:
+            check_text(agent, "agent name")
+        if archived is not None and not isinstance(archived, bool):
+            raise InvalidArgument("archived must be True, False or None")
+        if status is not None and status not in get_args(SessionStatus):
+            raise InvalidArgument(f"status must be one of {', '.join(get_args(SessionStatus))}")
+        return await self._opened().list_sessions(include_ended=include_ended,
+                                                  archived=archived, agent=agent,
+                                                  status=status)
 
     def events(self, *, after: str | None = None) -> AsyncIterator[tuple[str, Event]]:
         """Every session's events, each with its cursor: those stored after the cursor

@@ -32,6 +32,7 @@ from .._types import (
     Metrics,
     PermissionAnswerRequest,
     SessionInfo,
+    SessionStatus,
     ShellChunk,
     ShellCommand,
     ShellOutput,
@@ -104,10 +105,16 @@ class HTTPTransport:
         """See `Transport.get_session`."""
         return await self._json("GET", _INFO, "sessions", session_id)
 
-    async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
+    async def list_sessions(
+        self, *, include_ended: bool = False, archived: bool | None = False,
+        agent: str | None = None, status: SessionStatus | None = None,
+    ) -> list[SessionInfo]:
         """See `Transport.list_sessions`."""
-        return await self._json("GET", _INFOS, "sessions",
-                                params={"include_ended": include_ended})
+        given = {"include_ended": include_ended, "archived": archived, "agent": agent,
+                 "status": status}
+        params = {key: value for key, value in given.items() if value is not None}
+        params["archived"] = "any" if archived is None else archived
+        return await self._json("GET", _INFOS, "sessions", params=params)
 
     async def update_session(self, session_id: str, request: UpdateSessionRequest
                              ) -> SessionInfo:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self, cast
@@ -356,10 +356,17 @@ class AsyncSessionHandle:
         return await self._transport.todos(self.id)
 
     async def update(
-        self, *, title: str | None = None, permissions: PermissionRules | None = None
+        self, *, title: str | None = None, permissions: PermissionRules | None = None,
+        archived: bool | None = None, pinned: bool | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> SessionInfo:
-        """Change the title or replace the permission rules (to revoke an `always`)."""
-        request = build(UpdateSessionRequest, "update", title=title, permissions=permissions)
+        """Change the title, replace the permission rules (to revoke an `always`), archive
+        (hide from `list_sessions()`; the session stays usable) or pin the session, or
+        replace its metadata (at most 64 keys of `[A-Za-z0-9_.:/-]`, values of at most 1024
+        characters). What is left None stays; each change is a `session-updated` event."""
+        request = build(UpdateSessionRequest, "update", title=title, permissions=permissions,
+                        archived=archived, pinned=pinned,
+                        metadata=None if metadata is None else dict(metadata))
         return await self._transport.update_session(self.id, request)
 
 
@@ -437,10 +444,14 @@ class AsyncAgent:
         self.sandbox: SandboxOptions = options
         self.config: AgentConfig = config
 
-    async def create_session(self, *, title: str | None = None) -> AsyncSessionHandle:
-        """Create a session and start its container; returns when it takes commands."""
+    async def create_session(
+        self, *, title: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> AsyncSessionHandle:
+        """Create a session and start its container; returns when it takes commands.
+        `metadata` labels it for its owner (see `AsyncSessionHandle.update`)."""
         request = build(CreateSessionRequest, "session", agent=self.name, title=title,
-                        sandbox=self.sandbox, config=self.config)
+                        sandbox=self.sandbox, config=self.config,
+                        metadata=dict(metadata or {}))
         info = await self._transport.create_session(request)
         return AsyncSessionHandle(self._transport, info.id, commands=self._commands)
 

@@ -32,6 +32,7 @@ from .._types import (
     SandboxOptions,
     SendResult,
     SessionInfo,
+    SessionStatus,
     ShellResult,
     Todo,
 )
@@ -206,10 +207,13 @@ class SessionHandle:
         return self._call(self._async.get_todos)
 
     def update(
-        self, *, title: str | None = None, permissions: PermissionRules | None = None
+        self, *, title: str | None = None, permissions: PermissionRules | None = None,
+        archived: bool | None = None, pinned: bool | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> SessionInfo:
-        """Change the title or the rules; see `AsyncSessionHandle.update`."""
-        return self._call(self._async.update, title=title, permissions=permissions)
+        """Change the record; see `AsyncSessionHandle.update`."""
+        return self._call(self._async.update, title=title, permissions=permissions,
+                          archived=archived, pinned=pinned, metadata=metadata)
 
     def list_commands(self) -> list[CommandTemplate]:
         """The command templates; see `AsyncSessionHandle.list_commands`."""
@@ -244,9 +248,12 @@ class Agent:
         self.sandbox: SandboxOptions = agent.sandbox
         self.config: AgentConfig = agent.config
 
-    def create_session(self, *, title: str | None = None) -> SessionHandle:
+    def create_session(
+        self, *, title: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> SessionHandle:
         """Create a session and start its container; see `AsyncAgent.create_session`."""
-        handle = self._portal.call(lambda: self._async.create_session(title=title))
+        handle = self._portal.call(lambda: self._async.create_session(title=title,
+                                                                      metadata=metadata))
         return SessionHandle(self._portal, handle)
 
 
@@ -326,9 +333,13 @@ class SandboxClient:
         """A handle on an existing session by id, with no I/O until used."""
         return SessionHandle(self.portal, self._async.session(session_id))
 
-    def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
-        """The sessions of this store, newest first."""
-        return self.portal.call(lambda: self._async.list_sessions(include_ended=include_ended))
+    def list_sessions(
+        self, *, include_ended: bool = False, archived: bool | None = False,
+        agent: str | None = None, status: SessionStatus | None = None,
+    ) -> list[SessionInfo]:
+        """The sessions of this store, newest first; see `AsyncSandboxClient.list_sessions`."""
+        return self.portal.call(lambda: self._async.list_sessions(
+            include_ended=include_ended, archived=archived, agent=agent, status=status))
 
     def events(self, *, after: str | None = None) -> Iterator[tuple[str, Event]]:
         """Every session's events with their cursors; see `AsyncSandboxClient.events`."""

@@ -28,6 +28,7 @@ from .._types import (
     Metrics,
     PermissionAnswerRequest,
     SessionInfo,
+    SessionStatus,
     ShellCommand,
     ShellOutput,
     ShellResult,
@@ -54,14 +55,20 @@ class Transport(Protocol):
         """The session's record, `busy` while a turn runs (in any process)."""
         ...
 
-    async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
-        """Usable sessions (with `include_ended`, every record), newest first."""
+    async def list_sessions(
+        self, *, include_ended: bool = False, archived: bool | None = False,
+        agent: str | None = None, status: SessionStatus | None = None,
+    ) -> list[SessionInfo]:
+        """Usable sessions (with `include_ended`, every record), newest first: those whose
+        `archived` flag is `archived` (None: either), of `agent`, in `status` (`busy` for a
+        turn running anywhere; `ended` or `creating` implies `include_ended`)."""
         ...
 
     async def update_session(
         self, session_id: str, request: UpdateSessionRequest
     ) -> SessionInfo:
-        """Change the title or the permission rules; the new record."""
+        """Change the title, the permission rules, the flags or the metadata; the new
+        record."""
         ...
 
     async def end_session(self, session_id: str) -> SessionInfo:

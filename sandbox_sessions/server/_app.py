@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import FastAPI, Header, Query, Request
@@ -30,6 +30,7 @@ from .._types import (
     PermissionAnswerRequest,
     SendResult,
     SessionInfo,
+    SessionStatus,
     ShellCommand,
     Todo,
     TurnRequest,
@@ -146,9 +147,15 @@ def _session_routes(app: FastAPI, bridge: Bridge) -> None:
         return await service.create_session(request)
 
     @app.get("/sessions", tags=["sessions"])
-    async def list_sessions(include_ended: bool = False) -> list[SessionInfo]:
-        """Usable sessions, newest first (`include_ended`: every record)."""
-        return await service.list_sessions(include_ended=include_ended)
+    async def list_sessions(
+        include_ended: bool = False, archived: Literal["true", "false", "any"] = "false",
+        agent: str | None = None, status: SessionStatus | None = None,
+    ) -> list[SessionInfo]:
+        """Sessions, newest first: usable ones (`include_ended`: every record), not archived
+        (`archived=true`: only those, `any`: both), of `agent`, in `status`."""
+        flag = None if archived == "any" else archived == "true"
+        return await service.list_sessions(include_ended=include_ended, archived=flag,
+                                           agent=agent, status=status)
 
     @app.get("/sessions/{session_id}", tags=["sessions"])
     async def get_session(session_id: str) -> SessionInfo:
@@ -157,7 +164,7 @@ def _session_routes(app: FastAPI, bridge: Bridge) -> None:
 
     @app.patch("/sessions/{session_id}", tags=["sessions"])
     async def update_session(session_id: str, request: UpdateSessionRequest) -> SessionInfo:
-        """Change the title or the permission rules."""
+        """Change the title, the permission rules, `archived`, `pinned` or the metadata."""
         return await service.update_session(session_id, request)
 
     @app.delete("/sessions/{session_id}", tags=["sessions"])

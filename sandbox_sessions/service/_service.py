@@ -20,6 +20,7 @@ from .._types import (
     Metrics,
     PermissionAnswerRequest,
     SessionInfo,
+    SessionStatus,
     ShellCommand,
     ShellResult,
     Todo,
@@ -87,26 +88,41 @@ class SessionService:
             check_text(request.title, "title")
         return await self._sessions.create_session(
             agent=request.agent, title=request.title, options=request.sandbox,
-            config=request.config)
+            config=request.config, metadata=request.metadata)
 
     async def get_session(self, session_id: str) -> SessionInfo:
         """See `Transport.get_session`."""
-        info = await self._sessions.get_info(session_id)
-        if info.status == "idle" and (self._turns.busy(session_id)
-                                      or await self._sessions.turns.running_elsewhere(session_id)):
+        return await self._status(await self._sessions.get_info(session_id))
+
+    async def _status(self, info: SessionInfo) -> SessionInfo:
+        """The record with `busy` for a turn running here or in another process."""
+        if info.status == "idle" and (self._turns.busy(info.id)
+                                      or await self._sessions.turns.running_elsewhere(info.id)):
             info = info.model_copy(update={"status": "busy"})
         return info
 
-    async def list_sessions(self, *, include_ended: bool = False) -> list[SessionInfo]:
+    async def list_sessions(
+        self, *, include_ended: bool = False, archived: bool | None = False,
+        agent: str | None = None, status: SessionStatus | None = None,
+    ) -> list[SessionInfo]:
         """See `Transport.list_sessions`."""
-        return await self._sessions.list_sessions(include_ended=include_ended)
+        if agent is not None:
+            check_text(agent, "agent name")
+        every = include_ended or status in ("ended", "creating")
+        found = await self._sessions.list_sessions(include_ended=every)
+        return [info for info in [await self._status(info) for info in found]
+                if (archived is None or info.archived == archived)
+                and (agent is None or info.agent == agent)
+                and (status is None or info.status == status)]
 
     async def update_session(
         self, session_id: str, request: UpdateSessionRequest
     ) -> SessionInfo:
         """See `Transport.update_session`."""
         return await self._turns.update(session_id, title=request.title,
-                                        permissions=request.permissions)
+                                        permissions=request.permissions,
+                                        archived=request.archived, pinned=request.pinned,
+                                        metadata=request.metadata)
 
     async def end_session(self, session_id: str) -> SessionInfo:
         """See `Transport.end_session`."""

@@ -100,7 +100,8 @@ class Sessions:
         }
 
     async def create_session(
-        self, *, agent: str, title: str | None, options: SandboxOptions, config: AgentConfig
+        self, *, agent: str, title: str | None, options: SandboxOptions, config: AgentConfig,
+        metadata: dict[str, str] | None = None,
     ) -> SessionInfo:
         """Record the session as `creating` under a lease, start its container, then make it
         `idle` if the lease still holds; a failed or cancelled start leaves no session and no
@@ -109,18 +110,20 @@ class Sessions:
             raise InvalidArgument("the client is closed")
         self._creating += 1
         try:
-            return await self._create(agent=agent, title=title, options=options, config=config)
+            return await self._create(agent=agent, title=title, options=options, config=config,
+                                      metadata=metadata or {})
         finally:
             self._creating -= 1
             self._created.set()
 
     async def _create(
-        self, *, agent: str, title: str | None, options: SandboxOptions, config: AgentConfig
+        self, *, agent: str, title: str | None, options: SandboxOptions, config: AgentConfig,
+        metadata: dict[str, str],
     ) -> SessionInfo:
         now, session_id = _now(), _new_id()
         info = SessionInfo(id=session_id, title=title or f"Session {now:%Y-%m-%d %H:%M:%S}",
                            agent=agent, status="creating", time_created=now, time_updated=now,
-                           sandbox=options, config=config)
+                           sandbox=options, config=config, metadata=metadata)
         lease = self.turns.creation(session_id)
         await self.store.create_session(info, lease)
         sandbox: Sandbox | None = None
@@ -163,16 +166,17 @@ class Sessions:
         return await self.store.list_sessions(include_ended=include_ended)
 
     async def update_info(
-        self, session_id: str, *, title: str | None = None, config: AgentConfig | None = None
+        self, session_id: str, *, title: str | None = None, config: AgentConfig | None = None,
+        archived: bool | None = None, pinned: bool | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> SessionInfo:
-        """Store a new title or agent config; `SessionEnded` once the session has ended."""
+        """Store what is not None; `SessionEnded` once the session has ended."""
         info = await self.get_info(session_id)
         _check_usable(info)
         changes: dict[str, object] = {"time_updated": _now()}
-        if title is not None:
-            changes["title"] = title
-        if config is not None:
-            changes["config"] = config
+        given = {"title": title, "config": config, "archived": archived, "pinned": pinned,
+                 "metadata": metadata}
+        changes.update({key: value for key, value in given.items() if value is not None})
         updated = info.model_copy(update=changes)
         if not await self.store.update_session(updated, expect=info.status):
             _check_usable(await self.get_info(session_id))  # ended meanwhile

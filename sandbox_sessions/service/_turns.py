@@ -317,9 +317,11 @@ class Turns:
     async def update(
         self, session_id: str, *, title: str | None = None,
         permissions: PermissionRules | None = None, config: AgentConfig | None = None,
+        archived: bool | None = None, pinned: bool | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> SessionInfo:
-        """Change the title, the permission rules, or the whole agent config; stored, and
-        announced with a `session-updated` event."""
+        """Change the title, the permission rules, the whole agent config, the flags or the
+        metadata; stored, and announced with a `session-updated` event."""
         if title is not None:
             check_text(title, "title")
         info = await self.sessions.get_info(session_id)
@@ -328,9 +330,12 @@ class Turns:
             validate_rules(permissions)
             check_rule_keys(permissions, new_config.tools)
             new_config = new_config.model_copy(update={"permissions": permissions})
-        info = await self.sessions.update_info(session_id, title=title, config=new_config)
+        info = await self.sessions.update_info(session_id, title=title, config=new_config,
+                                               archived=archived, pinned=pinned,
+                                               metadata=metadata)
         await self.events.open(session_id)
-        self.events.emit(session_id, SessionUpdatedEvent, config=info.config, title=info.title)
+        self.events.emit(session_id, SessionUpdatedEvent, config=info.config, title=info.title,
+                         archived=info.archived, pinned=info.pinned, metadata=info.metadata)
         return info
 
 
