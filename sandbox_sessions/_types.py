@@ -164,7 +164,11 @@ class AgentConfig(_Frozen):
     base_url: str | None = None
     """The provider's API address (OpenAI-compatible servers, proxies)."""
     max_steps: int = Field(default=50, gt=0)
-    """Model calls in one turn before it ends with reason `error`."""
+    """Model calls in one turn; a turn that would make one more ends with reason `limit`."""
+    token_budget: int | None = Field(default=None, gt=0)
+    """Tokens (`Tokens.total`) the session's turns may use in all; a turn that has reached it
+    makes no further model call and ends with reason `limit`. `get_info().tokens` is the
+    session's usage so far."""
     permission_timeout: float | None = None
     """Seconds a permission request may wait for a reply; None waits for ever."""
     on_timeout: Literal["reject", "allow"] = "reject"
@@ -217,6 +221,10 @@ class SessionInfo(_Frozen):
     """Hidden from `list_sessions()` unless asked for; the session stays usable."""
     pinned: bool = False
     metadata: Metadata = Field(default_factory=dict)
+    tokens: Tokens = Field(default_factory=lambda: Tokens())
+    """What the session's ended turns used in all (see `AgentConfig.token_budget`)."""
+    cost: float = 0.0
+    """What they cost, in USD."""
 
 
 class ShellResult(_Frozen):
@@ -286,6 +294,12 @@ class Tokens(_Frozen):
     reasoning: int = 0
     cache_read: int = 0
     cache_write: int = 0
+
+    @property
+    def total(self) -> int:
+        """Every token counted once: the whole prompt and the output (reasoning is part of
+        `output`)."""
+        return self.input + self.cache_read + self.cache_write + self.output
 
     def __add__(self, other: Tokens) -> Tokens:
         return Tokens(input=self.input + other.input, output=self.output + other.output,
@@ -501,7 +515,7 @@ class PermissionRequest(_Frozen):
 
 
 PermissionReply = Literal["once", "always", "reject"]
-TurnEndReason = Literal["completed", "aborted", "error", "rejected"]
+TurnEndReason = Literal["completed", "aborted", "error", "rejected", "limit"]
 
 
 # --- events: the session's log ---------------------------------------------------------------

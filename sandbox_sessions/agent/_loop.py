@@ -89,6 +89,8 @@ class Turn:
     rules: PermissionRules
     save_rules: Callable[[PermissionRules], Awaitable[None]]
     retry_delays: Sequence[float] = (0.5, 1.0, 2.0)
+    tokens_left: int | None = None
+    """Of the session's token budget, what this turn may use (None: no budget)."""
 
 
 @dataclass
@@ -126,6 +128,11 @@ async def run_turn(turn: Turn, history: list[ModelMessage], outcome: Outcome) ->
     cancelled (aborted) half way.
     """
     for _ in range(turn.config.max_steps):
+        if turn.tokens_left is not None and outcome.tokens.total >= turn.tokens_left:
+            budget = turn.config.token_budget
+            outcome.reason = "limit"
+            outcome.error = f"the session's token budget ({budget}) is spent"
+            return outcome
         _emit(turn, StepStartEvent, part=StepStartPart(id=new_id("prt")))
         try:
             step = await _call_model(turn, history)
@@ -148,8 +155,8 @@ async def run_turn(turn: Turn, history: list[ModelMessage], outcome: Outcome) ->
             outcome.reason = "rejected"
             return outcome
         history.append(ModelMessage("user", tuple(results)))
-    outcome.reason = "error"
-    outcome.error = f"the turn took more than {turn.config.max_steps} steps"
+    outcome.reason = "limit"
+    outcome.error = f"the turn reached its {turn.config.max_steps} steps (max_steps)"
     return outcome
 
 

@@ -185,12 +185,16 @@ class AsyncSandboxClient:
         tools: Sequence[str | Tool] | None = None,
         permissions: PermissionRules | None = None,
         script: list[dict[str, Any]] | str | None = None,
+        max_steps: int | None = None,
+        token_budget: int | None = None,
         config: AgentConfig | None = None,
         sandbox: SandboxOptions | None = None,
         **options: Unpack[SandboxKwargs],
     ) -> AsyncAgent:
         """An agent named `name`: its model (`provider/model`), system prompt, tools (names of
-        built-in tools, or `Tool` objects), permission rules and, for `scripted`, its script.
+        built-in tools, or `Tool` objects), permission rules, for `scripted` its script, and
+        its budgets: `max_steps` model calls per turn, `token_budget` tokens for the session
+        (a turn that reaches either ends with reason `limit`).
         `config` gives every `AgentConfig` field at once; the keywords override it. Keyword
         sandbox options (`image`, `network`, `memory`, ...) override `sandbox`'s fields.
 
@@ -207,7 +211,8 @@ class AsyncSandboxClient:
             raise InvalidArgument("custom Tool objects run in this process: they need the "
                                   "embedded client, not a server")
         overrides = {"model": model, "system": system, "tools": names,
-                     "permissions": permissions, "script": script}
+                     "permissions": permissions, "script": script, "max_steps": max_steps,
+                     "token_budget": token_budget}
         agent_config = _validated(AgentConfig, config or AgentConfig(), overrides, "agent")
         if agent_config.permissions:
             validate_rules(agent_config.permissions)

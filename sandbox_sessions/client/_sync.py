@@ -319,14 +319,17 @@ class SandboxClient:
         tools: Sequence[str | Tool] | None = None,
         permissions: PermissionRules | None = None,
         script: list[dict[str, Any]] | str | None = None,
+        max_steps: int | None = None,
+        token_budget: int | None = None,
         config: AgentConfig | None = None,
         sandbox: SandboxOptions | None = None,
         **options: Unpack[SandboxKwargs],
     ) -> Agent:
         """An agent configuration; see `AsyncSandboxClient.agent`."""
         agent = self._async.agent(name, model=model, system=system, tools=tools,
-                                  permissions=permissions, script=script, config=config,
-                                  sandbox=sandbox, **options)
+                                  permissions=permissions, script=script, max_steps=max_steps,
+                                  token_budget=token_budget, config=config, sandbox=sandbox,
+                                  **options)
         return Agent(self.portal, agent)
 
     def session(self, session_id: str) -> SessionHandle:

@@ -194,7 +194,9 @@ class Turns:
                     model_name=model_name, config=config, provider=provider, tools=tools,
                     sandbox=sandbox, workdir=info.sandbox.workdir, events=self.events,
                     broker=self.broker, prices=self._prices, rules=dict(config.permissions),
-                    save_rules=save_rules)
+                    save_rules=save_rules,
+                    tokens_left=None if config.token_budget is None
+                    else config.token_budget - info.tokens.total)
         return turn, history
 
     def _provider(self, info: SessionInfo, messages: list[Message]) -> tuple[Provider, str]:
@@ -241,6 +243,7 @@ class Turns:
             running.closing = True
             if hold is None or not hold.lost:
                 self._close(turn, message, outcome)
+                await self._add_usage(turn.session_id, outcome)
             stored = True
             try:
                 await self.events.flush()
@@ -253,6 +256,15 @@ class Turns:
         finally:
             self._running.pop(turn.session_id, None)
             running.done.set()
+
+    async def _add_usage(self, session_id: str, outcome: Outcome) -> None:
+        """Count the turn's tokens and cost in the session's record (its budget's measure)."""
+        if outcome.tokens.total == 0 and outcome.cost == 0:
+            return
+        try:
+            await self.sessions.store.add_usage(session_id, outcome.tokens, outcome.cost)
+        except StoreError as exc:
+            log.warning("session %s: the turn's usage is not counted: %s", session_id, exc)
 
     def _close(self, turn: Turn, message: AssistantMessage, outcome: Outcome) -> None:
         done = message.model_copy(update={

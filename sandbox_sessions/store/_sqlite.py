@@ -14,7 +14,7 @@ import anyio.to_thread
 from pydantic import ValidationError
 
 from .._exceptions import StoreError
-from .._types import SessionInfo, SessionStatus
+from .._types import SessionInfo, SessionStatus, Tokens
 from .base import EventChunk, Lease
 
 __all__ = ["SQLiteStore", "default_store_path"]
@@ -233,6 +233,21 @@ class SQLiteStore:
                 return cursor.rowcount == 1
 
         return await self._run(update)
+
+    async def add_usage(self, session_id: str, tokens: Tokens, cost: float) -> None:
+        """See `Store.add_usage`."""
+        def add(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN IMMEDIATE")  # no other writer between the read and the write
+                row = db.execute("SELECT info FROM sessions WHERE id=?",
+                                 (session_id,)).fetchone()
+                if row is None:
+                    return
+                info = _info(session_id, row[0])
+                _put(db, info.model_copy(update={"tokens": info.tokens + tokens,
+                                                 "cost": info.cost + cost}))
+
+        await self._run(add)
 
     async def delete_session(self, session_id: str) -> None:
         """See `Store.delete_session`."""

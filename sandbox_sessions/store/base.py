@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from .._types import SessionInfo, SessionStatus
+from .._types import SessionInfo, SessionStatus, Tokens
 
 __all__ = ["EventChunk", "Lease", "LeaseKind", "Store"]
 
@@ -74,6 +74,11 @@ class Store(Protocol):
     async def update_session(self, info: SessionInfo, *, expect: SessionStatus) -> bool:
         """Replace the record of `info.id` only if its stored status is `expect`; False (and
         nothing written) otherwise."""
+        ...
+
+    async def add_usage(self, session_id: str, tokens: Tokens, cost: float) -> None:
+        """Add a turn's tokens and cost to the record's totals, in one transaction (two
+        processes adding at once both count); a missing session is not an error."""
         ...
 
     async def delete_session(self, session_id: str) -> None:
