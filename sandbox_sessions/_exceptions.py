@@ -11,7 +11,8 @@ if tried again unchanged. Each class also subclasses the nearest builtin, so
     │   ├── SessionNotFound        (LookupError)       session_not_found
     │   ├── SessionEnded           (RuntimeError)      session_ended
     │   ├── SessionBusy            (RuntimeError)      session_busy          retryable
-    │   └── PermissionNotFound     (LookupError)       permission_not_found
+    │   ├── PermissionNotFound     (LookupError)       permission_not_found
+    │   └── QuestionNotFound       (LookupError)       question_not_found
     ├── SandboxError                                   sandbox_error
     │   ├── SandboxUnavailable     (ConnectionError)   sandbox_unavailable   retryable
     │   ├── ContainerGone          (RuntimeError)      container_gone
@@ -72,6 +73,7 @@ __all__ = [
     "PermissionNotFound",
     "ProtocolError",
     "ProviderError",
+    "QuestionNotFound",
     "RequestRefused",
     "RequestTooLarge",
     "SandboxError",
@@ -188,6 +190,16 @@ class CommandFailed(CommandError, RuntimeError):
         super().__init__(f"command {name!r}: {reason}")
         self.name = name
         self.reason = reason
+
+
+class QuestionNotFound(SessionError, LookupError):
+    """No pending question has that id (unknown, answered, or timed out)."""
+
+    code = "question_not_found"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"no pending question {request_id!r}")
+        self.request_id = request_id
 
 
 class ProviderError(SandboxSessionsError, RuntimeError):
@@ -359,7 +371,8 @@ HTTP_STATUS: dict[str, int] = {
     "invalid_argument": 400, "tool_error": 400, "unsafe_archive": 400,
     "file_not_text": 400, "unauthorized": 401, "request_refused": 403,
     "permission_denied": 403, "session_not_found": 404, "permission_not_found": 404,
-    "file_not_found": 404, "image_not_found": 404, "command_not_found": 404,
+    "question_not_found": 404, "file_not_found": 404, "image_not_found": 404,
+    "command_not_found": 404,
     "command_failed": 422, "session_ended": 409, "session_busy": 409,
     "container_gone": 410, "container_died": 410, "file_too_large": 413,
     "request_too_large": 413, "sandbox_unavailable": 503, "store_error": 503,

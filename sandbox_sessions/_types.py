@@ -173,6 +173,11 @@ class AgentConfig(_Frozen):
     """Seconds a permission request may wait for a reply; None waits for ever."""
     on_timeout: Literal["reject", "allow"] = "reject"
     """What an unanswered request becomes when `permission_timeout` passes (for headless CI)."""
+    question_timeout: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """Seconds a question (the `question` tool) may wait for an answer; None waits for ever."""
+    on_question_timeout: Literal["error", "first"] = "error"
+    """When `question_timeout` passes: the call fails (the model reads that nobody answered),
+    or the first option is the answer (`first`; a question without options fails)."""
     max_tool_output: int = Field(default=30_000, gt=0)
     """Characters of a tool's output sent to the model; the whole output stays in the part."""
     tool_timeout: float = Field(default=120.0, gt=0)
@@ -514,6 +519,20 @@ class PermissionRequest(_Frozen):
     time: float
 
 
+class QuestionRequest(_Frozen):
+    """The agent's question to the user (its `question` tool), waiting for an answer."""
+
+    id: str
+    session_id: str
+    message_id: str
+    call_id: str
+    question: str
+    options: list[str] = Field(default_factory=list)
+    allow_custom: bool = True
+    """Whether an answer other than one of `options` is taken (always, without options)."""
+    time: float
+
+
 PermissionReply = Literal["once", "always", "reject"]
 TurnEndReason = Literal["completed", "aborted", "error", "rejected", "limit"]
 
@@ -628,6 +647,23 @@ class PermissionRepliedEvent(EventBase):
     message: str | None = None
 
 
+class QuestionAskedEvent(EventBase):
+    """The agent asks the user a question; the turn waits for `reply_to_question()`."""
+
+    type: Literal["question-asked"] = "question-asked"
+    request: QuestionRequest
+
+
+class QuestionRepliedEvent(EventBase):
+    """A question was answered (`answer`), or timed out (`timed_out`, and `answer` is what
+    the timeout policy gave, None when the call failed instead)."""
+
+    type: Literal["question-replied"] = "question-replied"
+    request_id: str
+    answer: str | None = None
+    timed_out: bool = False
+
+
 class TodoUpdatedEvent(EventBase):
     """The agent's todo list changed (the whole new list)."""
 
@@ -695,7 +731,8 @@ class TurnEndEvent(EventBase):
 Event = Annotated[
     MessageCreatedEvent | MessageUpdatedEvent | TextDeltaEvent | ReasoningDeltaEvent
     | ToolStartEvent | ToolRunningEvent | ToolEndEvent | StepStartEvent | StepFinishEvent
-    | RetryEvent | PermissionAskedEvent | PermissionRepliedEvent | TodoUpdatedEvent
+    | RetryEvent | PermissionAskedEvent | PermissionRepliedEvent | QuestionAskedEvent
+    | QuestionRepliedEvent | TodoUpdatedEvent
     | ArtifactCreatedEvent | SessionStatusEvent | SessionUpdatedEvent | ShellRunEvent
     | SandboxRestartedEvent | TurnEndEvent,
     Field(discriminator="type"),
@@ -776,6 +813,12 @@ class TurnRequest(_Request):
     prompt: str
     model: str | None = None
     command: CommandCall | None = None
+
+
+class QuestionAnswerRequest(_Request):
+    """An answer to a pending question."""
+
+    answer: str
 
 
 class PermissionAnswerRequest(_Request):

@@ -22,6 +22,7 @@ from .._types import (
     PermissionAction,
     PermissionRequest,
     PermissionRules,
+    QuestionRequest,
     ReasoningDeltaEvent,
     RetryEvent,
     RetryPart,
@@ -58,6 +59,7 @@ from ._broker import PermissionBroker, now
 from ._history import capped, new_id
 from ._permissions import always_patterns, evaluate, merge_always
 from ._pricing import Price, cost_of
+from ._questions import QuestionBroker
 from .base import PreparedCall, Tool, ToolContext, ToolError, ToolOutput
 
 __all__ = ["Outcome", "Turn", "run_turn"]
@@ -91,6 +93,8 @@ class Turn:
     retry_delays: Sequence[float] = (0.5, 1.0, 2.0)
     tokens_left: int | None = None
     """Of the session's token budget, what this turn may use (None: no budget)."""
+    questions: QuestionBroker | None = None
+    """Where the `question` tool's questions wait (None: nobody can answer)."""
 
 
 @dataclass
@@ -283,8 +287,10 @@ async def _run_call(turn: Turn, call: ToolCall) -> ToolResultContent:
     tool = turn.tools.get(call.name)
     if tool is None:
         return _end(turn, part, error=f"unknown tool {call.name!r}")
+    ask_user = None if turn.questions is None else functools.partial(_ask_user, turn, call.id)
     context = ToolContext(sandbox=turn.sandbox, session_id=turn.session_id, call_id=call.id,
-                          workdir=turn.workdir, timeout=turn.config.tool_timeout)
+                          workdir=turn.workdir, timeout=turn.config.tool_timeout,
+                          ask_user=ask_user)
     prepared = await _guarded(turn, part, functools.partial(_prepare, tool, call.input, context))
     if isinstance(prepared, ToolResultContent):
         return prepared
@@ -308,6 +314,15 @@ async def _run_call(turn: Turn, call: ToolCall) -> ToolResultContent:
     if output.artifact is not None:
         turn.events.emit(turn.session_id, ArtifactCreatedEvent, artifact=output.artifact)
     return _end(turn, running, output=output)
+
+
+async def _ask_user(turn: Turn, call_id: str, question: str, options: Sequence[str],
+                    allow_custom: bool) -> str | None:
+    assert turn.questions is not None
+    request = QuestionRequest(id=new_id("que"), session_id=turn.session_id,
+                              message_id=turn.message_id, call_id=call_id, question=question,
+                              options=list(options), allow_custom=allow_custom, time=now())
+    return await turn.questions.ask(request, turn.config)
 
 
 def _verdict(turn: Turn, tool: Tool, patterns: Sequence[str]) -> tuple[PermissionAction, str]:

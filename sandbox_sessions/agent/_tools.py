@@ -7,6 +7,7 @@
 | list, glob, grep | one folder level; files by pattern; lines by regex | the folder (or file) |
 | todowrite | replaces the session's todo list | `*` |
 | artifact | copies a file to `/artifacts/<key>` | the absolute source path |
+| question | asks the user and waits for the answer (not in the default set) | `*` |
 
 A path is judged as written and with its links resolved in the container, and the tool acts
 on the resolved one (see `_tool_support.PathTool`).
@@ -45,6 +46,7 @@ __all__ = [
     "GlobTool",
     "GrepTool",
     "ListTool",
+    "QuestionTool",
     "ReadTool",
     "TodoWriteTool",
     "WriteTool",
@@ -193,6 +195,52 @@ class TodoWriteTool(BuiltinTool[_TodoWriteInput]):
                           metadata={"count": len(todos)}, todos=todos)
 
 
+MAX_QUESTION = 4096
+MAX_OPTIONS = 20
+MAX_OPTION = 500
+
+
+class _QuestionInput(ToolInput):
+    question: str = Field(min_length=1, max_length=MAX_QUESTION,
+                          description="The question, complete in itself.")
+    options: list[str] = Field(
+        default_factory=list, max_length=MAX_OPTIONS,
+        description="Answers to choose from, if any (short, distinct).")
+    allow_custom: bool = Field(
+        default=True, description="Whether the user may answer something else than an option.")
+
+
+class QuestionTool(BuiltinTool[_QuestionInput]):
+    """`question`: ask the user and wait for the answer (`reply_to_question`)."""
+
+    name = "question"
+    description = (
+        "Ask the user a question when you cannot go on without their decision, and wait for "
+        "the answer. Offer options when the choice is among a few; set allow_custom to false "
+        "if only they are acceptable."
+    )
+    input_model = _QuestionInput
+
+    def pattern(self, args: _QuestionInput, ctx: ToolContext) -> str:
+        """Always `*`: nothing runs in the sandbox."""
+        return "*"
+
+    async def execute(self, args: _QuestionInput, ctx: ToolContext) -> ToolOutput:
+        """Publish the question and wait; the answer is the call's output."""
+        options = [option.strip() for option in args.options]
+        if any(not option or len(option) > MAX_OPTION for option in options):
+            raise ToolError(f"each option must be 1 to {MAX_OPTION} characters")
+        if len(set(options)) != len(options):
+            raise ToolError("the options must be distinct")
+        if ctx.ask_user is None:
+            raise ToolError("nobody can answer questions in this session")
+        answer = await ctx.ask_user(args.question, options, args.allow_custom or not options)
+        if answer is None:
+            raise ToolError("the user did not answer in time; decide without them, or stop")
+        return ToolOutput(output=f"The user answered: {answer}", title=args.question[:80],
+                          metadata={"answer": answer})
+
+
 class _ArtifactInput(ToolInput):
     path: str = Field(description="The file to save, absolute or relative to the workdir.")
     key: str | None = Field(
@@ -259,7 +307,7 @@ class ArtifactTool(PathTool[_ArtifactInput]):
 
 def _builtins() -> dict[str, Tool]:
     tools: list[Tool] = [BashTool(), ReadTool(), WriteTool(), EditTool(), ListTool(), GlobTool(),
-                         GrepTool(), TodoWriteTool(), ArtifactTool()]
+                         GrepTool(), TodoWriteTool(), ArtifactTool(), QuestionTool()]
     return {tool.name: tool for tool in tools}
 
 

@@ -26,6 +26,10 @@ from ..sandbox.base import Sandbox
 __all__ = ["PreparedCall", "PreparingTool", "Tool", "ToolContext", "ToolError", "ToolOutput"]
 
 
+AskUser = Callable[[str, Sequence[str], bool], Awaitable[str | None]]
+"""`(question, options, allow_custom)` to the answer, or None when none came in time."""
+
+
 @dataclass(frozen=True, slots=True)
 class ToolContext:
     """What a tool may use while it runs."""
@@ -37,6 +41,9 @@ class ToolContext:
     """The session's working folder: relative paths are taken from here."""
     timeout: float = 120.0
     """Default time limit of commands the tool runs, in seconds."""
+    ask_user: AskUser | None = None
+    """Asks the user a question and waits (the `question` tool); None where nobody can
+    answer."""
 
 
 @dataclass(frozen=True, slots=True)

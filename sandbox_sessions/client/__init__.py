@@ -1,7 +1,13 @@
 """The client layer: the async client and its blocking twin, handles, and transports."""
 
 from ._client import AsyncSandboxClient, SandboxKwargs
-from ._session import AsyncAgent, AsyncSessionHandle, PermissionAnswer, PermissionCallback
+from ._session import (
+    AsyncAgent,
+    AsyncSessionHandle,
+    PermissionAnswer,
+    PermissionCallback,
+    QuestionCallback,
+)
 from ._sync import Agent, SandboxClient, SessionHandle
 from ._transport import OutputSink, Transport
 
@@ -13,6 +19,7 @@ __all__ = [
     "OutputSink",
     "PermissionAnswer",
     "PermissionCallback",
+    "QuestionCallback",
     "SandboxClient",
     "SandboxKwargs",
     "SessionHandle",

@@ -31,6 +31,7 @@ from .._types import (
     Message,
     Metrics,
     PermissionAnswerRequest,
+    QuestionAnswerRequest,
     SessionInfo,
     SessionStatus,
     ShellChunk,
@@ -211,6 +212,12 @@ class HTTPTransport:
                                answer: PermissionAnswerRequest) -> None:
         """See `Transport.reply_permission`."""
         await self._call("POST", self._url("sessions", session_id, "permissions", request_id),
+                         json=_body(answer))
+
+    async def reply_question(self, session_id: str, request_id: str,
+                             answer: QuestionAnswerRequest) -> None:
+        """See `Transport.reply_question`."""
+        await self._call("POST", self._url("sessions", session_id, "questions", request_id),
                          json=_body(answer))
 
     async def messages(self, session_id: str, *, after: int = 0) -> list[Message]:

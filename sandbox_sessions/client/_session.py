@@ -11,11 +11,17 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Self, cast
+from typing import Self, TypeVar, cast
 
 import anyio
 
-from .._exceptions import CommandFailed, FileDecodeError, InvalidArgument, PermissionNotFound
+from .._exceptions import (
+    CommandFailed,
+    FileDecodeError,
+    InvalidArgument,
+    PermissionNotFound,
+    QuestionNotFound,
+)
 from .._types import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_MAX_READ,
@@ -34,6 +40,8 @@ from .._types import (
     PermissionReply,
     PermissionRequest,
     PermissionRules,
+    QuestionAnswerRequest,
+    QuestionRequest,
     SandboxOptions,
     SendResult,
     SessionInfo,
@@ -67,24 +75,31 @@ __all__ = [
     "PartCallback",
     "PermissionAnswer",
     "PermissionCallback",
+    "QuestionCallback",
     "TextCallback",
 ]
 
+R = TypeVar("R")
+A = TypeVar("A")
 TextCallback = Callable[[str], object]
 PartCallback = Callable[[ToolPart], object]
 EventCallback = Callable[[Event], object]
 PermissionAnswer = PermissionReply | tuple[PermissionReply, str]
 PermissionCallback = Callable[[PermissionRequest], PermissionAnswer | Awaitable[PermissionAnswer]]
 """Answers a permission request; a sync callback runs in a worker thread (it may block)."""
+QuestionCallback = Callable[[QuestionRequest], str | Awaitable[str]]
+"""Answers the agent's question; a sync callback runs in a worker thread (it may block)."""
 
 
 class _Callbacks:
     def __init__(self, on_text: TextCallback | None, on_reasoning: TextCallback | None,
                  on_tool_start: PartCallback | None, on_tool_end: PartCallback | None,
-                 on_permission: PermissionCallback | None, on_event: EventCallback | None):
+                 on_permission: PermissionCallback | None, on_event: EventCallback | None,
+                 on_question: QuestionCallback | None = None):
         self.on_text, self.on_reasoning = on_text, on_reasoning
         self.on_tool_start, self.on_tool_end = on_tool_start, on_tool_end
         self.on_permission, self.on_event = on_permission, on_event
+        self.on_question = on_question
 
     async def dispatch(self, handle: AsyncSessionHandle, message_id: str, event: Event) -> None:
         if self.on_event is not None:
@@ -102,14 +117,18 @@ class _Callbacks:
             reply, message = answer if isinstance(answer, tuple) else (answer, None)
             with contextlib.suppress(PermissionNotFound):  # answered meanwhile, or timed out
                 await handle.reply_to_permission(event.request.id, reply, message=message)
+        elif event.type == "question-asked" and self.on_question is not None:
+            text = await _answer(self.on_question, event.request)
+            with contextlib.suppress(QuestionNotFound):  # answered meanwhile, or timed out
+                await handle.reply_to_question(event.request.id, text)
 
 
-async def _answer(callback: PermissionCallback, request: PermissionRequest) -> PermissionAnswer:
+async def _answer(callback: Callable[[R], A | Awaitable[A]], request: R) -> A:
     if inspect.iscoroutinefunction(callback):
-        return cast(PermissionAnswer, await callback(request))
+        return cast(A, await callback(request))
     answer = await anyio.to_thread.run_sync(callback, request)
     if inspect.isawaitable(answer):
-        return await answer
+        return cast(A, await answer)
     return answer
 
 
@@ -274,6 +293,7 @@ class AsyncSessionHandle:
         on_tool_end: PartCallback | None = None,
         on_permission: PermissionCallback | None = None,
         on_event: EventCallback | None = None,
+        on_question: QuestionCallback | None = None,
     ) -> SendResult:
         """Run one turn and return its outcome once its `turn-end` is stored.
 
@@ -283,10 +303,11 @@ class AsyncSessionHandle:
         requests wait for `reply_to_permission()` (or the configured timeout). Cancelling
         `send()` aborts the turn. A turn already running (in this process or another) raises
         `SessionBusy`. If the store cannot take the turn's events, `StoreError` is raised and
-        the turn aborted (its events are stored once the store heals).
+        the turn aborted (its events are stored once the store heals). `on_question` answers
+        the agent's questions (its `question` tool) with text; it may be async.
         """
         callbacks = _Callbacks(on_text, on_reasoning, on_tool_start, on_tool_end,
-                               on_permission, on_event)
+                               on_permission, on_event, on_question)
         return await self._turn(prompt, callbacks)
 
     async def _turn(self, prompt: str, callbacks: _Callbacks, *, model: str | None = None,
@@ -342,6 +363,15 @@ class AsyncSessionHandle:
         answer = build(PermissionAnswerRequest, "permission reply", reply=reply,
                        message=message)
         await self._transport.reply_permission(self.id, request_id, answer)
+
+    async def reply_to_question(self, request_id: str, answer: str) -> None:
+        """Answer the agent's pending question (a `question-asked` event's `request.id`).
+        An unknown, answered or timed-out question raises `QuestionNotFound`; an empty answer,
+        or one not among the options when the question takes no other, `InvalidArgument`
+        (the question stays pending)."""
+        check_text(request_id, "request id")
+        request = build(QuestionAnswerRequest, "answer", answer=answer)
+        await self._transport.reply_question(self.id, request_id, request)
 
     async def get_messages(self) -> list[Message]:
         """The session's messages with their parts, as the event log projects them."""

@@ -50,6 +50,7 @@ from ._session import (
     EventCallback,
     PartCallback,
     PermissionCallback,
+    QuestionCallback,
     TextCallback,
 )
 
@@ -170,11 +171,13 @@ class SessionHandle:
         on_tool_end: PartCallback | None = None,
         on_permission: PermissionCallback | None = None,
         on_event: EventCallback | None = None,
+        on_question: QuestionCallback | None = None,
     ) -> SendResult:
         """Run one turn and return its outcome; see `AsyncSessionHandle.send`."""
         return self._call(self._async.send, prompt, on_text=on_text, on_reasoning=on_reasoning,
                           on_tool_start=on_tool_start, on_tool_end=on_tool_end,
-                          on_permission=on_permission, on_event=on_event)
+                          on_permission=on_permission, on_event=on_event,
+                          on_question=on_question)
 
     def stream(self, prompt: str) -> Iterator[Event]:
         """Start a turn and iterate its events; see `AsyncSessionHandle.stream`."""
@@ -193,6 +196,10 @@ class SessionHandle:
     ) -> None:
         """Answer a pending request; see `AsyncSessionHandle.reply_to_permission`."""
         self._call(self._async.reply_to_permission, request_id, reply, message=message)
+
+    def reply_to_question(self, request_id: str, answer: str) -> None:
+        """Answer a pending question; see `AsyncSessionHandle.reply_to_question`."""
+        self._call(self._async.reply_to_question, request_id, answer)
 
     def get_messages(self) -> list[Message]:
         """The messages with their parts; see `AsyncSessionHandle.get_messages`."""

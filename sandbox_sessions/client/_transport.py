@@ -27,6 +27,7 @@ from .._types import (
     Message,
     Metrics,
     PermissionAnswerRequest,
+    QuestionAnswerRequest,
     SessionInfo,
     SessionStatus,
     ShellCommand,
@@ -128,6 +129,12 @@ class Transport(Protocol):
         self, session_id: str, request_id: str, answer: PermissionAnswerRequest
     ) -> None:
         """Answer a pending permission request; `PermissionNotFound` if it is not pending."""
+        ...
+
+    async def reply_question(
+        self, session_id: str, request_id: str, answer: QuestionAnswerRequest
+    ) -> None:
+        """Answer a pending question; `QuestionNotFound` if it is not pending."""
         ...
 
     def events(

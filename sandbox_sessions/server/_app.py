@@ -28,6 +28,7 @@ from .._types import (
     Message,
     Metrics,
     PermissionAnswerRequest,
+    QuestionAnswerRequest,
     SendResult,
     SessionInfo,
     SessionStatus,
@@ -255,6 +256,13 @@ def _turn_routes(app: FastAPI, bridge: Bridge) -> None:
                                answer: PermissionAnswerRequest) -> None:
         """Answer a pending permission request: once, always or reject."""
         await service.reply_permission(session_id, request_id, answer)
+
+    @app.post("/sessions/{session_id}/questions/{request_id}", status_code=204,
+              tags=["turns"])
+    async def reply_question(session_id: str, request_id: str,
+                             answer: QuestionAnswerRequest) -> None:
+        """Answer the agent's pending question."""
+        await service.reply_question(session_id, request_id, answer)
 
     @app.get("/sessions/{session_id}/messages", tags=["turns"])
     async def messages(session_id: str, after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0

@@ -19,6 +19,7 @@ from .._types import (
     Message,
     Metrics,
     PermissionAnswerRequest,
+    QuestionAnswerRequest,
     SessionInfo,
     SessionStatus,
     ShellCommand,
@@ -185,6 +186,12 @@ class SessionService:
     ) -> None:
         """See `Transport.reply_permission`."""
         await self._turns.reply(session_id, request_id, answer)
+
+    async def reply_question(
+        self, session_id: str, request_id: str, answer: QuestionAnswerRequest
+    ) -> None:
+        """See `Transport.reply_question`."""
+        await self._turns.answer_question(session_id, request_id, answer)
 
     def events(
         self, session_id: str, *, after: int = 0, strict: bool = False

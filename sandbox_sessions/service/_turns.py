@@ -35,6 +35,7 @@ from .._types import (
     Metrics,
     PermissionAnswerRequest,
     PermissionRules,
+    QuestionAnswerRequest,
     RetryPart,
     SessionInfo,
     SessionStatusEvent,
@@ -52,6 +53,7 @@ from ..agent._history import new_id, to_model_messages
 from ..agent._loop import Outcome, Turn, run_turn
 from ..agent._permissions import validate_rules
 from ..agent._pricing import Price
+from ..agent._questions import QuestionBroker
 from ..agent._tools import check_rule_keys, resolve_tools
 from ..agent.base import Tool
 from ..providers import resolve_provider
@@ -100,6 +102,7 @@ class Turns:
         self.sessions = sessions
         self.events = events
         self.broker: PermissionBroker = PermissionBroker(events)
+        self.questions: QuestionBroker = QuestionBroker(events)
         self._task_group = task_group
         self._prices = prices
         self._api_keys = api_keys
@@ -193,7 +196,8 @@ class Turns:
         turn = Turn(session_id=info.id, message_id=message_id, model=config.model,
                     model_name=model_name, config=config, provider=provider, tools=tools,
                     sandbox=sandbox, workdir=info.sandbox.workdir, events=self.events,
-                    broker=self.broker, prices=self._prices, rules=dict(config.permissions),
+                    broker=self.broker, questions=self.questions, prices=self._prices,
+                    rules=dict(config.permissions),
                     save_rules=save_rules,
                     tokens_left=None if config.token_budget is None
                     else config.token_budget - info.tokens.total)
@@ -302,6 +306,14 @@ class Turns:
             check_text(answer.message, "message")
         await self.sessions.get_info(session_id)
         self.broker.reply(session_id, request_id, answer.reply, answer.message)
+
+    async def answer_question(
+        self, session_id: str, request_id: str, answer: QuestionAnswerRequest
+    ) -> None:
+        """Answer a pending question (see `QuestionBroker.reply`)."""
+        check_text(request_id, "request id")
+        await self.sessions.get_info(session_id)
+        self.questions.reply(session_id, request_id, answer.answer)
 
     async def subscribe(
         self, session_id: str, *, after: int = 0, strict: bool = False
