@@ -815,6 +815,19 @@ class TurnRequest(_Request):
     command: CommandCall | None = None
 
 
+class ImportMessagesRequest(BaseModel):
+    """Messages of an exported history to append to a session (`import_session`)."""
+
+    model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, extra="forbid")
+    messages: list[Message]
+
+
+class ImportedMessages(_Frozen):
+    """How many messages an import added."""
+
+    imported: int
+
+
 class QuestionAnswerRequest(_Request):
     """An answer to a pending question."""
 

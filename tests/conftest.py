@@ -78,7 +78,7 @@ CONFORMANCE = frozenset({
     "test_session_api", "test_agent", "test_agent_permissions", "test_agent_lifecycle",
     "test_api_validation", "test_bad_input", "test_bounded_reads", "test_tool_links",
     "test_restarts", "test_deadlines", "test_commands",
-    "test_session_records", "test_budgets", "test_questions",
+    "test_session_records", "test_budgets", "test_questions", "test_export",
 })
 """The session API suites: each of their tests runs once per transport, in-process and over
 HTTP against a real bridge on a loopback port (the `transport` fixture)."""

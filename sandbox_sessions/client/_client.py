@@ -40,6 +40,7 @@ from ..service._open import open_service
 from ..service._service import SessionService
 from ..store.base import Store
 from ._commands import CommandRegistry, check_name
+from ._export import import_session
 from ._http import HTTPTransport
 from ._session import AsyncAgent, AsyncSessionHandle
 from ._transport import Transport
@@ -269,6 +270,17 @@ class AsyncSandboxClient:
                         agent=agent, model=model)
         self._commands.add(command)
         return command
+
+    async def import_session(
+        self, path: str | os.PathLike[str], *, title: str | None = None
+    ) -> AsyncSessionHandle:
+        """A new session made from an export (`session.export(path)`): the same agent, config,
+        sandbox options and metadata, its history (new message ids) and, when the file holds a
+        complete one, its workspace. A file of another format or version, or a malformed
+        line, is an `InvalidArgument` and makes nothing; a torn last line is left out with a
+        warning. If the import fails half way, the new session is ended."""
+        info = await import_session(self._opened(), path, title=title)
+        return AsyncSessionHandle(self._opened(), info.id, commands=self._commands)
 
     async def list_commands(self) -> list[CommandTemplate]:
         """The command templates this client's sessions can run, by name (see

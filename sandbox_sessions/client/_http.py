@@ -28,6 +28,8 @@ from .._types import (
     CommandCall,
     CreateSessionRequest,
     Event,
+    ImportedMessages,
+    ImportMessagesRequest,
     Message,
     Metrics,
     PermissionAnswerRequest,
@@ -214,6 +216,12 @@ class HTTPTransport:
         await self._call("POST", self._url("sessions", session_id, "permissions", request_id),
                          json=_body(answer))
 
+    async def import_messages(self, session_id: str, request: ImportMessagesRequest) -> int:
+        """See `Transport.import_messages`."""
+        done = await self._json("POST", _IMPORTED, "sessions", session_id, "messages",
+                                json=_body(request))
+        return done.imported
+
     async def reply_question(self, session_id: str, request_id: str,
                              answer: QuestionAnswerRequest) -> None:
         """See `Transport.reply_question`."""
@@ -386,5 +394,6 @@ _STARTED: TypeAdapter[TurnStarted] = TypeAdapter(TurnStarted)
 _ARTIFACTS: TypeAdapter[list[ArtifactInfo]] = TypeAdapter(list[ArtifactInfo])
 _ENTRIES: TypeAdapter[list[ArtifactEntry]] = TypeAdapter(list[ArtifactEntry])
 _MESSAGES: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
+_IMPORTED: TypeAdapter[ImportedMessages] = TypeAdapter(ImportedMessages)
 _METRICS: TypeAdapter[Metrics] = TypeAdapter(Metrics)
 _TODOS: TypeAdapter[list[Todo]] = TypeAdapter(list[Todo])

@@ -66,6 +66,7 @@ from ..sandbox.base import OutputCallback
 from ..service._projection import send_result
 from ._commands import COMMAND_TIMEOUT, CommandRegistry, render
 from ._download import DownloadProgress, download
+from ._export import export_session
 from ._transport import Transport
 
 __all__ = [
@@ -453,6 +454,13 @@ class AsyncSessionHandle:
             raise CommandFailed(name, f"its turn ended {result.reason}"
                                 + (f": {result.error}" if result.error else ""))
         return result.text
+
+    async def export(self, path: str | os.PathLike[str], *, workspace: bool = True) -> Path:
+        """Write the session to one JSON Lines file (see `client/_export.py` for the format):
+        its agent, config, sandbox options and metadata, every message with its parts and,
+        with `workspace`, a tar of the workdir. The file appears complete or not at all.
+        `client.import_session(path)` makes a new session of it."""
+        return await export_session(self._transport, self.id, path, workspace=workspace)
 
     async def end(self) -> SessionInfo:
         """Remove the container at once and mark the session ended. Later calls raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, Unpack
 
@@ -240,6 +241,10 @@ class SessionHandle:
         return self._call(self._async.run_command, name, arguments, timeout=timeout,
                           on_text=on_text, on_permission=on_permission, on_event=on_event)
 
+    def export(self, path: str | os.PathLike[str], *, workspace: bool = True) -> Path:
+        """Write the session to a JSON Lines file; see `AsyncSessionHandle.export`."""
+        return self._call(self._async.export, path, workspace=workspace)
+
     def end(self) -> SessionInfo:
         """Remove the container and mark the session ended; see `AsyncSessionHandle.end`."""
         return self._call(self._async.end)
@@ -362,6 +367,12 @@ class SandboxClient:
         """Register a command template; see `AsyncSandboxClient.add_command`."""
         return self._async.add_command(name, template, description=description, agent=agent,
                                        model=model)
+
+    def import_session(self, path: str | os.PathLike[str], *, title: str | None = None
+                       ) -> SessionHandle:
+        """A new session made from an export; see `AsyncSandboxClient.import_session`."""
+        handle = self.portal.call(lambda: self._async.import_session(path, title=title))
+        return SessionHandle(self.portal, handle)
 
     def list_commands(self) -> list[CommandTemplate]:
         """The command templates; see `AsyncSandboxClient.list_commands`."""

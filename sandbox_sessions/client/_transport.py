@@ -24,6 +24,7 @@ from .._types import (
     CommandCall,
     CreateSessionRequest,
     Event,
+    ImportMessagesRequest,
     Message,
     Metrics,
     PermissionAnswerRequest,
@@ -129,6 +130,11 @@ class Transport(Protocol):
         self, session_id: str, request_id: str, answer: PermissionAnswerRequest
     ) -> None:
         """Answer a pending permission request; `PermissionNotFound` if it is not pending."""
+        ...
+
+    async def import_messages(self, session_id: str, request: ImportMessagesRequest) -> int:
+        """Append an exported history's messages (new ids, parents mapped); how many. Not
+        while a turn runs (`SessionBusy`)."""
         ...
 
     async def reply_question(

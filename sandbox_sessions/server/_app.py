@@ -25,6 +25,8 @@ from .._types import (
     ArtifactEntry,
     ArtifactInfo,
     CreateSessionRequest,
+    ImportedMessages,
+    ImportMessagesRequest,
     Message,
     Metrics,
     PermissionAnswerRequest,
@@ -256,6 +258,12 @@ def _turn_routes(app: FastAPI, bridge: Bridge) -> None:
                                answer: PermissionAnswerRequest) -> None:
         """Answer a pending permission request: once, always or reject."""
         await service.reply_permission(session_id, request_id, answer)
+
+    @app.post("/sessions/{session_id}/messages", tags=["turns"])
+    async def import_messages(session_id: str, request: ImportMessagesRequest
+                              ) -> ImportedMessages:
+        """Append an exported history's messages (new ids, parents mapped)."""
+        return ImportedMessages(imported=await service.import_messages(session_id, request))
 
     @app.post("/sessions/{session_id}/questions/{request_id}", status_code=204,
               tags=["turns"])

@@ -16,6 +16,7 @@ from .._types import (
     CommandCall,
     CreateSessionRequest,
     Event,
+    ImportMessagesRequest,
     Message,
     Metrics,
     PermissionAnswerRequest,
@@ -186,6 +187,10 @@ class SessionService:
     ) -> None:
         """See `Transport.reply_permission`."""
         await self._turns.reply(session_id, request_id, answer)
+
+    async def import_messages(self, session_id: str, request: ImportMessagesRequest) -> int:
+        """See `Transport.import_messages`."""
+        return await self._turns.import_messages(session_id, request.messages)
 
     async def reply_question(
         self, session_id: str, request_id: str, answer: QuestionAnswerRequest

@@ -172,14 +172,14 @@ class Sessions:
     ) -> SessionInfo:
         """Store what is not None; `SessionEnded` once the session has ended."""
         info = await self.get_info(session_id)
-        _check_usable(info)
+        check_usable(info)
         changes: dict[str, object] = {"time_updated": _now()}
         given = {"title": title, "config": config, "archived": archived, "pinned": pinned,
                  "metadata": metadata}
         changes.update({key: value for key, value in given.items() if value is not None})
         updated = info.model_copy(update=changes)
         if not await self.store.update_session(updated, expect=info.status):
-            _check_usable(await self.get_info(session_id))  # ended meanwhile
+            check_usable(await self.get_info(session_id))  # ended meanwhile
             raise SessionBusy(session_id, reason="changed meanwhile; try again")
         return updated
 
@@ -192,7 +192,7 @@ class Sessions:
         if sandbox is not None:
             return sandbox
         info = await self.get_info(session_id)
-        _check_usable(info)
+        check_usable(info)
         if info.container_id is None:
             raise SessionEnded(session_id)
         async with self._attach_lock:
@@ -363,7 +363,7 @@ class Sessions:
                 await sandbox.aclose()
 
 
-def _check_usable(info: SessionInfo) -> None:
+def check_usable(info: SessionInfo) -> None:
     if info.status == "ended":
         raise SessionEnded(info.id)
     if info.status == "creating":

@@ -11,7 +11,7 @@ turn whose process dies is closed by the next process that looks.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import anyio
 import anyio.abc
@@ -61,7 +61,7 @@ from ..providers._scripted import ScriptedProvider
 from ..providers.base import ModelMessage, Provider, TextContent
 from ._eventlog import EventLog
 from ._projection import metrics, project, todos
-from ._sessions import Sessions
+from ._sessions import Sessions, check_usable
 from ._turn_leases import Hold
 
 __all__ = ["Turns"]
@@ -307,6 +307,33 @@ class Turns:
         await self.sessions.get_info(session_id)
         self.broker.reply(session_id, request_id, answer.reply, answer.message)
 
+    async def import_messages(self, session_id: str, messages: Sequence[Message]) -> int:
+        """Append `messages` (an export's history) to the session as `message-created`
+        events, under the session's turn lease: not while a turn runs (`SessionBusy`). Each
+        gets a new id and this session's id; an assistant message's `parent_id` must name a
+        user message given before it (`InvalidArgument` otherwise, and nothing is added)."""
+        renamed = _renamed(session_id, messages)
+        if session_id in self._running:
+            raise SessionBusy(session_id)
+        running = self._running[session_id] = _Running()
+        try:
+            check_usable(await self.sessions.get_info(session_id))
+            await self.events.refresh(session_id)
+            hold = await self.sessions.turns.acquire(
+                session_id, message_id=new_id("msg"), after=self.events.head(session_id),
+                on_lost=running.lost)
+            try:
+                for message in renamed:
+                    self.events.emit(session_id, MessageCreatedEvent, message=message)
+                await self.events.flush()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.sessions.turns.release(hold)
+        finally:
+            del self._running[session_id]
+            running.done.set()
+        return len(renamed)
+
     async def answer_question(
         self, session_id: str, request_id: str, answer: QuestionAnswerRequest
     ) -> None:
@@ -361,6 +388,33 @@ class Turns:
         self.events.emit(session_id, SessionUpdatedEvent, config=info.config, title=info.title,
                          archived=info.archived, pinned=info.pinned, metadata=info.metadata)
         return info
+
+
+MAX_IMPORTED = 100_000
+"""Messages one import may add."""
+
+
+def _renamed(session_id: str, messages: Sequence[Message]) -> list[Message]:
+    if len(messages) > MAX_IMPORTED:
+        raise InvalidArgument(f"at most {MAX_IMPORTED} messages are imported at once")
+    ids: dict[str, str] = {}
+    users: set[str] = set()
+    renamed: list[Message] = []
+    for message in messages:
+        if message.id in ids:
+            raise InvalidArgument(f"message id {message.id[:80]!r} is given twice")
+        ids[message.id] = new_id("msg")
+        changes: dict[str, object] = {"id": ids[message.id], "session_id": session_id}
+        if isinstance(message, AssistantMessage):
+            parent = ids.get(message.parent_id)
+            if parent is None or parent not in users:
+                raise InvalidArgument(f"assistant message {message.id[:80]!r} answers no user "
+                                      "message given before it")
+            changes["parent_id"] = parent
+        else:
+            users.add(ids[message.id])
+        renamed.append(message.model_copy(update=changes))
+    return renamed
 
 
 def _model_calls(messages: list[Message]) -> int:
