@@ -178,6 +178,10 @@ class AgentConfig(_Frozen):
     on_question_timeout: Literal["error", "first"] = "error"
     """When `question_timeout` passes: the call fails (the model reads that nobody answered),
     or the first option is the answer (`first`; a question without options fails)."""
+    context_limit: int | None = Field(default=None, gt=0)
+    """Tokens of the model's context window. A turn whose last answer's prompt reached
+    `COMPACT_AT` of it is preceded by a compaction (`summarize()`). None: the model's known
+    window (see `agent/_compaction.py`), and no automatic compaction for a model not known."""
     max_tool_output: int = Field(default=30_000, gt=0)
     """Characters of a tool's output sent to the model; the whole output stays in the part."""
     tool_timeout: float = Field(default=120.0, gt=0)
@@ -497,6 +501,9 @@ class AssistantMessage(_Frozen):
     finish_reason: str | None = None
     error: str | None = None
     parts: list[Part] = Field(default_factory=list)
+    summary: bool = False
+    """A compaction's summary (`summarize()`): later turns send it instead of the history
+    before it, once it holds a `compaction` part."""
 
 
 Message = Annotated[UserMessage | AssistantMessage, Field(discriminator="role")]
@@ -647,6 +654,14 @@ class PermissionRepliedEvent(EventBase):
     message: str | None = None
 
 
+class CompactionEvent(EventBase):
+    """A summary was made: the history before `message_id` is sent as `part.summary`."""
+
+    type: Literal["compaction"] = "compaction"
+    message_id: str
+    part: CompactionPart
+
+
 class QuestionAskedEvent(EventBase):
     """The agent asks the user a question; the turn waits for `reply_to_question()`."""
 
@@ -731,7 +746,8 @@ class TurnEndEvent(EventBase):
 Event = Annotated[
     MessageCreatedEvent | MessageUpdatedEvent | TextDeltaEvent | ReasoningDeltaEvent
     | ToolStartEvent | ToolRunningEvent | ToolEndEvent | StepStartEvent | StepFinishEvent
-    | RetryEvent | PermissionAskedEvent | PermissionRepliedEvent | QuestionAskedEvent
+    | RetryEvent | CompactionEvent | PermissionAskedEvent | PermissionRepliedEvent
+    | QuestionAskedEvent
     | QuestionRepliedEvent | TodoUpdatedEvent
     | ArtifactCreatedEvent | SessionStatusEvent | SessionUpdatedEvent | ShellRunEvent
     | SandboxRestartedEvent | TurnEndEvent,

@@ -16,8 +16,9 @@ from .._types import (
     ToolState,
 )
 from ..providers.base import ModelMessage, TextContent, ToolCall, ToolResultContent
+from ._compaction import compaction_point
 
-__all__ = ["capped", "new_id", "to_model_messages"]
+__all__ = ["capped", "join_summary", "new_id", "to_model_messages"]
 
 
 def new_id(prefix: str) -> str:
@@ -77,13 +78,41 @@ def _assistant(message: AssistantMessage, limit: int) -> list[ModelMessage]:
     return [m for step in steps for m in step.messages(limit)]
 
 
+SUMMARY_HEAD = "The conversation so far, summarized:\n\n"
+SUMMARY_JOIN = "\n\n---\n\n"
+
+
+def join_summary(history: list[ModelMessage]) -> None:
+    """Put a new prompt into the summary's message when the summary is all that precedes it
+    (a compaction right before the turn), so that no two user messages follow each other."""
+    if len(history) == 2 and all(m.role == "user" for m in history):
+        summary, prompt = history
+        texts = [c.text for m in history for c in m.content if isinstance(c, TextContent)]
+        if len(texts) == 2 and summary.content and texts[0].startswith(SUMMARY_HEAD) \
+                and len(summary.content) == 1 and len(prompt.content) == 1:
+            history[:] = [ModelMessage("user", (TextContent(texts[0] + SUMMARY_JOIN
+                                                            + texts[1]),))]
+
+
 def to_model_messages(messages: Sequence[Message], *, limit: int) -> list[ModelMessage]:
-    """The conversation as a provider sees it; tool outputs capped at `limit` characters."""
+    """The conversation as a provider sees it; tool outputs capped at `limit` characters.
+
+    After a compaction (the last summary message with its `compaction` part), only what
+    follows it is sent, the summary heading the first user message (or alone)."""
+    summary = None
+    point = compaction_point(messages)
+    if point is not None:
+        messages, summary = messages[point[0] + 1:], point[1]
     history: list[ModelMessage] = []
     for message in messages:
         if isinstance(message, AssistantMessage):
-            history.extend(_assistant(message, limit))
-        else:
-            text = "".join(p.text for p in message.parts if isinstance(p, TextPart))
-            history.append(ModelMessage("user", (TextContent(text),)))
+            if not message.summary:  # a summary that failed: nothing of it is sent
+                history.extend(_assistant(message, limit))
+            continue
+        text = "".join(p.text for p in message.parts if isinstance(p, TextPart))
+        if summary is not None:
+            text, summary = f"{SUMMARY_HEAD}{summary}{SUMMARY_JOIN}{text}", None
+        history.append(ModelMessage("user", (TextContent(text),)))
+    if summary is not None:
+        history.append(ModelMessage("user", (TextContent(SUMMARY_HEAD + summary),)))
     return history

@@ -95,6 +95,8 @@ class Turn:
     """Of the session's token budget, what this turn may use (None: no budget)."""
     questions: QuestionBroker | None = None
     """Where the `question` tool's questions wait (None: nobody can answer)."""
+    summarize: bool = False
+    """A compaction: the model is asked for a summary, with no tools."""
 
 
 @dataclass
@@ -104,6 +106,8 @@ class Outcome:
     finish: str | None = None
     tokens: Tokens = field(default_factory=Tokens)
     cost: float = 0.0
+    text: str = ""
+    """The final step's text (a summary's, for a compaction)."""
 
 
 @dataclass
@@ -152,6 +156,7 @@ async def run_turn(turn: Turn, history: list[ModelMessage], outcome: Outcome) ->
         content = ((TextContent(step.text),) if step.text else ()) + tuple(step.calls)
         history.append(ModelMessage("assistant", content, step.reasoning, step.signature))
         if not step.calls:
+            outcome.text = step.text
             return outcome
         try:
             results = await _run_calls(turn, step.calls)

@@ -205,6 +205,10 @@ class HTTPTransport:
                                 json=_body(TurnRequest(prompt=prompt, model=model,
                                                            command=command)))
 
+    async def summarize(self, session_id: str) -> TurnStarted:
+        """See `Transport.summarize`."""
+        return await self._json("POST", _STARTED, "sessions", session_id, "summarize")
+
     async def abort(self, session_id: str, *, message_id: str | None = None) -> bool:
         """See `Transport.abort`."""
         params = {} if message_id is None else {"message_id": message_id}

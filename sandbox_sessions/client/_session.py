@@ -50,6 +50,7 @@ from .._types import (
     ShellResult,
     Todo,
     ToolPart,
+    TurnStarted,
     UpdateSessionRequest,
 )
 from .._validation import (
@@ -314,6 +315,22 @@ class AsyncSessionHandle:
     async def _turn(self, prompt: str, callbacks: _Callbacks, *, model: str | None = None,
                     command: CommandCall | None = None) -> SendResult:
         start = await self._transport.start_turn(self.id, prompt, model=model, command=command)
+        return await self._follow(start, callbacks)
+
+    async def summarize(self, *, on_text: TextCallback | None = None,
+                        on_event: EventCallback | None = None) -> SendResult:
+        """Compact the session: the model (one call, no tools) summarizes the conversation
+        (goal, decisions, files, state, next steps); the summary message, with a `compaction`
+        part, then stands for everything before it in what later turns send (the messages
+        stay in the store). Status is `compacting` meanwhile. Returns the summary as the
+        turn's outcome (`text`). `InvalidArgument` when there are no messages yet,
+        `SessionBusy` while a turn runs. A turn starts with a compaction by itself when the
+        last answer filled the model's context (see `AgentConfig.context_limit`)."""
+        start = await self._transport.summarize(self.id)
+        return await self._follow(start, _Callbacks(on_text, None, None, None, None, on_event))
+
+    async def _follow(self, start: TurnStarted, callbacks: _Callbacks) -> SendResult:
+        """Wait for the turn `start` began to end, feeding `callbacks`; abort it if left."""
         ended = False
         try:
             events = self._transport.events(self.id, after=start.after, strict=True)

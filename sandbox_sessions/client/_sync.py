@@ -198,6 +198,11 @@ class SessionHandle:
         """Answer a pending request; see `AsyncSessionHandle.reply_to_permission`."""
         self._call(self._async.reply_to_permission, request_id, reply, message=message)
 
+    def summarize(self, *, on_text: TextCallback | None = None,
+                  on_event: EventCallback | None = None) -> SendResult:
+        """Compact the session; see `AsyncSessionHandle.summarize`."""
+        return self._call(self._async.summarize, on_text=on_text, on_event=on_event)
+
     def reply_to_question(self, request_id: str, answer: str) -> None:
         """Answer a pending question; see `AsyncSessionHandle.reply_to_question`."""
         self._call(self._async.reply_to_question, request_id, answer)

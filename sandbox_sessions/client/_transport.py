@@ -121,6 +121,11 @@ class Transport(Protocol):
         user message."""
         ...
 
+    async def summarize(self, session_id: str) -> TurnStarted:
+        """Start a compaction in the background (a turn with no user message whose answer is
+        the summary); `SessionBusy` while a turn runs."""
+        ...
+
     async def abort(self, session_id: str, *, message_id: str | None = None) -> bool:
         """Stop the running turn (only the one of `message_id`, when given); return once it
         has ended, False when none was running."""

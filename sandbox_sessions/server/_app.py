@@ -236,6 +236,11 @@ def _turn_routes(app: FastAPI, bridge: Bridge) -> None:
         return await service.start_turn(session_id, request.prompt, model=request.model,
                                         command=request.command)
 
+    @app.post("/sessions/{session_id}/summarize", status_code=202, tags=["turns"])
+    async def summarize(session_id: str) -> TurnStarted:
+        """Start a compaction in the background; follow it on the event stream."""
+        return await service.summarize(session_id)
+
     @app.post("/sessions/{session_id}/send", tags=["turns"])
     async def send(session_id: str, request: TurnRequest) -> SendResult:
         """Run a turn and answer once it ended. Permission requests wait for a reply on

@@ -178,6 +178,10 @@ class SessionService:
         """See `Transport.start_turn`."""
         return await self._turns.start_turn(session_id, prompt, model=model, command=command)
 
+    async def summarize(self, session_id: str) -> TurnStarted:
+        """See `Transport.summarize`."""
+        return await self._turns.summarize(session_id)
+
     async def abort(self, session_id: str, *, message_id: str | None = None) -> bool:
         """See `Transport.abort`."""
         return await self._turns.abort(session_id, message_id=message_id)

@@ -28,6 +28,8 @@ from .._types import (
     AgentConfig,
     AssistantMessage,
     CommandCall,
+    CompactionEvent,
+    CompactionPart,
     Event,
     Message,
     MessageCreatedEvent,
@@ -49,7 +51,14 @@ from .._types import (
 )
 from .._validation import check_text
 from ..agent._broker import PermissionBroker, now
-from ..agent._history import new_id, to_model_messages
+from ..agent._compaction import (
+    PRUNED_OUTPUT,
+    SUMMARY_PROMPT,
+    SUMMARY_SYSTEM,
+    context_limit,
+    needs_compaction,
+)
+from ..agent._history import join_summary, new_id, to_model_messages
 from ..agent._loop import Outcome, Turn, run_turn
 from ..agent._permissions import validate_rules
 from ..agent._pricing import Price
@@ -127,6 +136,38 @@ class Turns:
         check_text(prompt, "prompt")
         if model is not None:
             check_text(model, "model", empty=False)
+        await self._compact_if_needed(session_id)
+        return await self._start(session_id, prompt, model=model, command=command)
+
+    async def summarize(self, session_id: str) -> TurnStarted:
+        """Start a compaction in the background: one model call, no tools, whose summary
+        message (status `compacting` meanwhile) stands for the history before it once its
+        `compaction` part is stored. `InvalidArgument` when there is nothing to summarize."""
+        return await self._start(session_id, None)
+
+    async def _compact_if_needed(self, session_id: str) -> None:
+        """Summarize first when the session's last answer filled its model's context (see
+        `agent/_compaction.py`); a compaction that fails leaves the history whole."""
+        info = await self.sessions.get_info(session_id)
+        if info.config.model is None or session_id in self._running:
+            return
+        limit = context_limit(info.config, info.config.model.split("/", 1)[-1])
+        if limit is None:
+            return
+        await self.events.refresh(session_id)
+        if not needs_compaction(await self.messages(session_id), limit):
+            return
+        log.info("session %s: its context is nearly full: compacting first", session_id)
+        await self._start(session_id, None)
+        running = self._running.get(session_id)
+        if running is not None:
+            await running.done.wait()
+
+    async def _start(
+        self, session_id: str, prompt: str | None, *, model: str | None = None,
+        command: CommandCall | None = None,
+    ) -> TurnStarted:
+        """Start a turn for `prompt`, or a compaction when it is None."""
         ending = self._running.get(session_id)
         if ending is not None and ending.closing:
             await ending.done.wait()
@@ -134,27 +175,37 @@ class Turns:
             raise SessionBusy(session_id)
         running = self._running[session_id] = _Running()  # taken before any await: no race
         try:
-            turn, history = await self._begin(session_id, running, model)
+            turn, history, last_user = await self._begin(session_id, running, model,
+                                                         summarize=prompt is None)
         except BaseException:
             del self._running[session_id]
             running.done.set()  # an abort() that came meanwhile must not wait for ever
             raise
         after = self.events.head(session_id)
-        user = UserMessage(id=new_id("msg"), session_id=session_id, time_created=now(),
-                           parts=[TextPart(id=new_id("prt"), text=prompt)], command=command)
+        if prompt is None:
+            assert last_user is not None
+            parent = last_user
+        else:
+            user = UserMessage(id=new_id("msg"), session_id=session_id, time_created=now(),
+                               parts=[TextPart(id=new_id("prt"), text=prompt)],
+                               command=command)
+            self.events.emit(session_id, MessageCreatedEvent, message=user)
+            history.append(ModelMessage("user", (TextContent(prompt),)))
+            join_summary(history)
+            parent = user.id
         assistant = AssistantMessage(id=turn.message_id, session_id=session_id,
-                                     parent_id=user.id, model=turn.model, time_created=now())
-        self.events.emit(session_id, MessageCreatedEvent, message=user)
+                                     parent_id=parent, model=turn.model, time_created=now(),
+                                     summary=prompt is None)
         self.events.emit(session_id, MessageCreatedEvent, message=assistant)
-        self.events.emit(session_id, SessionStatusEvent, status="busy")
-        history.append(ModelMessage("user", (TextContent(prompt),)))
+        self.events.emit(session_id, SessionStatusEvent,
+                         status="compacting" if prompt is None else "busy")
         running.message_id = assistant.id
         self._task_group.start_soon(self._run, turn, history, assistant, running)
-        return TurnStarted(user_message_id=user.id, message_id=assistant.id, after=after)
+        return TurnStarted(user_message_id=parent, message_id=assistant.id, after=after)
 
     async def _begin(
-        self, session_id: str, running: _Running, model: str | None
-    ) -> tuple[Turn, list[ModelMessage]]:
+        self, session_id: str, running: _Running, model: str | None, *, summarize: bool
+    ) -> tuple[Turn, list[ModelMessage], str | None]:
         """Take the session's turn lease and prepare the turn; the lease is released again if
         the preparation fails."""
         info = await self.sessions.get_info(session_id)
@@ -171,37 +222,47 @@ class Turns:
             session_id, message_id=message_id, after=self.events.head(session_id),
             on_lost=running.lost)
         try:
-            return await self._prepare(info, message_id)
+            return await self._prepare(info, message_id, summarize=summarize)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.sessions.turns.release(running.hold)
             raise
 
     async def _prepare(
-        self, info: SessionInfo, message_id: str
-    ) -> tuple[Turn, list[ModelMessage]]:
+        self, info: SessionInfo, message_id: str, *, summarize: bool
+    ) -> tuple[Turn, list[ModelMessage], str | None]:
+        """The turn, the history it sends, and the session's last user message's id."""
         config = info.config
-        assert config.model is not None
+        assert info.config.model is not None
         chosen = [self._extra_tools.get(name, name) for name in config.tools]
         tools = {tool.name: tool for tool in resolve_tools(chosen)}
         sandbox = await self.sessions.sandbox(info.id)
         await self.events.refresh(info.id)
         messages = await self.messages(info.id)
+        last_user = next((m.id for m in reversed(messages) if m.role == "user"), None)
+        if summarize:
+            if last_user is None:
+                raise InvalidArgument("nothing to summarize: the session has no messages")
+            tools = {}
+            config = config.model_copy(update={"max_steps": 1, "system": SUMMARY_SYSTEM})
+            history = [*to_model_messages(messages, limit=PRUNED_OUTPUT),
+                       ModelMessage("user", (TextContent(SUMMARY_PROMPT),))]
+        else:
+            history = to_model_messages(messages, limit=config.max_tool_output)
         provider, model_name = self._provider(info, messages)
-        history = to_model_messages(messages, limit=config.max_tool_output)
 
         async def save_rules(rules: PermissionRules) -> None:
             await self.update(info.id, permissions=rules)
 
-        turn = Turn(session_id=info.id, message_id=message_id, model=config.model,
+        turn = Turn(session_id=info.id, message_id=message_id, model=info.config.model,
                     model_name=model_name, config=config, provider=provider, tools=tools,
                     sandbox=sandbox, workdir=info.sandbox.workdir, events=self.events,
                     broker=self.broker, questions=self.questions, prices=self._prices,
                     rules=dict(config.permissions),
                     save_rules=save_rules,
                     tokens_left=None if config.token_budget is None
-                    else config.token_budget - info.tokens.total)
-        return turn, history
+                    else config.token_budget - info.tokens.total, summarize=summarize)
+        return turn, history, last_user
 
     def _provider(self, info: SessionInfo, messages: list[Message]) -> tuple[Provider, str]:
         """The session's provider, kept across turns (a scripted one keeps its place)."""
@@ -271,6 +332,13 @@ class Turns:
             log.warning("session %s: the turn's usage is not counted: %s", session_id, exc)
 
     def _close(self, turn: Turn, message: AssistantMessage, outcome: Outcome) -> None:
+        if turn.summarize and outcome.reason == "completed":
+            if outcome.text.strip():
+                part = CompactionPart(id=new_id("prt"), summary=outcome.text)
+                self.events.emit(turn.session_id, CompactionEvent, message_id=message.id,
+                                 part=part)
+            else:
+                outcome.reason, outcome.error = "error", "the model gave no summary"
         done = message.model_copy(update={
             "time_completed": now(), "tokens": outcome.tokens, "cost": outcome.cost,
             "finish_reason": outcome.finish, "error": outcome.error})
