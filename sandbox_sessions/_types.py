@@ -230,6 +230,8 @@ class SessionInfo(_Frozen):
     """Hidden from `list_sessions()` unless asked for; the session stays usable."""
     pinned: bool = False
     metadata: Metadata = Field(default_factory=dict)
+    parent_id: str | None = None
+    """The session this one was forked from, if any (see `children()`)."""
     tokens: Tokens = Field(default_factory=lambda: Tokens())
     """What the session's ended turns used in all (see `AgentConfig.token_budget`)."""
     cost: float = 0.0
@@ -799,6 +801,7 @@ class CreateSessionRequest(_Request):
     sandbox: SandboxOptions = Field(default_factory=SandboxOptions)
     config: AgentConfig = Field(default_factory=AgentConfig)
     metadata: Metadata = Field(default_factory=dict)
+    parent_id: str | None = None
 
 
 class UpdateSessionRequest(_Request):

@@ -235,21 +235,25 @@ class AsyncSandboxClient:
     async def list_sessions(
         self, *, include_ended: bool = False, archived: bool | None = False,
         agent: str | None = None, status: SessionStatus | None = None,
+        parent_id: str | None = None,
     ) -> list[SessionInfo]:
         """The usable sessions of this store, newest first; with `include_ended`, every
         record, ended ones and ones still being created (`creating`) included. Archived
-        sessions are left out unless `archived` is True (only them) or None (both); `agent`
-        and `status` (`busy` while a turn runs anywhere) filter too. Turns left open by a
+        sessions are left out unless `archived` is True (only them) or None (both); `agent`,
+        `status` (`busy` while a turn runs anywhere) and `parent_id` (forks of that session)
+        filter too. Turns left open by a
         process that died are closed first."""
         if agent is not None:
             check_text(agent, "agent name")
+        if parent_id is not None:
+            check_text(parent_id, "parent id")
         if archived is not None and not isinstance(archived, bool):
             raise InvalidArgument("archived must be True, False or None")
         if status is not None and status not in get_args(SessionStatus):
             raise InvalidArgument(f"status must be one of {', '.join(get_args(SessionStatus))}")
         return await self._opened().list_sessions(include_ended=include_ended,
                                                   archived=archived, agent=agent,
-                                                  status=status)
+                                                  status=status, parent_id=parent_id)
 
     def events(self, *, after: str | None = None) -> AsyncIterator[tuple[str, Event]]:
         """Every session's events, each with its cursor: those stored after the cursor

@@ -51,7 +51,7 @@ from .._types import (
 )
 from ._transport import Transport
 
-__all__ = ["FORMAT", "VERSION", "export_session", "import_session"]
+__all__ = ["FORMAT", "VERSION", "export_session", "fork_session", "import_session"]
 
 log = logging.getLogger("sandbox_sessions.export")
 
@@ -333,9 +333,64 @@ async def _workspace_bytes(path: Path) -> AsyncIterator[bytes]:
 
 async def _import_workspace(transport: Transport, info: SessionInfo, path: Path) -> None:
     await transport.put_file(info.id, _TAR, _workspace_bytes(path))
+    await _unpack(transport, info)
+
+
+async def _unpack(transport: Transport, info: SessionInfo) -> None:
+    """Unpack `_TAR` into the session's workdir, inside its container, and remove it."""
     workdir = shlex.quote(info.sandbox.workdir)
     done = await transport.shell(info.id, ShellCommand(
         command=f"tar -xf {_TAR} -C {workdir} --no-same-owner; status=$?; rm -f {_TAR}; "
                 "exit $status", timeout=600.0, cwd="/"))
     if done.exit_code != 0:
         raise SandboxError(f"the workspace could not be restored: {done.stderr[-500:]}")
+
+
+# --- fork ------------------------------------------------------------------------------------
+
+
+async def fork_session(transport: Transport, session_id: str, *, message_id: str | None,
+                       workspace: bool, title: str | None) -> SessionInfo:
+    """A new session whose `parent_id` is `session_id`: the same agent, config, sandbox options
+    and metadata, the history before `message_id` (all of it when None) and, with
+    `workspace`, a copy of the workdir as it is now (streamed container to container)."""
+    info = await transport.get_session(session_id)
+    messages = await transport.messages(session_id)
+    if message_id is not None:
+        at = next((i for i, m in enumerate(messages) if m.id == message_id), None)
+        if at is None:
+            raise InvalidArgument(f"no message {message_id[:80]!r} in session {session_id}")
+        if workspace:
+            raise InvalidArgument("the workspace as it was at a message needs snapshots, "
+                                  "which are not built yet: fork(message_id, workspace=False) "
+                                  "copies the history alone")
+        messages = messages[:at]
+    child = await transport.create_session(CreateSessionRequest(
+        agent=info.agent, title=title or f"{info.title} (fork)", sandbox=info.sandbox,
+        config=info.config, metadata=info.metadata, parent_id=info.id))
+    try:
+        for batch in _batches(messages):
+            await transport.import_messages(child.id, ImportMessagesRequest(messages=batch))
+        if workspace:
+            await _copy_workspace(transport, info, child)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await transport.end_session(child.id)
+        raise
+    return child
+
+
+async def _copy_workspace(transport: Transport, source: SessionInfo, target: SessionInfo
+                          ) -> None:
+    made = await transport.shell(source.id, ShellCommand(
+        command=f"tar -cf {_TAR} -C {shlex.quote(source.sandbox.workdir)} .", timeout=600.0,
+        cwd="/"))
+    try:
+        if made.exit_code != 0:
+            raise SandboxError(f"the workspace could not be archived: {made.stderr[-500:]}")
+        await transport.put_file(target.id, _TAR, transport.read_file(
+            source.id, _TAR, max_bytes=MAX_WORKSPACE))
+    finally:
+        with anyio.CancelScope(shield=True):
+            await transport.shell(source.id, ShellCommand(command=f"rm -f {_TAR}", cwd="/"))
+    await _unpack(transport, target)

@@ -111,10 +111,11 @@ class HTTPTransport:
     async def list_sessions(
         self, *, include_ended: bool = False, archived: bool | None = False,
         agent: str | None = None, status: SessionStatus | None = None,
+        parent_id: str | None = None,
     ) -> list[SessionInfo]:
         """See `Transport.list_sessions`."""
         given = {"include_ended": include_ended, "archived": archived, "agent": agent,
-                 "status": status}
+                 "status": status, "parent_id": parent_id}
         params = {key: value for key, value in given.items() if value is not None}
         params["archived"] = "any" if archived is None else archived
         return await self._json("GET", _INFOS, "sessions", params=params)

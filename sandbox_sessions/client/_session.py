@@ -67,7 +67,7 @@ from ..sandbox.base import OutputCallback
 from ..service._projection import send_result
 from ._commands import COMMAND_TIMEOUT, CommandRegistry, render
 from ._download import DownloadProgress, download
-from ._export import export_session
+from ._export import export_session, fork_session
 from ._transport import Transport
 
 __all__ = [
@@ -478,6 +478,24 @@ class AsyncSessionHandle:
         with `workspace`, a tar of the workdir. The file appears complete or not at all.
         `client.import_session(path)` makes a new session of it."""
         return await export_session(self._transport, self.id, path, workspace=workspace)
+
+    async def fork(self, message_id: str | None = None, *, workspace: bool = True,
+                   title: str | None = None) -> AsyncSessionHandle:
+        """A new session (its own container) whose `parent_id` is this one: the same agent,
+        config, sandbox options and metadata, this session's history (with `message_id`, the
+        messages before it) and a copy of the workdir as it is now. The two then diverge.
+        Forking at a message needs `workspace=False` until workspace snapshots exist
+        (`InvalidArgument` otherwise). If the copy fails, the new session is ended."""
+        if message_id is not None:
+            check_text(message_id, "message id")
+        info = await fork_session(self._transport, self.id, message_id=message_id,
+                                  workspace=workspace, title=title)
+        return AsyncSessionHandle(self._transport, info.id, commands=self._commands)
+
+    async def children(self) -> list[SessionInfo]:
+        """The sessions forked from this one that are not ended (archived ones too), newest
+        first."""
+        return await self._transport.list_sessions(archived=None, parent_id=self.id)
 
     async def end(self) -> SessionInfo:
         """Remove the container at once and mark the session ended. Later calls raise

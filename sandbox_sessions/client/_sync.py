@@ -250,6 +250,16 @@ class SessionHandle:
         """Write the session to a JSON Lines file; see `AsyncSessionHandle.export`."""
         return self._call(self._async.export, path, workspace=workspace)
 
+    def fork(self, message_id: str | None = None, *, workspace: bool = True,
+             title: str | None = None) -> SessionHandle:
+        """A new session forked from this one; see `AsyncSessionHandle.fork`."""
+        handle = self._call(self._async.fork, message_id, workspace=workspace, title=title)
+        return SessionHandle(self._portal, handle)
+
+    def children(self) -> list[SessionInfo]:
+        """The sessions forked from this one; see `AsyncSessionHandle.children`."""
+        return self._call(self._async.children)
+
     def end(self) -> SessionInfo:
         """Remove the container and mark the session ended; see `AsyncSessionHandle.end`."""
         return self._call(self._async.end)
@@ -356,10 +366,12 @@ class SandboxClient:
     def list_sessions(
         self, *, include_ended: bool = False, archived: bool | None = False,
         agent: str | None = None, status: SessionStatus | None = None,
+        parent_id: str | None = None,
     ) -> list[SessionInfo]:
         """The sessions of this store, newest first; see `AsyncSandboxClient.list_sessions`."""
         return self.portal.call(lambda: self._async.list_sessions(
-            include_ended=include_ended, archived=archived, agent=agent, status=status))
+            include_ended=include_ended, archived=archived, agent=agent, status=status,
+            parent_id=parent_id))
 
     def events(self, *, after: str | None = None) -> Iterator[tuple[str, Event]]:
         """Every session's events with their cursors; see `AsyncSandboxClient.events`."""

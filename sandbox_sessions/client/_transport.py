@@ -60,10 +60,12 @@ class Transport(Protocol):
     async def list_sessions(
         self, *, include_ended: bool = False, archived: bool | None = False,
         agent: str | None = None, status: SessionStatus | None = None,
+        parent_id: str | None = None,
     ) -> list[SessionInfo]:
         """Usable sessions (with `include_ended`, every record), newest first: those whose
         `archived` flag is `archived` (None: either), of `agent`, in `status` (`busy` for a
-        turn running anywhere; `ended` or `creating` implies `include_ended`)."""
+        turn running anywhere; `ended` or `creating` implies `include_ended`), forked from
+        `parent_id`."""
         ...
 
     async def update_session(

@@ -153,12 +153,14 @@ def _session_routes(app: FastAPI, bridge: Bridge) -> None:
     async def list_sessions(
         include_ended: bool = False, archived: Literal["true", "false", "any"] = "false",
         agent: str | None = None, status: SessionStatus | None = None,
+        parent_id: str | None = None,
     ) -> list[SessionInfo]:
         """Sessions, newest first: usable ones (`include_ended`: every record), not archived
-        (`archived=true`: only those, `any`: both), of `agent`, in `status`."""
+        (`archived=true`: only those, `any`: both), of `agent`, in `status`, forked from
+        `parent_id`."""
         flag = None if archived == "any" else archived == "true"
         return await service.list_sessions(include_ended=include_ended, archived=flag,
-                                           agent=agent, status=status)
+                                           agent=agent, status=status, parent_id=parent_id)
 
     @app.get("/sessions/{session_id}", tags=["sessions"])
     async def get_session(session_id: str) -> SessionInfo:

@@ -88,9 +88,11 @@ class SessionService:
         check_text(request.agent, "agent name", empty=False)
         if request.title is not None:
             check_text(request.title, "title")
+        if request.parent_id is not None:
+            await self._sessions.get_info(check_text(request.parent_id, "parent id"))
         return await self._sessions.create_session(
             agent=request.agent, title=request.title, options=request.sandbox,
-            config=request.config, metadata=request.metadata)
+            config=request.config, metadata=request.metadata, parent_id=request.parent_id)
 
     async def get_session(self, session_id: str) -> SessionInfo:
         """See `Transport.get_session`."""
@@ -106,6 +108,7 @@ class SessionService:
     async def list_sessions(
         self, *, include_ended: bool = False, archived: bool | None = False,
         agent: str | None = None, status: SessionStatus | None = None,
+        parent_id: str | None = None,
     ) -> list[SessionInfo]:
         """See `Transport.list_sessions`."""
         if agent is not None:
@@ -115,6 +118,7 @@ class SessionService:
         return [info for info in [await self._status(info) for info in found]
                 if (archived is None or info.archived == archived)
                 and (agent is None or info.agent == agent)
+                and (parent_id is None or info.parent_id == parent_id)
                 and (status is None or info.status == status)]
 
     async def update_session(
