@@ -37,6 +37,7 @@ __all__ = [
     "ShellOutput",
     "ShellResult",
     "SkippedArtifact",
+    "Subagent",
     "Todo",
     "TurnRequest",
     "TurnStarted",
@@ -188,6 +189,23 @@ class AgentConfig(_Frozen):
     """Default time limit of a bash tool call, in seconds."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Provider-specific extras, passed through (e.g. Anthropic's `thinking`)."""
+    subagents: dict[str, Subagent] = Field(default_factory=dict)
+    """Agents the `task` tool may hand work to, by name; each runs in a child session of
+    its own (its own container)."""
+    max_depth: int = Field(default=2, ge=0)
+    """How deep child sessions may nest: a session at this depth cannot start a subtask."""
+
+
+class Subagent(_Frozen):
+    """An agent the `task` tool can start in a child session: its config and sandbox."""
+
+    config: AgentConfig
+    sandbox: SandboxOptions = Field(default_factory=lambda: SandboxOptions())
+    description: str = ""
+    """Shown to the model in the `task` tool's description."""
+
+
+AgentConfig.model_rebuild()
 
 
 MAX_METADATA_KEYS = 64
@@ -231,7 +249,10 @@ class SessionInfo(_Frozen):
     pinned: bool = False
     metadata: Metadata = Field(default_factory=dict)
     parent_id: str | None = None
-    """The session this one was forked from, if any (see `children()`)."""
+    """The session this one was forked from, or whose `task` call made it (see
+    `children()`)."""
+    depth: int = 0
+    """0, or one more than its parent's for a subtask's child session."""
     tokens: Tokens = Field(default_factory=lambda: Tokens())
     """What the session's ended turns used in all (see `AgentConfig.token_budget`)."""
     cost: float = 0.0
@@ -411,6 +432,8 @@ class SubtaskPart(_Frozen):
     agent: str
     prompt: str
     description: str = ""
+    session_id: str | None = None
+    """The child session doing the work."""
 
 
 class AgentPart(_Frozen):
@@ -664,6 +687,14 @@ class CompactionEvent(EventBase):
     part: CompactionPart
 
 
+class SubtaskEvent(EventBase):
+    """A `task` call started a child session (`part.session_id`)."""
+
+    type: Literal["subtask"] = "subtask"
+    message_id: str
+    part: SubtaskPart
+
+
 class QuestionAskedEvent(EventBase):
     """The agent asks the user a question; the turn waits for `reply_to_question()`."""
 
@@ -748,7 +779,8 @@ class TurnEndEvent(EventBase):
 Event = Annotated[
     MessageCreatedEvent | MessageUpdatedEvent | TextDeltaEvent | ReasoningDeltaEvent
     | ToolStartEvent | ToolRunningEvent | ToolEndEvent | StepStartEvent | StepFinishEvent
-    | RetryEvent | CompactionEvent | PermissionAskedEvent | PermissionRepliedEvent
+    | RetryEvent | CompactionEvent | SubtaskEvent | PermissionAskedEvent
+    | PermissionRepliedEvent
     | QuestionAskedEvent
     | QuestionRepliedEvent | TodoUpdatedEvent
     | ArtifactCreatedEvent | SessionStatusEvent | SessionUpdatedEvent | ShellRunEvent
@@ -782,6 +814,10 @@ class Metrics(_Frozen):
     tool_usage: dict[str, int]
     tokens: Tokens
     cost: float
+    subtask_tokens: Tokens = Field(default_factory=lambda: Tokens())
+    """What the session's child sessions (subtasks, and theirs in turn) used: not in
+    `tokens`, which counts this session's own model calls; `get_info().tokens` has both."""
+    subtask_cost: float = 0.0
 
 
 # --- requests: what a transport carries to the service ---------------------------------------

@@ -97,6 +97,8 @@ class Turn:
     """Where the `question` tool's questions wait (None: nobody can answer)."""
     summarize: bool = False
     """A compaction: the model is asked for a summary, with no tools."""
+    subtasks: Callable[[Turn, str, str, str], Awaitable[tuple[str, str]]] | None = None
+    """Runs a `task` call's subtask (see `ToolContext.run_subtask`)."""
 
 
 @dataclass
@@ -293,9 +295,10 @@ async def _run_call(turn: Turn, call: ToolCall) -> ToolResultContent:
     if tool is None:
         return _end(turn, part, error=f"unknown tool {call.name!r}")
     ask_user = None if turn.questions is None else functools.partial(_ask_user, turn, call.id)
+    subtask = None if turn.subtasks is None else functools.partial(turn.subtasks, turn)
     context = ToolContext(sandbox=turn.sandbox, session_id=turn.session_id, call_id=call.id,
                           workdir=turn.workdir, timeout=turn.config.tool_timeout,
-                          ask_user=ask_user)
+                          ask_user=ask_user, run_subtask=subtask)
     prepared = await _guarded(turn, part, functools.partial(_prepare, tool, call.input, context))
     if isinstance(prepared, ToolResultContent):
         return prepared

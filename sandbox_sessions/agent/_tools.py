@@ -8,6 +8,7 @@
 | todowrite | replaces the session's todo list | `*` |
 | artifact | copies a file to `/artifacts/<key>` | the absolute source path |
 | question | asks the user and waits for the answer (not in the default set) | `*` |
+| task | runs a prompt in a child session of a subagent (not in the default set) | the agent |
 
 A path is judged as written and with its links resolved in the container, and the tool acts
 on the resolved one (see `_tool_support.PathTool`).
@@ -48,6 +49,7 @@ __all__ = [
     "ListTool",
     "QuestionTool",
     "ReadTool",
+    "TaskTool",
     "TodoWriteTool",
     "WriteTool",
     "agent_tools",
@@ -241,6 +243,45 @@ class QuestionTool(BuiltinTool[_QuestionInput]):
                           metadata={"answer": answer})
 
 
+class _TaskInput(ToolInput):
+    agent: str = Field(min_length=1, description="The subagent to hand the work to.")
+    prompt: str = Field(min_length=1, description="The whole task, complete in itself: the "
+                                                  "subagent sees nothing else.")
+    description: str = Field(default="", max_length=200,
+                             description="A few words saying what the task is.")
+
+
+class TaskTool(BuiltinTool[_TaskInput]):
+    """`task`: run a prompt in a child session of a named subagent (its own container) and
+    return its final answer. The rules judge the agent's name."""
+
+    name = "task"
+    input_model = _TaskInput
+
+    def __init__(self, agents: Mapping[str, str] | None = None) -> None:
+        self._agents = dict(agents or {})
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        """The tool's description, with the subagents of this session."""
+        listed = "\n".join(f"- {name}: {text}" if text else f"- {name}"
+                            for name, text in sorted(self._agents.items()))
+        return ("Hand a self-contained task to a subagent, which works in a sandbox of its "
+                "own and answers with its result. Subagents:\n" + (listed or "(none)"))
+
+    def pattern(self, args: _TaskInput, ctx: ToolContext) -> str:
+        """The subagent's name."""
+        return args.agent
+
+    async def execute(self, args: _TaskInput, ctx: ToolContext) -> ToolOutput:
+        """Run the subtask and wait for its answer."""
+        if ctx.run_subtask is None:
+            raise ToolError("subtasks cannot run in this session")
+        child, text = await ctx.run_subtask(args.agent, args.prompt, args.description)
+        return ToolOutput(output=text, title=args.description or args.agent,
+                          metadata={"session_id": child, "agent": args.agent})
+
+
 class _ArtifactInput(ToolInput):
     path: str = Field(description="The file to save, absolute or relative to the workdir.")
     key: str | None = Field(
@@ -307,7 +348,8 @@ class ArtifactTool(PathTool[_ArtifactInput]):
 
 def _builtins() -> dict[str, Tool]:
     tools: list[Tool] = [BashTool(), ReadTool(), WriteTool(), EditTool(), ListTool(), GlobTool(),
-                         GrepTool(), TodoWriteTool(), ArtifactTool(), QuestionTool()]
+                         GrepTool(), TodoWriteTool(), ArtifactTool(), QuestionTool(),
+                         TaskTool()]
     return {tool.name: tool for tool in tools}
 
 

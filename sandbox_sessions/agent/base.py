@@ -28,6 +28,9 @@ __all__ = ["PreparedCall", "PreparingTool", "Tool", "ToolContext", "ToolError", 
 
 AskUser = Callable[[str, Sequence[str], bool], Awaitable[str | None]]
 """`(question, options, allow_custom)` to the answer, or None when none came in time."""
+RunSubtask = Callable[[str, str, str], Awaitable[tuple[str, str]]]
+"""`(agent, prompt, description)` to the child session's id and its final text; raises
+`ToolError` when the subtask cannot run or does not complete."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +47,8 @@ class ToolContext:
     ask_user: AskUser | None = None
     """Asks the user a question and waits (the `question` tool); None where nobody can
     answer."""
+    run_subtask: RunSubtask | None = None
+    """Runs a prompt in a child session of a named subagent (the `task` tool)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from .._types import (
     SandboxOptions,
     SessionInfo,
     SessionStatus,
+    Subagent,
 )
 from .._validation import build, check_text
 from ..agent._permissions import validate_rules
@@ -77,6 +78,14 @@ def _validated(kind: Any, base: Any, overrides: dict[str, Any], what: str) -> An
         return kind.model_validate(fields)
     except ValidationError as exc:
         raise InvalidArgument(f"invalid {what}: {exc}") from exc
+
+
+def _subagent(agent: AsyncAgent | Subagent) -> Subagent:
+    if isinstance(agent, Subagent):
+        return agent
+    if isinstance(agent, AsyncAgent):
+        return Subagent(config=agent.config, sandbox=agent.sandbox)
+    raise InvalidArgument(f"a subagent is an agent() or a Subagent, not {type(agent).__name__}")
 
 
 class AsyncSandboxClient:
@@ -188,6 +197,7 @@ class AsyncSandboxClient:
         script: list[dict[str, Any]] | str | None = None,
         max_steps: int | None = None,
         token_budget: int | None = None,
+        subagents: Mapping[str, AsyncAgent | Subagent] | None = None,
         config: AgentConfig | None = None,
         sandbox: SandboxOptions | None = None,
         **options: Unpack[SandboxKwargs],
@@ -195,7 +205,9 @@ class AsyncSandboxClient:
         """An agent named `name`: its model (`provider/model`), system prompt, tools (names of
         built-in tools, or `Tool` objects), permission rules, for `scripted` its script, and
         its budgets: `max_steps` model calls per turn, `token_budget` tokens for the session
-        (a turn that reaches either ends with reason `limit`).
+        (a turn that reaches either ends with reason `limit`). `subagents` are the agents its
+        `task` tool may hand work to, by name (each `agent()` of this client, or a
+        `Subagent`); each subtask runs in a child session of its own.
         `config` gives every `AgentConfig` field at once; the keywords override it. Keyword
         sandbox options (`image`, `network`, `memory`, ...) override `sandbox`'s fields.
 
@@ -213,7 +225,10 @@ class AsyncSandboxClient:
                                   "embedded client, not a server")
         overrides = {"model": model, "system": system, "tools": names,
                      "permissions": permissions, "script": script, "max_steps": max_steps,
-                     "token_budget": token_budget}
+                     "token_budget": token_budget,
+                     "subagents": None if subagents is None else {
+                         check_text(key, "subagent name", empty=False): _subagent(value)
+                         for key, value in subagents.items()}}
         agent_config = _validated(AgentConfig, config or AgentConfig(), overrides, "agent")
         if agent_config.permissions:
             validate_rules(agent_config.permissions)

@@ -35,6 +35,7 @@ from .._types import (
     SessionInfo,
     SessionStatus,
     ShellResult,
+    Subagent,
     Todo,
 )
 from ..agent._pricing import Price
@@ -348,6 +349,7 @@ class SandboxClient:
         script: list[dict[str, Any]] | str | None = None,
         max_steps: int | None = None,
         token_budget: int | None = None,
+        subagents: Mapping[str, Agent | Subagent] | None = None,
         config: AgentConfig | None = None,
         sandbox: SandboxOptions | None = None,
         **options: Unpack[SandboxKwargs],
@@ -355,8 +357,12 @@ class SandboxClient:
         """An agent configuration; see `AsyncSandboxClient.agent`."""
         agent = self._async.agent(name, model=model, system=system, tools=tools,
                                   permissions=permissions, script=script, max_steps=max_steps,
-                                  token_budget=token_budget, config=config, sandbox=sandbox,
-                                  **options)
+                                  token_budget=token_budget,
+                                  subagents=None if subagents is None else {
+                                      key: value if isinstance(value, Subagent)
+                                      else Subagent(config=value.config, sandbox=value.sandbox)
+                                      for key, value in subagents.items()},
+                                  config=config, sandbox=sandbox, **options)
         return Agent(self.portal, agent)
 
     def session(self, session_id: str) -> SessionHandle:

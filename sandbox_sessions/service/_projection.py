@@ -78,7 +78,7 @@ def project(events: Iterable[Event]) -> list[Message]:
                 signature = getattr(event, "signature", None)
                 draft.delta(kind, event.part_id, event.delta, signature)
             case "tool-start" | "tool-running" | "tool-end" | "step-start" | "step-finish" \
-                    | "retry" | "compaction":
+                    | "retry" | "compaction" | "subtask":
                 draft.parts[event.part.id] = event.part
             case _:
                 pass

@@ -101,7 +101,7 @@ class Sessions:
 
     async def create_session(
         self, *, agent: str, title: str | None, options: SandboxOptions, config: AgentConfig,
-        metadata: dict[str, str] | None = None, parent_id: str | None = None,
+        metadata: dict[str, str] | None = None, parent_id: str | None = None, depth: int = 0,
     ) -> SessionInfo:
         """Record the session as `creating` under a lease, start its container, then make it
         `idle` if the lease still holds; a failed or cancelled start leaves no session and no
@@ -111,20 +111,21 @@ class Sessions:
         self._creating += 1
         try:
             return await self._create(agent=agent, title=title, options=options, config=config,
-                                      metadata=metadata or {}, parent_id=parent_id)
+                                      metadata=metadata or {}, parent_id=parent_id,
+                                      depth=depth)
         finally:
             self._creating -= 1
             self._created.set()
 
     async def _create(
         self, *, agent: str, title: str | None, options: SandboxOptions, config: AgentConfig,
-        metadata: dict[str, str], parent_id: str | None,
+        metadata: dict[str, str], parent_id: str | None, depth: int,
     ) -> SessionInfo:
         now, session_id = _now(), _new_id()
         info = SessionInfo(id=session_id, title=title or f"Session {now:%Y-%m-%d %H:%M:%S}",
                            agent=agent, status="creating", time_created=now, time_updated=now,
                            sandbox=options, config=config, metadata=metadata,
-                           parent_id=parent_id)
+                           parent_id=parent_id, depth=depth)
         lease = self.turns.creation(session_id)
         await self.store.create_session(info, lease)
         sandbox: Sandbox | None = None

@@ -43,8 +43,11 @@ from .._types import (
     SessionStatusEvent,
     SessionUpdatedEvent,
     StepStartPart,
+    SubtaskEvent,
+    SubtaskPart,
     TextPart,
     Todo,
+    Tokens,
     TurnEndEvent,
     TurnStarted,
     UserMessage,
@@ -63,13 +66,13 @@ from ..agent._loop import Outcome, Turn, run_turn
 from ..agent._permissions import validate_rules
 from ..agent._pricing import Price
 from ..agent._questions import QuestionBroker
-from ..agent._tools import check_rule_keys, resolve_tools
-from ..agent.base import Tool
+from ..agent._tools import TaskTool, check_rule_keys, resolve_tools
+from ..agent.base import Tool, ToolError
 from ..providers import resolve_provider
 from ..providers._scripted import ScriptedProvider
 from ..providers.base import ModelMessage, Provider, TextContent
 from ._eventlog import EventLog
-from ._projection import metrics, project, todos
+from ._projection import final_text, metrics, project, todos
 from ._sessions import Sessions, check_usable
 from ._turn_leases import Hold
 
@@ -250,6 +253,9 @@ class Turns:
         else:
             history = to_model_messages(messages, limit=config.max_tool_output)
         provider, model_name = self._provider(info, messages)
+        if "task" in tools:  # this session's subagents, named in the tool's description
+            tools["task"] = TaskTool({name: agent.description
+                                      for name, agent in config.subagents.items()})
 
         async def save_rules(rules: PermissionRules) -> None:
             await self.update(info.id, permissions=rules)
@@ -261,7 +267,8 @@ class Turns:
                     rules=dict(config.permissions),
                     save_rules=save_rules,
                     tokens_left=None if config.token_budget is None
-                    else config.token_budget - info.tokens.total, summarize=summarize)
+                    else config.token_budget - info.tokens.total, summarize=summarize,
+                    subtasks=self._subtask)
         return turn, history, last_user
 
     def _provider(self, info: SessionInfo, messages: list[Message]) -> tuple[Provider, str]:
@@ -426,7 +433,55 @@ class Turns:
         return project(await self.events.history(session_id, after=after))
 
     async def metrics(self, session_id: str) -> Metrics:
-        return metrics(await self.messages(session_id))
+        """What the log adds up to, with the usage of the session's child sessions (each
+        child's record counts its own children's in turn)."""
+        own = metrics(await self.messages(session_id))
+        children = [info for info in await self.sessions.store.list_sessions(include_ended=True)
+                    if info.parent_id == session_id and info.depth > 0]
+        tokens = sum((child.tokens for child in children), Tokens())
+        return own.model_copy(update={"subtask_tokens": tokens,
+                                      "subtask_cost": sum(child.cost for child in children)})
+
+    async def _subtask(self, turn: Turn, agent: str, prompt: str, description: str
+                       ) -> tuple[str, str]:
+        """Run `prompt` in a new child session of the subagent `agent` and wait for its
+        turn; its final text. The child is ended afterwards (its record stays readable), and
+        its usage is added to the parent's record. `ToolError` when it cannot run or did not
+        complete."""
+        parent = await self.sessions.get_info(turn.session_id)
+        spec = turn.config.subagents.get(agent)
+        if spec is None:
+            known = ", ".join(sorted(turn.config.subagents)) or "none"
+            raise ToolError(f"no subagent named {agent!r} (this session has: {known})")
+        if parent.depth >= turn.config.max_depth:
+            raise ToolError(f"subtasks may nest {turn.config.max_depth} deep: this session "
+                            "cannot start another")
+        child = await self.sessions.create_session(
+            agent=agent, title=description or prompt[:60], options=spec.sandbox,
+            config=spec.config, parent_id=parent.id, depth=parent.depth + 1)
+        part = SubtaskPart(id=new_id("prt"), agent=agent, prompt=prompt,
+                           description=description, session_id=child.id)
+        self.events.emit(turn.session_id, SubtaskEvent, message_id=turn.message_id, part=part)
+        try:
+            started = await self.start_turn(child.id, prompt)
+            running = self._running.get(child.id)
+            if running is not None:
+                await running.done.wait()
+            answer = next(m for m in await self.messages(child.id)
+                          if m.id == started.message_id)
+            end = next(e for e in await self.events.history(child.id)
+                       if isinstance(e, TurnEndEvent) and e.message_id == started.message_id)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.abort(child.id)
+                await self.sessions.end(child.id)
+                done = await self.sessions.get_info(child.id)
+                await self._add_usage(parent.id, Outcome("completed", tokens=done.tokens,
+                                                         cost=done.cost))
+        if end.reason != "completed":
+            raise ToolError(f"the subtask in session {child.id} ended {end.reason}"
+                            + (f": {end.error}" if end.error else ""))
+        return child.id, final_text(answer)
 
     async def todos(self, session_id: str) -> list[Todo]:
         await self.sessions.get_info(session_id)
