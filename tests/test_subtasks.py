@@ -36,7 +36,8 @@ async def test_a_subtask_runs_in_a_child_session_and_rolls_up(
         {"text": "LGTM", "usage": {"input": 200, "output": 30}}])
     agent = client.agent("build", model="scripted", image=image, tools=["task"],
                          subagents={"reviewer": reviewer},
-                         script=[_task("reviewer"), {"text": "parent done"}])
+                         script=[_task("reviewer"),
+                                 {"text": "parent done", "usage": {"input": 5, "output": 2}}])
     async with await agent.create_session() as session:
         result = await session.send("go")
         children = await client.list_sessions(parent_id=session.id, include_ended=True)
@@ -54,8 +55,8 @@ async def test_a_subtask_runs_in_a_child_session_and_rolls_up(
                                                                       "Review")
     assert child.tokens == Tokens(input=300, output=50)
     assert (metrics.subtask_tokens, metrics.tokens) == (Tokens(input=300, output=50),
-                                                        Tokens(input=10, output=1))
-    assert info.tokens == Tokens(input=310, output=51)  # the budget counts both
+                                                        Tokens(input=15, output=3))
+    assert info.tokens == Tokens(input=315, output=53)  # the budget counts both
     assert "No such file" in files.stdout  # the child worked in a container of its own
 
 
