@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_MAX_OUTPUT",
     "DEFAULT_MAX_READ",
     "MIN_DISK",
+    "AgentDefinition",
     "ArtifactDownload",
     "ArtifactEntry",
     "ArtifactInfo",
@@ -38,6 +39,7 @@ __all__ = [
     "ShellResult",
     "SkippedArtifact",
     "Subagent",
+    "SubagentLike",
     "Todo",
     "TurnRequest",
     "TurnStarted",
@@ -206,6 +208,21 @@ class Subagent(_Frozen):
 
 
 AgentConfig.model_rebuild()
+
+
+@runtime_checkable
+class AgentDefinition(Protocol):
+    """What a subagent is made from: an `agent()` of either client (its config and sandbox)."""
+
+    @property
+    def config(self) -> AgentConfig: ...
+
+    @property
+    def sandbox(self) -> SandboxOptions: ...
+
+
+SubagentLike = Subagent | AgentDefinition
+"""A subagent as `agent(subagents=...)` takes it: a `Subagent`, or an `agent()`."""
 
 
 MAX_METADATA_KEYS = 64

@@ -28,6 +28,7 @@ from .._types import (
     SessionInfo,
     SessionStatus,
     Subagent,
+    SubagentLike,
 )
 from .._validation import build, check_text
 from ..agent._permissions import validate_rules
@@ -80,11 +81,12 @@ def _validated(kind: Any, base: Any, overrides: dict[str, Any], what: str) -> An
         raise InvalidArgument(f"invalid {what}: {exc}") from exc
 
 
-def _subagent(agent: AsyncAgent | Subagent) -> Subagent:
+def _subagent(agent: SubagentLike) -> Subagent:
     if isinstance(agent, Subagent):
         return agent
-    if isinstance(agent, AsyncAgent):
-        return Subagent(config=agent.config, sandbox=agent.sandbox)
+    config, sandbox = getattr(agent, "config", None), getattr(agent, "sandbox", None)
+    if isinstance(config, AgentConfig) and isinstance(sandbox, SandboxOptions):
+        return Subagent(config=config, sandbox=sandbox)
     raise InvalidArgument(f"a subagent is an agent() or a Subagent, not {type(agent).__name__}")
 
 
@@ -197,7 +199,7 @@ class AsyncSandboxClient:
         script: list[dict[str, Any]] | str | None = None,
         max_steps: int | None = None,
         token_budget: int | None = None,
-        subagents: Mapping[str, AsyncAgent | Subagent] | None = None,
+        subagents: Mapping[str, SubagentLike] | None = None,
         config: AgentConfig | None = None,
         sandbox: SandboxOptions | None = None,
         **options: Unpack[SandboxKwargs],

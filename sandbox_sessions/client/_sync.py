@@ -35,7 +35,7 @@ from .._types import (
     SessionInfo,
     SessionStatus,
     ShellResult,
-    Subagent,
+    SubagentLike,
     Todo,
 )
 from ..agent._pricing import Price
@@ -349,7 +349,7 @@ class SandboxClient:
         script: list[dict[str, Any]] | str | None = None,
         max_steps: int | None = None,
         token_budget: int | None = None,
-        subagents: Mapping[str, Agent | Subagent] | None = None,
+        subagents: Mapping[str, SubagentLike] | None = None,
         config: AgentConfig | None = None,
         sandbox: SandboxOptions | None = None,
         **options: Unpack[SandboxKwargs],
@@ -358,11 +358,7 @@ class SandboxClient:
         agent = self._async.agent(name, model=model, system=system, tools=tools,
                                   permissions=permissions, script=script, max_steps=max_steps,
                                   token_budget=token_budget,
-                                  subagents=None if subagents is None else {
-                                      key: value if isinstance(value, Subagent)
-                                      else Subagent(config=value.config, sandbox=value.sandbox)
-                                      for key, value in subagents.items()},
-                                  config=config, sandbox=sandbox, **options)
+                                  subagents=subagents, config=config, sandbox=sandbox, **options)
         return Agent(self.portal, agent)
 
     def session(self, session_id: str) -> SessionHandle:
