@@ -100,7 +100,7 @@ async def test_summarize_while_a_turn_runs_is_busy(client: AsyncSandboxClient,
                                                    image: str) -> None:
     script: list[dict[str, Any]] = [
         {"tool_calls": [{"name": "bash", "input": {"command": "sleep 30"}}]},
-              {"text": "done"}]
+        {"text": "done"}]
     agent = client.agent("build", model="scripted", script=script, image=image,
                          permissions={"bash": {"*": "allow"}})
     async with await agent.create_session() as session, anyio.create_task_group() as group:

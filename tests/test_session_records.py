@@ -83,7 +83,7 @@ async def test_list_sessions_filters(client: AsyncSandboxClient, image: str) -> 
 async def test_a_running_turn_lists_as_busy(client: AsyncSandboxClient, image: str) -> None:
     script: list[dict[str, Any]] = [
         {"tool_calls": [{"name": "bash", "input": {"command": "sleep 30"}}]},
-              {"text": "done"}]
+        {"text": "done"}]
     agent = client.agent("build", model="scripted", script=script, image=image,
                          permissions={"bash": {"*": "allow"}})
     async with await agent.create_session() as session, anyio.create_task_group() as group:

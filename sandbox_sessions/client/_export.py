@@ -30,8 +30,9 @@ import json
 import logging
 import os
 import shlex
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -293,16 +294,25 @@ async def import_session(transport: Transport, path: str | os.PathLike[str], *,
     info = await transport.create_session(CreateSessionRequest(
         agent=session.agent, title=title or session.title, sandbox=session.sandbox,
         config=session.config, metadata=session.metadata))
+    restore = None if parsed.workspace is None else partial(_import_workspace, transport, info,
+                                                            source)
+    await _fill(transport, info, parsed.messages, restore)
+    return info
+
+
+async def _fill(transport: Transport, info: SessionInfo, messages: list[Message],
+                workspace: Callable[[], Awaitable[None]] | None) -> None:
+    """Import `messages` into the new session `info`, then run `workspace`; end the session
+    if either fails."""
     try:
-        for batch in _batches(parsed.messages):
+        for batch in _batches(messages):
             await transport.import_messages(info.id, ImportMessagesRequest(messages=batch))
-        if parsed.workspace is not None:
-            await _import_workspace(transport, info, source)
+        if workspace is not None:
+            await workspace()
     except BaseException:
         with anyio.CancelScope(shield=True):
             await transport.end_session(info.id)
         raise
-    return info
 
 
 def _batches(messages: list[Message]) -> Iterator[list[Message]]:
@@ -368,15 +378,8 @@ async def fork_session(transport: Transport, session_id: str, *, message_id: str
     child = await transport.create_session(CreateSessionRequest(
         agent=info.agent, title=title or f"{info.title} (fork)", sandbox=info.sandbox,
         config=info.config, metadata=info.metadata, parent_id=info.id))
-    try:
-        for batch in _batches(messages):
-            await transport.import_messages(child.id, ImportMessagesRequest(messages=batch))
-        if workspace:
-            await _copy_workspace(transport, info, child)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await transport.end_session(child.id)
-        raise
+    copy = partial(_copy_workspace, transport, info, child) if workspace else None
+    await _fill(transport, child, messages, copy)
     return child
 
 
