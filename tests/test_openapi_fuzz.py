@@ -37,6 +37,11 @@ EXAMPLES = 8
 """Generated requests per operation, pass and mode (valid and invalid requests)."""
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
+NEVER = {
+    "GET /events",  # every session's stream: valid whatever is generated, it never ends (each
+    # example then ran until schemathesis gave up reading: 3.5 minutes of the run); its bad
+    # cursors are tested in test_sse.py
+}
 NOT_WITH_A_REAL_ID = {
     "GET /sessions/{session_id}/events",  # an SSE stream: it never ends by itself
     "DELETE /sessions/{session_id}",  # ends the session the pass fuzzes
@@ -90,6 +95,8 @@ def test_no_generated_request_gets_a_500_or_breaks_the_schema(
     assert len(operations) == len(results), "some operations' schemas are invalid"
     assert len(operations) >= 20
     for operation in operations:
+        if operation.label in NEVER:
+            continue
         real = "{session_id}" in operation.path and operation.label not in NOT_WITH_A_REAL_ID
         for chosen, mode in itertools.product([None, session_id] if real else [None],
                                               GenerationMode):
