@@ -62,8 +62,8 @@ async def content(ctx: ToolContext, path: str) -> bytes:
 
 
 def test_builtin_tools_are_named_and_described() -> None:
-    assert sorted(BUILTIN_TOOLS) == ["artifact", "bash", "edit", "glob", "grep", "list", "read",
-                                     "todowrite", "write"]
+    assert sorted(BUILTIN_TOOLS) == ["artifact", "bash", "edit", "glob", "grep", "list",
+                                     "question", "read", "task", "todowrite", "write"]
     for name, tool in BUILTIN_TOOLS.items():
         assert tool.name == name
         assert tool.description

@@ -313,9 +313,9 @@ class Turns:
         hold = running.hold
         try:
             running.closing = True
-            if hold is None or not hold.lost:
+            closed = hold is None or not hold.lost
+            if closed:
                 self._close(turn, message, outcome)
-                await self._add_usage(turn.session_id, outcome)
             stored = True
             try:
                 await self.events.flush()
@@ -323,6 +323,8 @@ class Turns:
                 log.warning("session %s: the end of a turn is not stored yet: %s",
                             turn.session_id, exc)
                 stored = False
+            if closed and stored:  # after the log: a failing store is told by the log first
+                await self._add_usage(turn.session_id, outcome)
             if hold is not None:
                 await self.sessions.turns.release(hold, stored=stored)
         finally:
