@@ -510,7 +510,7 @@ class CommandTemplate(_Frozen):
     model: str | None = None
     """The model of the command's turn, instead of the session's."""
     subtask: bool = False
-    """Run in a child session (not built yet: such a command is refused)."""
+    """Run as a subtask in a child session (not built yet: such a command is refused)."""
     source: str | None = None
     """The file it was read from; None when it was registered in code."""
 

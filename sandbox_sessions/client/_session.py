@@ -447,8 +447,8 @@ class AsyncSessionHandle:
         """
         template = self._commands.get(name)
         if template.subtask:
-            raise InvalidArgument(f"command {name!r} is a subtask: child sessions are not "
-                                  "supported yet")
+            raise InvalidArgument(f"command {name!r} is a subtask: subtask commands are not "
+                                  "supported yet (the agent's `task` tool runs subtasks)")
         if template.agent is not None:
             agent = (await self.get_info()).agent
             if template.agent != agent:

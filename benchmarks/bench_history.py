@@ -1,0 +1,110 @@
+"""What a long session costs: a trivial turn and `get_messages()` as the history grows.
+
+Issue 8's measure, in-process with the scripted model: a trivial turn (one short answer) is
+timed at the start of a session; then turns of `--words` words each (one text delta per word)
+grow the history to about `--deltas` deltas; then the trivial turn is timed again, and
+`get_messages()` too. The store's size per delta is the SQLite file's size (WAL folded in)
+divided by the deltas written. Targets (issue 8, not met yet): the late trivial turn at most
+1.5x the early one; `get_messages()` of 80 messages at most 20 ms; a finished message's text
+kept once, not once per delta.
+
+    .venv/bin/python benchmarks/bench_history.py [--words 5000] [--deltas 100000] [--json out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle
+
+TRIVIAL = 5
+"""Trivial turns timed at each end (their median is reported)."""
+
+
+async def _timed_turns(session: AsyncSessionHandle, count: int) -> list[float]:
+    seconds = []
+    for _ in range(count):
+        started = time.perf_counter()
+        result = await session.send("ping")
+        seconds.append(time.perf_counter() - started)
+        assert result.reason == "completed", result
+    return seconds
+
+
+async def _timed_reads(session: AsyncSessionHandle, count: int) -> tuple[list[float], int]:
+    seconds, messages = [], 0
+    for _ in range(count):
+        started = time.perf_counter()
+        messages = len(await session.get_messages())
+        seconds.append(time.perf_counter() - started)
+    return seconds, messages
+
+
+def _store_bytes(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return path.stat().st_size
+
+
+async def measure(words: int, deltas: int, store: Path) -> dict[str, Any]:
+    big_turns = max(1, deltas // words)
+    text = " ".join(["word"] * words)
+    trivial = {"text": "pong", "usage": {"input": 1, "output": 1}}
+    big = {"text": text, "usage": {"input": 1, "output": 1}}
+    script = [trivial] * TRIVIAL + [big] * big_turns + [trivial] * TRIVIAL
+    async with AsyncSandboxClient(store=store) as client:
+        agent = client.agent("bench-history", model="scripted", tools=[], script=script)
+        async with await agent.create_session(title="history") as session:
+            early = await _timed_turns(session, TRIVIAL)
+            early_reads, early_messages = await _timed_reads(session, 3)
+            empty = _store_bytes(store)
+            started = time.perf_counter()
+            for _ in range(big_turns):
+                await session.send("write")
+            growing = time.perf_counter() - started
+            late = await _timed_turns(session, TRIVIAL)
+            late_reads, late_messages = await _timed_reads(session, 3)
+            grown = _store_bytes(store)
+    written = big_turns * words
+    return {
+        "words_per_turn": words, "big_turns": big_turns, "deltas": written,
+        "trivial_turn_early_ms": statistics.median(early) * 1000,
+        "trivial_turn_late_ms": statistics.median(late) * 1000,
+        "late_over_early": statistics.median(late) / statistics.median(early),
+        "get_messages_early_ms": statistics.median(early_reads) * 1000,
+        "messages_early": early_messages,
+        "get_messages_late_ms": statistics.median(late_reads) * 1000,
+        "messages_late": late_messages,
+        "store_bytes_per_delta": (grown - empty) / written,
+        "growing_seconds": growing,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--words", type=int, default=5000, help="text deltas per big turn")
+    parser.add_argument("--deltas", type=int, default=100_000, help="deltas to grow by")
+    parser.add_argument("--json", type=Path, help="write the figures as JSON")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        figures = anyio.run(measure, args.words, args.deltas, Path(folder) / "history.db")
+    for name, value in figures.items():
+        shown = f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
+        print(f"{name:26} {shown}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
