@@ -18,7 +18,7 @@ from .._types import (
 from ..providers.base import ModelMessage, TextContent, ToolCall, ToolResultContent
 from ._compaction import compaction_point
 
-__all__ = ["capped", "join_summary", "new_id", "to_model_messages"]
+__all__ = ["capped", "new_id", "to_model_messages"]
 
 
 def new_id(prefix: str) -> str:
@@ -80,18 +80,6 @@ def _assistant(message: AssistantMessage, limit: int) -> list[ModelMessage]:
 
 SUMMARY_HEAD = "The conversation so far, summarized:\n\n"
 SUMMARY_JOIN = "\n\n---\n\n"
-
-
-def join_summary(history: list[ModelMessage]) -> None:
-    """Put a new prompt into the summary's message when the summary is all that precedes it
-    (a compaction right before the turn), so that no two user messages follow each other."""
-    if len(history) == 2 and all(m.role == "user" for m in history):
-        summary, prompt = history
-        texts = [c.text for m in history for c in m.content if isinstance(c, TextContent)]
-        if len(texts) == 2 and summary.content and texts[0].startswith(SUMMARY_HEAD) \
-                and len(summary.content) == 1 and len(prompt.content) == 1:
-            history[:] = [ModelMessage("user", (TextContent(texts[0] + SUMMARY_JOIN
-                                                            + texts[1]),))]
 
 
 def to_model_messages(messages: Sequence[Message], *, limit: int) -> list[ModelMessage]:

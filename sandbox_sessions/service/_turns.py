@@ -61,7 +61,7 @@ from ..agent._compaction import (
     context_limit,
     needs_compaction,
 )
-from ..agent._history import join_summary, new_id, to_model_messages
+from ..agent._history import new_id, to_model_messages
 from ..agent._loop import Outcome, Turn, run_turn
 from ..agent._permissions import validate_rules
 from ..agent._pricing import Price
@@ -177,24 +177,21 @@ class Turns:
         if session_id in self._running:
             raise SessionBusy(session_id)
         running = self._running[session_id] = _Running()  # taken before any await: no race
+        user = None if prompt is None else UserMessage(
+            id=new_id("msg"), session_id=session_id, time_created=now(),
+            parts=[TextPart(id=new_id("prt"), text=prompt)], command=command)
         try:
-            turn, history, last_user = await self._begin(session_id, running, model,
-                                                         summarize=prompt is None)
+            turn, history, last_user = await self._begin(session_id, running, model, user)
         except BaseException:
             del self._running[session_id]
             running.done.set()  # an abort() that came meanwhile must not wait for ever
             raise
         after = self.events.head(session_id)
-        if prompt is None:
+        if user is None:
             assert last_user is not None
             parent = last_user
         else:
-            user = UserMessage(id=new_id("msg"), session_id=session_id, time_created=now(),
-                               parts=[TextPart(id=new_id("prt"), text=prompt)],
-                               command=command)
             self.events.emit(session_id, MessageCreatedEvent, message=user)
-            history.append(ModelMessage("user", (TextContent(prompt),)))
-            join_summary(history)
             parent = user.id
         assistant = AssistantMessage(id=turn.message_id, session_id=session_id,
                                      parent_id=parent, model=turn.model, time_created=now(),
@@ -207,7 +204,7 @@ class Turns:
         return TurnStarted(user_message_id=parent, message_id=assistant.id, after=after)
 
     async def _begin(
-        self, session_id: str, running: _Running, model: str | None, *, summarize: bool
+        self, session_id: str, running: _Running, model: str | None, user: UserMessage | None
     ) -> tuple[Turn, list[ModelMessage], str | None]:
         """Take the session's turn lease and prepare the turn; the lease is released again if
         the preparation fails."""
@@ -225,16 +222,18 @@ class Turns:
             session_id, message_id=message_id, after=self.events.head(session_id),
             on_lost=running.lost)
         try:
-            return await self._prepare(info, message_id, summarize=summarize)
+            return await self._prepare(info, message_id, user)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self.sessions.turns.release(running.hold)
             raise
 
     async def _prepare(
-        self, info: SessionInfo, message_id: str, *, summarize: bool
+        self, info: SessionInfo, message_id: str, user: UserMessage | None
     ) -> tuple[Turn, list[ModelMessage], str | None]:
-        """The turn, the history it sends, and the session's last user message's id."""
+        """The turn for the prompt `user` (None: a compaction), the history it sends (the
+        prompt included), and the session's last user message's id before it."""
+        summarize = user is None
         config = info.config
         assert info.config.model is not None
         chosen = [self._extra_tools.get(name, name) for name in config.tools]
@@ -251,7 +250,8 @@ class Turns:
             history = [*to_model_messages(messages, limit=PRUNED_OUTPUT),
                        ModelMessage("user", (TextContent(SUMMARY_PROMPT),))]
         else:
-            history = to_model_messages(messages, limit=config.max_tool_output)
+            assert user is not None
+            history = to_model_messages([*messages, user], limit=config.max_tool_output)
         provider, model_name = self._provider(info, messages)
         if "task" in tools:  # this session's subagents, named in the tool's description
             tools["task"] = TaskTool({name: agent.description
