@@ -12,7 +12,8 @@ if tried again unchanged. Each class also subclasses the nearest builtin, so
     │   ├── SessionEnded           (RuntimeError)      session_ended
     │   ├── SessionBusy            (RuntimeError)      session_busy          retryable
     │   ├── PermissionNotFound     (LookupError)       permission_not_found
-    │   └── QuestionNotFound       (LookupError)       question_not_found
+    │   ├── QuestionNotFound       (LookupError)       question_not_found
+    │   └── MessageNotFound        (LookupError)       message_not_found
     ├── SandboxError                                   sandbox_error
     │   ├── SandboxUnavailable     (ConnectionError)   sandbox_unavailable   retryable
     │   ├── ContainerGone          (RuntimeError)      container_gone
@@ -24,6 +25,7 @@ if tried again unchanged. Each class also subclasses the nearest builtin, so
     │   ├── FileTooLarge           (ValueError)        file_too_large
     │   ├── FileDecodeError        (ValueError)        file_not_text
     │   ├── UnsafeArchive          (ValueError)        unsafe_archive
+    │   ├── SnapshotError          (RuntimeError)      snapshot_failed
     │   ├── OperationTimeout       (TimeoutError)      operation_timeout     retryable
     │   └── ProtocolError          (RuntimeError)      protocol_error
     ├── CommandError                                   command_error
@@ -69,6 +71,7 @@ __all__ = [
     "ImageBuildError",
     "ImageNotFound",
     "InvalidArgument",
+    "MessageNotFound",
     "OperationTimeout",
     "PermissionNotFound",
     "ProtocolError",
@@ -85,6 +88,7 @@ __all__ = [
     "SessionEnded",
     "SessionError",
     "SessionNotFound",
+    "SnapshotError",
     "StoreError",
     "ToolError",
     "Unauthorized",
@@ -202,6 +206,17 @@ class QuestionNotFound(SessionError, LookupError):
         self.request_id = request_id
 
 
+class MessageNotFound(SessionError, LookupError):
+    """The session shows no message with that id (unknown, or hidden by a revert)."""
+
+    code = "message_not_found"
+
+    def __init__(self, session_id: str, message_id: str) -> None:
+        super().__init__(f"session {session_id!r} has no message {message_id[:80]!r}")
+        self.session_id = session_id
+        self.message_id = message_id
+
+
 class ProviderError(SandboxSessionsError, RuntimeError):
     """The model's API failed or answered something we cannot read.
 
@@ -310,6 +325,14 @@ class UnsafeArchive(SandboxError, ValueError):
     code = "unsafe_archive"
 
 
+class SnapshotError(SandboxError, RuntimeError):
+    """A workspace snapshot could not be taken, read or restored: git failed in the
+    container, its shadow repository lacks the snapshot, or the message has none (taken
+    before snapshots, or with `AgentConfig.snapshots` off)."""
+
+    code = "snapshot_failed"
+
+
 class OperationTimeout(SandboxError, TimeoutError):
     """An operation on the sandbox (not a shell command) did not finish in time."""
 
@@ -371,9 +394,10 @@ HTTP_STATUS: dict[str, int] = {
     "invalid_argument": 400, "tool_error": 400, "unsafe_archive": 400,
     "file_not_text": 400, "unauthorized": 401, "request_refused": 403,
     "permission_denied": 403, "session_not_found": 404, "permission_not_found": 404,
-    "question_not_found": 404, "file_not_found": 404, "image_not_found": 404,
-    "command_not_found": 404,
-    "command_failed": 422, "session_ended": 409, "session_busy": 409,
+    "question_not_found": 404, "message_not_found": 404, "file_not_found": 404,
+    "image_not_found": 404, "command_not_found": 404,
+    "command_failed": 422, "snapshot_failed": 422, "session_ended": 409,
+    "session_busy": 409,
     "container_gone": 410, "container_died": 410, "file_too_large": 413,
     "request_too_large": 413, "sandbox_unavailable": 503, "store_error": 503,
     "bridge_unavailable": 503, "provider_error": 502, "operation_timeout": 504,
@@ -381,7 +405,7 @@ HTTP_STATUS: dict[str, int] = {
 """The HTTP status of each error code; any other code is a 500."""
 
 
-_DETAILS = ("session_id", "request_id", "path", "reason", "status", "name")
+_DETAILS = ("session_id", "request_id", "message_id", "path", "reason", "status", "name")
 """Attributes some errors carry beside their message; they cross HTTP under `details`."""
 
 

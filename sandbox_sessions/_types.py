@@ -196,6 +196,13 @@ class AgentConfig(_Frozen):
     its own (its own container)."""
     max_depth: int = Field(default=2, ge=0)
     """How deep child sessions may nest: a session at this depth cannot start a subtask."""
+    snapshots: bool = True
+    """Snapshot the workspace at each user message and after each step's tool calls (what
+    `revert()`, `diff()` and forking at a message need). Each snapshot is a `git add` in a
+    shadow repository inside the container: off, turns skip that cost."""
+    snapshot_max_file: int = Field(default=2 * 1024 * 1024, gt=0)
+    """Bytes above which a file is left out of snapshots (a revert leaves it as it is, and
+    says so in `RevertInfo.skipped`)."""
 
 
 class Subagent(_Frozen):
@@ -422,10 +429,15 @@ class StepFinishPart(_Frozen):
     reason: str
     tokens: Tokens = Field(default_factory=Tokens)
     cost: float = 0.0
+    snapshot: str | None = None
+    """The workspace as the step's model call left it, before its tool calls ran (a tree of
+    the shadow repository); None for a step that called no tool, or when snapshots are off
+    or failed."""
 
 
 class SnapshotPart(_Frozen):
-    """The workspace's state (a commit of the shadow repository)."""
+    """The workspace's state when a user message was sent: a tree of the session's shadow
+    repository (see `AsyncSessionHandle.revert`)."""
 
     type: Literal["snapshot"] = "snapshot"
     id: str
@@ -433,12 +445,43 @@ class SnapshotPart(_Frozen):
 
 
 class PatchPart(_Frozen):
-    """The files a step changed, against snapshot `hash`."""
+    """The files a step's tool calls changed (created, modified or deleted), against the
+    snapshot `hash` taken before they ran."""
 
     type: Literal["patch"] = "patch"
     id: str
     hash: str
     files: list[str] = Field(default_factory=list)
+    truncated: bool = False
+    """More files changed than are listed."""
+
+
+class FileDiff(_Frozen):
+    """One file that differs between two states of the workspace."""
+
+    path: str
+    status: Literal["added", "modified", "deleted"]
+    additions: int = 0
+    """Lines added (0 for a binary file)."""
+    deletions: int = 0
+    """Lines removed (0 for a binary file)."""
+
+
+class RevertInfo(_Frozen):
+    """A revert: the conversation back to before `message_id`, the workspace back to
+    `snapshot`."""
+
+    message_id: str
+    """The user message reverted to: it and every later message are hidden."""
+    snapshot: str
+    """The workspace's state restored (the message's `SnapshotPart`)."""
+    before: str
+    """The workspace's state before the revert, which `unrevert()` restores."""
+    files: list[FileDiff] = Field(default_factory=list)
+    """What the revert changed in the workspace, as a diff from `before` to `snapshot`."""
+    skipped: list[str] = Field(default_factory=list)
+    """Files left as they are: over the snapshot size limit (`AgentConfig.snapshot_max_file`)
+    and so never snapshotted."""
 
 
 class SubtaskPart(_Frozen):
@@ -704,6 +747,33 @@ class CompactionEvent(EventBase):
     part: CompactionPart
 
 
+class PatchEvent(EventBase):
+    """A step's tool calls changed files in the workspace (`part.files`)."""
+
+    type: Literal["patch"] = "patch"
+    message_id: str
+    part: PatchPart
+
+
+class RevertedEvent(EventBase):
+    """The session was reverted: `revert.message_id` and what follows it are hidden from
+    `get_messages()` and the model, and the workspace is back to `revert.snapshot`. The
+    hidden messages stay in the log; `unrevert()` brings them back until a new message is
+    sent."""
+
+    type: Literal["reverted"] = "reverted"
+    revert: RevertInfo
+
+
+class UnrevertedEvent(EventBase):
+    """The last revert was undone: its messages are back, and the workspace is as it was
+    before it (`snapshot`)."""
+
+    type: Literal["unreverted"] = "unreverted"
+    message_id: str
+    snapshot: str
+
+
 class SubtaskEvent(EventBase):
     """A `task` call started a child session (`part.session_id`)."""
 
@@ -796,7 +866,8 @@ class TurnEndEvent(EventBase):
 Event = Annotated[
     MessageCreatedEvent | MessageUpdatedEvent | TextDeltaEvent | ReasoningDeltaEvent
     | ToolStartEvent | ToolRunningEvent | ToolEndEvent | StepStartEvent | StepFinishEvent
-    | RetryEvent | CompactionEvent | SubtaskEvent | PermissionAskedEvent
+    | RetryEvent | CompactionEvent | SubtaskEvent | PatchEvent | RevertedEvent
+    | UnrevertedEvent | PermissionAskedEvent
     | PermissionRepliedEvent
     | QuestionAskedEvent
     | QuestionRepliedEvent | TodoUpdatedEvent
@@ -898,6 +969,12 @@ class ImportedMessages(_Frozen):
     """How many messages an import added."""
 
     imported: int
+
+
+class RevertRequest(_Request):
+    """Which user message to revert the session to."""
+
+    message_id: str
 
 
 class QuestionAnswerRequest(_Request):

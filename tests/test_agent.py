@@ -36,6 +36,7 @@ from sandbox_sessions import (
     SendResult,
     SessionBusy,
     SessionHandle,
+    SnapshotPart,
     StepFinishPart,
     StepStartPart,
     TextPart,
@@ -84,9 +85,10 @@ def assistant(messages: list[Message], index: int = -1) -> AssistantMessage:
 
 ONE_TURN_TYPES = [
     "message-created", "session-status", "step-start", "reasoning-delta", "text-delta",
-    "step-finish", "tool-start", "tool-running", "tool-end", "step-start", "text-delta",
-    "step-finish", "message-updated", "turn-end",
+    "step-finish", "tool-start", "tool-running", "tool-end", "patch", "step-start",
+    "text-delta", "step-finish", "message-updated", "turn-end",
 ]
+"""One turn's events: the `patch` lists the files its bash call made (made.txt)."""
 
 
 # --- one whole turn ---------------------------------------------------------------------------
@@ -169,7 +171,9 @@ async def test_stream_yields_the_turn_from_its_prompt_to_its_turn_end(
     first = events[0]
     assert isinstance(first, MessageCreatedEvent)
     assert isinstance(first.message, UserMessage)
-    assert first.message.parts == [TextPart(id=first.message.parts[0].id, text="make me a file")]
+    text, snapshot = first.message.parts  # the prompt, and the workspace as it was sent
+    assert text == TextPart(id=text.id, text="make me a file")
+    assert isinstance(snapshot, SnapshotPart)
     assert squeeze([event.type for event in events]) == ONE_TURN_TYPES
     assert [event.seq for event in events] == list(range(1, len(events) + 1))
     turn_ends = [event for event in events if isinstance(event, TurnEndEvent)]
@@ -238,7 +242,7 @@ async def test_messages_and_parts_are_the_projection_of_the_turn(
     user, reply = messages
     assert isinstance(user, UserMessage)
     assert [(type(p), getattr(p, "text", None)) for p in user.parts] == [
-        (TextPart, "check things")]
+        (TextPart, "check things"), (SnapshotPart, None)]
     assert isinstance(reply, AssistantMessage)
     assert reply.id == result.message_id
     assert reply.parent_id == user.id

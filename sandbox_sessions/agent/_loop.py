@@ -8,6 +8,7 @@ Every change is an event; the caller emits the turn's single `turn-end`.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,6 +20,8 @@ from .._exceptions import ContainerGone, ProviderError, SandboxError, SandboxUna
 from .._types import (
     AgentConfig,
     ArtifactCreatedEvent,
+    PatchEvent,
+    PatchPart,
     PermissionAction,
     PermissionRequest,
     PermissionRules,
@@ -60,9 +63,12 @@ from ._history import capped, new_id
 from ._permissions import always_patterns, evaluate, merge_always
 from ._pricing import Price, cost_of
 from ._questions import QuestionBroker
+from ._snapshots import Snapshots
 from .base import PreparedCall, Tool, ToolContext, ToolError, ToolOutput
 
 __all__ = ["Outcome", "Turn", "run_turn"]
+
+log: logging.Logger = logging.getLogger("sandbox_sessions.agent")
 
 YIELD_EVERY = 512
 """Model events handled between two trips through the event loop."""
@@ -99,6 +105,10 @@ class Turn:
     """A compaction: the model is asked for a summary, with no tools."""
     subtasks: Callable[[Turn, str, str, str], Awaitable[tuple[str, str]]] | None = None
     """Runs a `task` call's subtask (see `ToolContext.run_subtask`)."""
+    snapshots: Snapshots | None = None
+    """The workspace's snapshots (None: off, or failed earlier in the turn)."""
+    snapshot: str | None = None
+    """The latest snapshot's tree: the workspace as the turn's tools last left it."""
 
 
 @dataclass
@@ -151,8 +161,10 @@ async def run_turn(turn: Turn, history: list[ModelMessage], outcome: Outcome) ->
             return outcome
         tokens = _tokens(step.usage)
         cost = cost_of(turn.model, tokens, turn.prices)
+        snapshot = turn.snapshot if step.calls and turn.snapshots is not None else None
         _emit(turn, StepFinishEvent, part=StepFinishPart(id=new_id("prt"), reason=step.finish,
-                                                          tokens=tokens, cost=cost))
+                                                          tokens=tokens, cost=cost,
+                                                          snapshot=snapshot))
         outcome.tokens, outcome.cost = outcome.tokens + tokens, outcome.cost + cost
         outcome.finish = step.finish
         content = ((TextContent(step.text),) if step.text else ()) + tuple(step.calls)
@@ -164,11 +176,33 @@ async def run_turn(turn: Turn, history: list[ModelMessage], outcome: Outcome) ->
             results = await _run_calls(turn, step.calls)
         except _Rejected:
             outcome.reason = "rejected"
+            await _patch(turn)
             return outcome
+        await _patch(turn)
         history.append(ModelMessage("user", tuple(results)))
     outcome.reason = "limit"
     outcome.error = f"the turn reached its {turn.config.max_steps} steps (max_steps)"
     return outcome
+
+
+async def _patch(turn: Turn) -> None:
+    """Snapshot the workspace after a step's tool calls and emit a `patch` part listing the
+    files they changed. A snapshot that fails turns snapshots off for the rest of the turn
+    (logged); the turn goes on."""
+    if turn.snapshots is None or turn.snapshot is None:
+        return
+    try:
+        track = await turn.snapshots.track(since=turn.snapshot)
+    except (ContainerGone, SandboxUnavailable):
+        raise
+    except SandboxError as exc:
+        log.warning("session %s: snapshots are off for this turn: %s", turn.session_id, exc)
+        turn.snapshots = None
+        return
+    if track.changed:
+        _emit(turn, PatchEvent, part=PatchPart(id=new_id("prt"), hash=turn.snapshot,
+                                               files=track.changed, truncated=track.truncated))
+    turn.snapshot = track.tree
 
 
 def _tokens(usage: Usage) -> Tokens:

@@ -28,12 +28,15 @@ from .._types import (
     CommandCall,
     CreateSessionRequest,
     Event,
+    FileDiff,
     ImportedMessages,
     ImportMessagesRequest,
     Message,
     Metrics,
     PermissionAnswerRequest,
     QuestionAnswerRequest,
+    RevertInfo,
+    RevertRequest,
     SessionInfo,
     SessionStatus,
     ShellChunk,
@@ -221,6 +224,20 @@ class HTTPTransport:
         await self._call("POST", self._url("sessions", session_id, "permissions", request_id),
                          json=_body(answer))
 
+    async def revert(self, session_id: str, request: RevertRequest) -> RevertInfo:
+        """See `Transport.revert`."""
+        return await self._json("POST", _REVERT, "sessions", session_id, "revert",
+                                json=_body(request))
+
+    async def unrevert(self, session_id: str) -> RevertInfo:
+        """See `Transport.unrevert`."""
+        return await self._json("POST", _REVERT, "sessions", session_id, "unrevert")
+
+    async def diff(self, session_id: str, *, message_id: str | None = None) -> list[FileDiff]:
+        """See `Transport.diff`."""
+        params = {} if message_id is None else {"message_id": message_id}
+        return await self._json("GET", _DIFFS, "sessions", session_id, "diff", params=params)
+
     async def import_messages(self, session_id: str, request: ImportMessagesRequest) -> int:
         """See `Transport.import_messages`."""
         done = await self._json("POST", _IMPORTED, "sessions", session_id, "messages",
@@ -402,3 +419,5 @@ _MESSAGES: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
 _IMPORTED: TypeAdapter[ImportedMessages] = TypeAdapter(ImportedMessages)
 _METRICS: TypeAdapter[Metrics] = TypeAdapter(Metrics)
 _TODOS: TypeAdapter[list[Todo]] = TypeAdapter(list[Todo])
+_REVERT: TypeAdapter[RevertInfo] = TypeAdapter(RevertInfo)
+_DIFFS: TypeAdapter[list[FileDiff]] = TypeAdapter(list[FileDiff])

@@ -34,6 +34,7 @@ from .._types import (
     CreateSessionRequest,
     Event,
     FileContent,
+    FileDiff,
     Message,
     Metrics,
     PermissionAnswerRequest,
@@ -42,6 +43,8 @@ from .._types import (
     PermissionRules,
     QuestionAnswerRequest,
     QuestionRequest,
+    RevertInfo,
+    RevertRequest,
     SandboxOptions,
     SendResult,
     SessionInfo,
@@ -402,6 +405,35 @@ class AsyncSessionHandle:
     async def get_todos(self) -> list[Todo]:
         """The agent's todo list, as its last `todowrite` left it."""
         return await self._transport.todos(self.id)
+
+    async def revert(self, message_id: str) -> RevertInfo:
+        """Go back to before the user message `message_id`: the container's workdir as it
+        was when that message was sent (files created since removed, deleted ones back,
+        modified ones restored), and that message and every later one hidden from
+        `get_messages()` and from what the model is sent. The log keeps them (a `reverted`
+        event), and `unrevert()` brings them back until a new message is sent.
+
+        Files over `AgentConfig.snapshot_max_file` are never snapshotted and are left as
+        they are (`RevertInfo.skipped`), as are files the workdir's `.gitignore` ignores.
+        `MessageNotFound` for an id the session does not show, `InvalidArgument` for an
+        assistant message, `SessionBusy` while a turn runs, `SnapshotError` when the
+        message has no snapshot or git fails in the container."""
+        check_text(message_id, "message id", empty=False)
+        return await self._transport.revert(self.id, RevertRequest(message_id=message_id))
+
+    async def unrevert(self) -> RevertInfo:
+        """Undo the last revert (the one returned): its messages are shown again and the
+        workdir is as it was before it. `InvalidArgument` when none is pending: sending a
+        message after a revert makes it final."""
+        return await self._transport.unrevert(self.id)
+
+    async def diff(self, message_id: str | None = None) -> list[FileDiff]:
+        """The files of the workdir that differ from when the user message `message_id` was
+        sent (by default the session's first message: every change the session made), with
+        lines added and removed. Empty before the first message."""
+        if message_id is not None:
+            check_text(message_id, "message id", empty=False)
+        return await self._transport.diff(self.id, message_id=message_id)
 
     async def update(
         self, *, title: str | None = None, permissions: PermissionRules | None = None,

@@ -26,10 +26,12 @@ from .._types import (
     CommandTemplate,
     Event,
     FileContent,
+    FileDiff,
     Message,
     Metrics,
     PermissionReply,
     PermissionRules,
+    RevertInfo,
     SandboxOptions,
     SendResult,
     SessionInfo,
@@ -219,6 +221,18 @@ class SessionHandle:
     def get_todos(self) -> list[Todo]:
         """The agent's todo list; see `AsyncSessionHandle.get_todos`."""
         return self._call(self._async.get_todos)
+
+    def revert(self, message_id: str) -> RevertInfo:
+        """Go back to before a user message; see `AsyncSessionHandle.revert`."""
+        return self._call(self._async.revert, message_id)
+
+    def unrevert(self) -> RevertInfo:
+        """Undo the last revert; see `AsyncSessionHandle.unrevert`."""
+        return self._call(self._async.unrevert)
+
+    def diff(self, message_id: str | None = None) -> list[FileDiff]:
+        """The files changed; see `AsyncSessionHandle.diff`."""
+        return self._call(self._async.diff, message_id)
 
     def update(
         self, *, title: str | None = None, permissions: PermissionRules | None = None,

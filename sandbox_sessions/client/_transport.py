@@ -24,11 +24,14 @@ from .._types import (
     CommandCall,
     CreateSessionRequest,
     Event,
+    FileDiff,
     ImportMessagesRequest,
     Message,
     Metrics,
     PermissionAnswerRequest,
     QuestionAnswerRequest,
+    RevertInfo,
+    RevertRequest,
     SessionInfo,
     SessionStatus,
     ShellCommand,
@@ -137,6 +140,20 @@ class Transport(Protocol):
         self, session_id: str, request_id: str, answer: PermissionAnswerRequest
     ) -> None:
         """Answer a pending permission request; `PermissionNotFound` if it is not pending."""
+        ...
+
+    async def revert(self, session_id: str, request: RevertRequest) -> RevertInfo:
+        """Put the workspace back as the user message was sent and hide it and what
+        follows; `MessageNotFound`, `SessionBusy`, `SnapshotError`."""
+        ...
+
+    async def unrevert(self, session_id: str) -> RevertInfo:
+        """Undo the pending revert (the one returned); `InvalidArgument` if none is."""
+        ...
+
+    async def diff(self, session_id: str, *, message_id: str | None = None) -> list[FileDiff]:
+        """The files changed since the user message (the session's first snapshot when
+        None)."""
         ...
 
     async def import_messages(self, session_id: str, request: ImportMessagesRequest) -> int:

@@ -25,12 +25,15 @@ from .._types import (
     ArtifactEntry,
     ArtifactInfo,
     CreateSessionRequest,
+    FileDiff,
     ImportedMessages,
     ImportMessagesRequest,
     Message,
     Metrics,
     PermissionAnswerRequest,
     QuestionAnswerRequest,
+    RevertInfo,
+    RevertRequest,
     SendResult,
     SessionInfo,
     SessionStatus,
@@ -271,6 +274,23 @@ def _turn_routes(app: FastAPI, bridge: Bridge) -> None:
                               ) -> ImportedMessages:
         """Append an exported history's messages (new ids, parents mapped)."""
         return ImportedMessages(imported=await service.import_messages(session_id, request))
+
+    @app.post("/sessions/{session_id}/revert", tags=["turns"])
+    async def revert(session_id: str, request: RevertRequest) -> RevertInfo:
+        """Put the workspace back as the user message was sent, and hide it and every later
+        message (the log keeps them)."""
+        return await service.revert(session_id, request)
+
+    @app.post("/sessions/{session_id}/unrevert", tags=["turns"])
+    async def unrevert(session_id: str) -> RevertInfo:
+        """Undo the pending revert: its messages and the workspace before it come back."""
+        return await service.unrevert(session_id)
+
+    @app.get("/sessions/{session_id}/diff", tags=["turns"])
+    async def diff(session_id: str, message_id: str | None = None) -> list[FileDiff]:
+        """The files changed since the user message (the session's first snapshot by
+        default)."""
+        return await service.diff(session_id, message_id=message_id)
 
     @app.post("/sessions/{session_id}/questions/{request_id}", status_code=204,
               tags=["turns"])

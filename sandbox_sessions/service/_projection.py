@@ -12,6 +12,7 @@ from .._types import (
     Metrics,
     Part,
     ReasoningPart,
+    RevertInfo,
     SendResult,
     StepFinishPart,
     StepStartPart,
@@ -22,7 +23,8 @@ from .._types import (
     TurnEndEvent,
 )
 
-__all__ = ["final_text", "metrics", "project", "send_result", "todos"]
+__all__ = ["Reverts", "final_text", "metrics", "pending_revert", "project", "send_result",
+           "todos"]
 
 
 class _Text:
@@ -57,11 +59,52 @@ class _Draft:
         return self.message.model_copy(update={"parts": parts})
 
 
-def project(events: Iterable[Event]) -> list[Message]:
-    """The session's messages with their parts, in the order they were created. Events of a
-    message created before the first event given (`messages(after=...)`) are left out."""
-    drafts: dict[str, _Draft] = {}
+class Reverts:
+    """Which messages reverts hide. A revert hides its message and every later one; it stays
+    pending (`unreverted` shows them again) until a new message is created, which makes it
+    final. A revert while one is pending hides more, and keeps the first one's `before`."""
+
+    def __init__(self) -> None:
+        self.hidden: set[str] = set()
+        self.pending: RevertInfo | None = None
+        self._pending_ids: list[str] = []
+
+    def apply(self, event: Event, order: Iterable[str]) -> None:
+        """Take `event` into account; `order` is every message id so far, oldest first."""
+        if event.type == "reverted":
+            shown = [i for i in order if i not in self.hidden and i not in self._pending_ids]
+            if event.revert.message_id in shown:
+                self._pending_ids += shown[shown.index(event.revert.message_id):]
+                before = self.pending.before if self.pending else event.revert.before
+                self.pending = event.revert.model_copy(update={"before": before})
+        elif event.type == "unreverted":
+            self.pending, self._pending_ids = None, []
+        elif event.type == "message-created" and self.pending is not None:
+            self.hidden.update(self._pending_ids)
+            self.pending, self._pending_ids = None, []
+
+    def shows(self, message_id: str) -> bool:
+        return message_id not in self.hidden and message_id not in self._pending_ids
+
+
+def pending_revert(events: Iterable[Event]) -> RevertInfo | None:
+    """The revert that `unrevert()` would undo, if any."""
+    reverts, order = Reverts(), list[str]()
     for event in events:
+        reverts.apply(event, order)
+        if event.type == "message-created":
+            order.append(event.message.id)
+    return reverts.pending
+
+
+def project(events: Iterable[Event], *, hidden: bool = False) -> list[Message]:
+    """The session's messages with their parts, in the order they were created, without
+    those a revert hides (unless `hidden`). Events of a message created before the first
+    event given (`messages(after=...)`) are left out."""
+    drafts: dict[str, _Draft] = {}
+    reverts = Reverts()
+    for event in events:
+        reverts.apply(event, drafts)
         if event.type == "message-created":
             drafts[event.message.id] = _Draft(event.message)
             continue
@@ -78,11 +121,12 @@ def project(events: Iterable[Event]) -> list[Message]:
                 signature = getattr(event, "signature", None)
                 draft.delta(kind, event.part_id, event.delta, signature)
             case "tool-start" | "tool-running" | "tool-end" | "step-start" | "step-finish" \
-                    | "retry" | "compaction" | "subtask":
+                    | "retry" | "compaction" | "subtask" | "patch":
                 draft.parts[event.part.id] = event.part
             case _:
                 pass
-    return [draft.build() for draft in drafts.values()]
+    return [draft.build() for draft in drafts.values() if hidden or reverts.shows(
+        draft.message.id)]
 
 
 def final_text(message: Message) -> str:

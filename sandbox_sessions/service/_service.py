@@ -16,11 +16,14 @@ from .._types import (
     CommandCall,
     CreateSessionRequest,
     Event,
+    FileDiff,
     ImportMessagesRequest,
     Message,
     Metrics,
     PermissionAnswerRequest,
     QuestionAnswerRequest,
+    RevertInfo,
+    RevertRequest,
     SessionInfo,
     SessionStatus,
     ShellCommand,
@@ -195,6 +198,18 @@ class SessionService:
     ) -> None:
         """See `Transport.reply_permission`."""
         await self._turns.reply(session_id, request_id, answer)
+
+    async def revert(self, session_id: str, request: RevertRequest) -> RevertInfo:
+        """See `Transport.revert`."""
+        return await self._turns.revert(session_id, request.message_id)
+
+    async def unrevert(self, session_id: str) -> RevertInfo:
+        """See `Transport.unrevert`."""
+        return await self._turns.unrevert(session_id)
+
+    async def diff(self, session_id: str, *, message_id: str | None = None) -> list[FileDiff]:
+        """See `Transport.diff`."""
+        return await self._turns.diff(session_id, message_id)
 
     async def import_messages(self, session_id: str, request: ImportMessagesRequest) -> int:
         """See `Transport.import_messages`."""

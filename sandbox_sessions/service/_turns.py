@@ -10,6 +10,7 @@ turn whose process dies is closed by the next process that looks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 
@@ -20,8 +21,11 @@ import httpx
 from .._exceptions import (
     ContainerGone,
     InvalidArgument,
+    MessageNotFound,
+    SandboxError,
     SandboxUnavailable,
     SessionBusy,
+    SnapshotError,
     StoreError,
 )
 from .._types import (
@@ -31,6 +35,7 @@ from .._types import (
     CompactionEvent,
     CompactionPart,
     Event,
+    FileDiff,
     Message,
     MessageCreatedEvent,
     MessageUpdatedEvent,
@@ -39,9 +44,12 @@ from .._types import (
     PermissionRules,
     QuestionAnswerRequest,
     RetryPart,
+    RevertedEvent,
+    RevertInfo,
     SessionInfo,
     SessionStatusEvent,
     SessionUpdatedEvent,
+    SnapshotPart,
     StepStartPart,
     SubtaskEvent,
     SubtaskPart,
@@ -50,6 +58,7 @@ from .._types import (
     Tokens,
     TurnEndEvent,
     TurnStarted,
+    UnrevertedEvent,
     UserMessage,
 )
 from .._validation import check_text
@@ -66,13 +75,14 @@ from ..agent._loop import Outcome, Turn, run_turn
 from ..agent._permissions import validate_rules
 from ..agent._pricing import Price
 from ..agent._questions import QuestionBroker
+from ..agent._snapshots import Snapshots
 from ..agent._tools import TaskTool, check_rule_keys, resolve_tools
 from ..agent.base import Tool, ToolError
 from ..providers import resolve_provider
 from ..providers._scripted import ScriptedProvider
 from ..providers.base import ModelMessage, Provider, TextContent
 from ._eventlog import EventLog
-from ._projection import final_text, metrics, project, todos
+from ._projection import final_text, metrics, pending_revert, project, todos
 from ._sessions import Sessions, check_usable
 from ._turn_leases import Hold
 
@@ -181,7 +191,7 @@ class Turns:
             id=new_id("msg"), session_id=session_id, time_created=now(),
             parts=[TextPart(id=new_id("prt"), text=prompt)], command=command)
         try:
-            turn, history, last_user = await self._begin(session_id, running, model, user)
+            turn, history, last_user, user = await self._begin(session_id, running, model, user)
         except BaseException:
             del self._running[session_id]
             running.done.set()  # an abort() that came meanwhile must not wait for ever
@@ -205,7 +215,7 @@ class Turns:
 
     async def _begin(
         self, session_id: str, running: _Running, model: str | None, user: UserMessage | None
-    ) -> tuple[Turn, list[ModelMessage], str | None]:
+    ) -> tuple[Turn, list[ModelMessage], str | None, UserMessage | None]:
         """Take the session's turn lease and prepare the turn; the lease is released again if
         the preparation fails."""
         info = await self.sessions.get_info(session_id)
@@ -230,9 +240,10 @@ class Turns:
 
     async def _prepare(
         self, info: SessionInfo, message_id: str, user: UserMessage | None
-    ) -> tuple[Turn, list[ModelMessage], str | None]:
+    ) -> tuple[Turn, list[ModelMessage], str | None, UserMessage | None]:
         """The turn for the prompt `user` (None: a compaction), the history it sends (the
-        prompt included), and the session's last user message's id before it."""
+        prompt included), the session's last user message's id before it, and `user` with
+        its snapshot of the workspace."""
         summarize = user is None
         config = info.config
         assert info.config.model is not None
@@ -252,6 +263,10 @@ class Turns:
         else:
             assert user is not None
             history = to_model_messages([*messages, user], limit=config.max_tool_output)
+        snapshots, snapshot = await self._first_snapshot(info, summarize)
+        if user is not None and snapshot is not None:
+            user = user.model_copy(update={"parts": [
+                *user.parts, SnapshotPart(id=new_id("prt"), snapshot=snapshot)]})
         provider, model_name = self._provider(info, messages)
         if "task" in tools:  # this session's subagents, named in the tool's description
             tools["task"] = TaskTool({name: agent.description
@@ -268,8 +283,28 @@ class Turns:
                     save_rules=save_rules,
                     tokens_left=None if config.token_budget is None
                     else config.token_budget - info.tokens.total, summarize=summarize,
-                    subtasks=self._subtask)
-        return turn, history, last_user
+                    subtasks=self._subtask, snapshots=snapshots, snapshot=snapshot)
+        return turn, history, last_user, user
+
+    async def _first_snapshot(self, info: SessionInfo, summarize: bool
+                              ) -> tuple[Snapshots | None, str | None]:
+        """The session's snapshots and the workspace's snapshot as a turn starts; (None,
+        None) when they are off, for a compaction (no tool runs), or when it failed (logged:
+        the turn runs without snapshots)."""
+        if summarize or not info.config.snapshots:
+            return None, None
+        snapshots = await self._snapshots(info)
+        try:
+            return snapshots, (await snapshots.track()).tree
+        except (ContainerGone, SandboxUnavailable):
+            raise
+        except SandboxError as exc:
+            log.warning("session %s: the turn runs without snapshots: %s", info.id, exc)
+            return None, None
+
+    async def _snapshots(self, info: SessionInfo) -> Snapshots:
+        return Snapshots(await self.sessions.sandbox(info.id), info.sandbox.workdir,
+                         max_file=info.config.snapshot_max_file)
 
     def _provider(self, info: SessionInfo, messages: list[Message]) -> tuple[Provider, str]:
         """The session's provider, kept across turns (a scripted one keeps its place)."""
@@ -390,6 +425,20 @@ class Turns:
         gets a new id and this session's id; an assistant message's `parent_id` must name a
         user message given before it (`InvalidArgument` otherwise, and nothing is added)."""
         renamed = _renamed(session_id, messages)
+        async with self._exclusive(session_id):
+            for message in renamed:
+                self.events.emit(session_id, MessageCreatedEvent, message=message)
+            await self.events.flush()
+        return len(renamed)
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, session_id: str) -> AsyncIterator[None]:
+        """Hold the session as a turn would (here and, through its turn lease, in other
+        processes) while the body changes its history; `SessionBusy` while a turn runs (one
+        whose `turn-end` is out is waited for, as `_start` does)."""
+        ending = self._running.get(session_id)
+        if ending is not None and ending.closing:
+            await ending.done.wait()
         if session_id in self._running:
             raise SessionBusy(session_id)
         running = self._running[session_id] = _Running()
@@ -400,16 +449,78 @@ class Turns:
                 session_id, message_id=new_id("msg"), after=self.events.head(session_id),
                 on_lost=running.lost)
             try:
-                for message in renamed:
-                    self.events.emit(session_id, MessageCreatedEvent, message=message)
-                await self.events.flush()
+                yield
             finally:
                 with anyio.CancelScope(shield=True):
                     await self.sessions.turns.release(hold)
         finally:
             del self._running[session_id]
             running.done.set()
-        return len(renamed)
+
+    async def revert(self, session_id: str, message_id: str) -> RevertInfo:
+        """Put the workspace back as it was when the user message `message_id` was sent and
+        hide that message and every later one (a `reverted` event; the log keeps them)."""
+        check_text(message_id, "message id", empty=False)
+        async with self._exclusive(session_id):
+            events = await self.events.history(session_id)
+            target = next((m for m in project(events) if m.id == message_id), None)
+            if target is None:
+                raise MessageNotFound(session_id, message_id)
+            if not isinstance(target, UserMessage):
+                raise InvalidArgument(f"{message_id!r} is an assistant message: revert takes "
+                                      "the id of a user message (the prompt to go back before)")
+            snapshot = _snapshot_of(target)
+            if snapshot is None:
+                raise SnapshotError(f"message {message_id!r} has no snapshot of the workspace "
+                                    "(sent with AgentConfig.snapshots off, or it failed)")
+            snapshots = await self._snapshots(await self.sessions.get_info(session_id))
+            before, files = await snapshots.restore(snapshot)
+            pending = pending_revert(events)
+            revert = RevertInfo(message_id=message_id, snapshot=snapshot,
+                                before=before.tree if pending is None else pending.before,
+                                files=files, skipped=before.large)
+            self.events.emit(session_id, RevertedEvent, revert=revert)
+            await self.events.flush()
+        return revert
+
+    async def unrevert(self, session_id: str) -> RevertInfo:
+        """Undo the pending revert: its messages are shown again and the workspace is put
+        back as it was before it. `InvalidArgument` when none is pending (a message sent
+        after a revert makes it final)."""
+        async with self._exclusive(session_id):
+            pending = pending_revert(await self.events.history(session_id))
+            if pending is None:
+                raise InvalidArgument("nothing to unrevert: no revert is pending (a message "
+                                      "sent after a revert makes it final)")
+            snapshots = await self._snapshots(await self.sessions.get_info(session_id))
+            await snapshots.restore(pending.before)
+            self.events.emit(session_id, UnrevertedEvent, message_id=pending.message_id,
+                             snapshot=pending.before)
+            await self.events.flush()
+        return pending
+
+    async def diff(self, session_id: str, message_id: str | None = None) -> list[FileDiff]:
+        """The files that differ between the workspace now and when `message_id` (a user
+        message) was sent; by default, the session's first snapshot. Empty when the session
+        has none yet."""
+        info = await self.sessions.get_info(session_id)
+        check_usable(info)
+        await self.events.flush()
+        messages = project(await self.events.history(session_id), hidden=message_id is None)
+        if message_id is None:
+            since = next((snap for m in messages if (snap := _snapshot_of(m))), None)
+            if since is None:
+                return []
+        else:
+            check_text(message_id, "message id", empty=False)
+            target = next((m for m in messages if m.id == message_id), None)
+            if target is None:
+                raise MessageNotFound(session_id, message_id)
+            since = _snapshot_of(target)
+            if since is None:
+                raise SnapshotError(f"message {message_id!r} has no snapshot of the workspace")
+        _, diffs = await (await self._snapshots(info)).diff(since)
+        return diffs
 
     async def answer_question(
         self, session_id: str, request_id: str, answer: QuestionAnswerRequest
@@ -540,6 +651,12 @@ def _renamed(session_id: str, messages: Sequence[Message]) -> list[Message]:
             users.add(ids[message.id])
         renamed.append(message.model_copy(update=changes))
     return renamed
+
+
+def _snapshot_of(message: Message) -> str | None:
+    """The workspace's snapshot a user message was sent with, if any."""
+    return next((part.snapshot for part in message.parts if isinstance(part, SnapshotPart)),
+                None)
 
 
 def _model_calls(messages: list[Message]) -> int:
