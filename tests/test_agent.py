@@ -241,8 +241,8 @@ async def test_messages_and_parts_are_the_projection_of_the_turn(
 
     user, reply = messages
     assert isinstance(user, UserMessage)
-    assert [(type(p), getattr(p, "text", None)) for p in user.parts] == [
-        (TextPart, "check things"), (SnapshotPart, None)]
+    assert [(p.type, getattr(p, "text", None)) for p in user.parts] == [
+        ("text", "check things"), ("snapshot", None)]
     assert isinstance(reply, AssistantMessage)
     assert reply.id == result.message_id
     assert reply.parent_id == user.id

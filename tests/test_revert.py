@@ -236,3 +236,60 @@ async def test_a_spoiled_shadow_repository_is_a_clear_error(
             await session.revert(user.id)
         shown = await session.get_messages()
     assert len(shown) == 2
+
+
+async def test_a_fork_at_a_message_takes_the_workspace_as_it_was_then(
+    client: AsyncSandboxClient, image: str
+) -> None:
+    async with await _session(client, image) as parent:
+        await parent.send("one")
+        await parent.send("change the files")
+        changed = await _tree(parent)
+        second = (await parent.get_messages())[2]
+        async with await parent.fork(second.id) as child:
+            forked = await _tree(child)
+            history = await child.get_messages()
+            await child.put_file("child.txt", "c")
+            child_diff = await child.diff()
+        untouched = await _tree(parent)
+        first_answer = (await parent.get_messages())[1]
+        async with await parent.fork(first_answer.id) as at_answer:
+            answered = await _tree(at_answer)
+    assert forked == "./gone.txt=to be deleted\n./keep.txt=original\n"
+    assert [m.role for m in history] == ["user", "assistant"]
+    assert untouched == changed
+    assert answered == forked  # an answer's turn began from its prompt's snapshot
+    assert [d.path for d in child_diff] == []  # the child has no snapshot of its own yet
+
+
+async def test_a_second_revert_while_one_is_pending_unreverts_to_before_both(
+    client: AsyncSandboxClient, image: str
+) -> None:
+    script: list[dict[str, Any]] = [
+        {"tool_calls": [{"name": "bash", "input": {"command": "echo 1 > one.txt"}}]},
+        {"text": "made one"},
+        {"tool_calls": [{"name": "bash", "input": {"command": "echo 2 > two.txt"}}]},
+        {"text": "made two"},
+    ]
+    async with await _session(client, image, script) as session:
+        await session.send("make one")
+        await session.send("make two")
+        latest = await _tree(session)
+        messages = await session.get_messages()
+        await session.revert(messages[2].id)
+        middle = await _tree(session)
+        await session.revert(messages[0].id)
+        start = await _tree(session)
+        hidden = await session.get_messages()
+        with pytest.raises(MessageNotFound):
+            await session.revert(messages[2].id)  # hidden now
+        back = await session.unrevert()
+        restored = await _tree(session)
+        shown = await session.get_messages()
+    assert "./one.txt" in middle
+    assert "./two.txt" not in middle
+    assert "./one.txt" not in start
+    assert hidden == []
+    assert back.message_id == messages[0].id
+    assert restored == latest
+    assert [m.id for m in shown] == [m.id for m in messages]

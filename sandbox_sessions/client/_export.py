@@ -39,7 +39,7 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .._exceptions import InvalidArgument, SandboxError
+from .._exceptions import InvalidArgument, SandboxError, SnapshotError
 from .._types import (
     AgentConfig,
     CreateSessionRequest,
@@ -49,7 +49,10 @@ from .._types import (
     SandboxOptions,
     SessionInfo,
     ShellCommand,
+    SnapshotPart,
+    UserMessage,
 )
+from ..agent._snapshots import archive_command
 from ._transport import Transport
 
 __all__ = ["FORMAT", "VERSION", "export_session", "fork_session", "import_session"]
@@ -363,31 +366,47 @@ async def fork_session(transport: Transport, session_id: str, *, message_id: str
                        workspace: bool, title: str | None) -> SessionInfo:
     """A new session whose `parent_id` is `session_id`: the same agent, config, sandbox options
     and metadata, the history before `message_id` (all of it when None) and, with
-    `workspace`, a copy of the workdir as it is now (streamed container to container)."""
+    `workspace`, a copy of the workdir (streamed container to container): as it is now, or
+    at `message_id` as its snapshot holds it (see `agent/_snapshots.py`)."""
     info = await transport.get_session(session_id)
     messages = await transport.messages(session_id)
+    tree = None
     if message_id is not None:
         at = next((i for i, m in enumerate(messages) if m.id == message_id), None)
         if at is None:
             raise InvalidArgument(f"no message {message_id[:80]!r} in session {session_id}")
         if workspace:
-            raise InvalidArgument("the workspace as it was at a message needs snapshots, "
-                                  "which are not built yet: fork(message_id, workspace=False) "
-                                  "copies the history alone")
+            tree = _snapshot_at(messages[:at + 1])
+            if tree is None:
+                raise SnapshotError(f"message {message_id[:80]!r} has no snapshot of the "
+                                    "workspace (snapshots were off): fork(message_id, "
+                                    "workspace=False) copies the history alone")
         messages = messages[:at]
     child = await transport.create_session(CreateSessionRequest(
         agent=info.agent, title=title or f"{info.title} (fork)", sandbox=info.sandbox,
         config=info.config, metadata=info.metadata, parent_id=info.id))
-    copy = partial(_copy_workspace, transport, info, child) if workspace else None
+    copy = partial(_copy_workspace, transport, info, child, tree) if workspace else None
     await _fill(transport, child, messages, copy)
     return child
 
 
-async def _copy_workspace(transport: Transport, source: SessionInfo, target: SessionInfo
-                          ) -> None:
-    made = await transport.shell(source.id, ShellCommand(
-        command=f"tar -cf {_TAR} -C {shlex.quote(source.sandbox.workdir)} .", timeout=600.0,
-        cwd="/"))
+def _snapshot_at(messages: list[Message]) -> str | None:
+    """The snapshot of the last user message of `messages`: the workspace as that turn
+    began."""
+    user = next((m for m in reversed(messages) if isinstance(m, UserMessage)), None)
+    parts = [] if user is None else user.parts
+    return next((p.snapshot for p in parts if isinstance(p, SnapshotPart)), None)
+
+
+async def _copy_workspace(transport: Transport, source: SessionInfo, target: SessionInfo,
+                          tree: str | None) -> None:
+    """Copy the source's workdir (or its snapshot `tree`) into the target's, as a tar made
+    in the source's container and unpacked in the target's."""
+    workdir = source.sandbox.workdir
+    command = f"tar -cf {_TAR} -C {shlex.quote(workdir)} ." if tree is None \
+        else archive_command(tree, workdir, _TAR)
+    made = await transport.shell(source.id, ShellCommand(command=command, timeout=600.0,
+                                                         cwd="/"))
     try:
         if made.exit_code != 0:
             raise SandboxError(f"the workspace could not be archived: {made.stderr[-500:]}")

@@ -515,9 +515,10 @@ class AsyncSessionHandle:
                    title: str | None = None) -> AsyncSessionHandle:
         """A new session (its own container) whose `parent_id` is this one: the same agent,
         config, sandbox options and metadata, this session's history (with `message_id`, the
-        messages before it) and a copy of the workdir as it is now. The two then diverge.
-        Forking at a message needs `workspace=False` until workspace snapshots exist
-        (`InvalidArgument` otherwise). If the copy fails, the new session is ended."""
+        messages before it) and a copy of the workdir: as it is now or, with `message_id`,
+        as it was when that message's turn began (its user message's snapshot;
+        `SnapshotError` when it has none). The two then diverge. If the copy fails, the new
+        session is ended."""
         if message_id is not None:
             check_text(message_id, "message id")
         info = await fork_session(self._transport, self.id, message_id=message_id,

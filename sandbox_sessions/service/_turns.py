@@ -422,8 +422,10 @@ class Turns:
     async def import_messages(self, session_id: str, messages: Sequence[Message]) -> int:
         """Append `messages` (an export's history) to the session as `message-created`
         events, under the session's turn lease: not while a turn runs (`SessionBusy`). Each
-        gets a new id and this session's id; an assistant message's `parent_id` must name a
-        user message given before it (`InvalidArgument` otherwise, and nothing is added)."""
+        gets a new id and this session's id, and a user message loses its snapshot (a tree of
+        another container's repository: revert cannot go back into an imported history); an
+        assistant message's `parent_id` must name a user message given before it
+        (`InvalidArgument` otherwise, and nothing is added)."""
         renamed = _renamed(session_id, messages)
         async with self._exclusive(session_id):
             for message in renamed:
@@ -649,6 +651,8 @@ def _renamed(session_id: str, messages: Sequence[Message]) -> list[Message]:
             changes["parent_id"] = parent
         else:
             users.add(ids[message.id])
+            # its snapshot is a tree of another container's shadow repository
+            changes["parts"] = [p for p in message.parts if not isinstance(p, SnapshotPart)]
         renamed.append(message.model_copy(update=changes))
     return renamed
 

@@ -1,0 +1,99 @@
+"""What workspace snapshots cost a turn, and what a revert takes.
+
+In-process, scripted model, the default image: the median time of a text-only turn (one
+snapshot, at the prompt) and of a turn with one bash call (a second snapshot and its patch
+after the call), with `AgentConfig.snapshots` on and off, in a workspace of `--files` small
+files; then `revert()` to the first prompt and `diff()`. Reported as milliseconds and as the
+ratio on/off within the run (this machine is noisy: compare ratios, not absolutes).
+
+    .venv/bin/python benchmarks/bench_snapshots.py [--files 1000] [--turns 9] [--json out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from sandbox_sessions import AgentConfig, AsyncSandboxClient, AsyncSessionHandle
+
+TOOL_TURN: list[dict[str, Any]] = [
+    {"tool_calls": [{"name": "bash", "input": {"command": "echo $RANDOM > touched.txt"}}]},
+    {"text": "touched"}]
+
+
+async def _timed(session: AsyncSessionHandle, turns: int) -> list[float]:
+    seconds = []
+    for _ in range(turns):
+        started = time.perf_counter()
+        result = await session.send("go")
+        seconds.append(time.perf_counter() - started)
+        assert result.reason == "completed", result
+    return seconds
+
+
+async def _one(client: AsyncSandboxClient, files: int, turns: int, snapshots: bool
+               ) -> dict[str, float]:
+    script = [{"text": "pong"}] * (turns + 1) + TOOL_TURN * (turns + 1)
+    agent = client.agent(f"bench-snap-{snapshots}", model="scripted",
+                         permissions={"*": "allow"},
+                         config=AgentConfig(script=script, snapshots=snapshots))
+    async with await agent.create_session() as session:
+        await session.shell(f"mkdir -p src && for i in $(seq {files}); do "
+                            "echo \"line $i\" > src/f$i.txt; done")
+        await session.send("warm up")  # the first snapshot adds every file once
+        text = await _timed(session, turns)
+        await session.send("warm up the tool")
+        tool = await _timed(session, turns)
+        figures = {"text_turn_ms": statistics.median(text) * 1000,
+                   "tool_turn_ms": statistics.median(tool) * 1000}
+        if snapshots:
+            first = (await session.get_messages())[0]
+            started = time.perf_counter()
+            await session.diff()
+            figures["diff_ms"] = (time.perf_counter() - started) * 1000
+            started = time.perf_counter()
+            await session.revert(first.id)
+            figures["revert_ms"] = (time.perf_counter() - started) * 1000
+    return figures
+
+
+async def measure(files: int, turns: int, store: Path) -> dict[str, float]:
+    async with AsyncSandboxClient(store=store) as client:
+        off = await _one(client, files, turns, snapshots=False)
+        on = await _one(client, files, turns, snapshots=True)
+    return {
+        "files": files,
+        "text_turn_off_ms": off["text_turn_ms"], "text_turn_on_ms": on["text_turn_ms"],
+        "text_turn_on_over_off": on["text_turn_ms"] / off["text_turn_ms"],
+        "tool_turn_off_ms": off["tool_turn_ms"], "tool_turn_on_ms": on["tool_turn_ms"],
+        "tool_turn_on_over_off": on["tool_turn_ms"] / off["tool_turn_ms"],
+        "diff_ms": on["diff_ms"], "revert_ms": on["revert_ms"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=1000, help="small files in the workdir")
+    parser.add_argument("--turns", type=int, default=9, help="timed turns of each kind")
+    parser.add_argument("--json", type=Path, help="write the figures as JSON")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        figures = anyio.run(measure, args.files, args.turns, Path(folder) / "snap.db")
+    for name, value in figures.items():
+        shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+        print(f"{name:24} {shown}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
