@@ -2,7 +2,8 @@
 
 In-process, scripted model, the default image: the median time of a text-only turn (one
 snapshot, at the prompt) and of a turn with one bash call (a second snapshot and its patch
-after the call), with `AgentConfig.snapshots` on and off, in a workspace of `--files` small
+after the call) and of a text-only turn whose model takes 100 ms to answer (the snapshot is
+taken meanwhile), with `AgentConfig.snapshots` on and off, in a workspace of `--files` small
 files; then `revert()` to the first prompt and `diff()`. Reported as milliseconds and as the
 ratio on/off within the run (this machine is noisy: compare ratios, not absolutes).
 
@@ -24,6 +25,9 @@ import anyio
 
 from sandbox_sessions import AgentConfig, AsyncSandboxClient, AsyncSessionHandle
 
+SLOW_MODEL = 0.1
+"""Seconds a 'slow' model waits before answering: the prompt's snapshot is taken meanwhile,
+so it should cost such a turn nothing."""
 TOOL_TURN: list[dict[str, Any]] = [
     {"tool_calls": [{"name": "bash", "input": {"command": "echo $RANDOM > touched.txt"}}]},
     {"text": "touched"}]
@@ -41,7 +45,8 @@ async def _timed(session: AsyncSessionHandle, turns: int) -> list[float]:
 
 async def _one(client: AsyncSandboxClient, files: int, turns: int, snapshots: bool
                ) -> dict[str, float]:
-    script = [{"text": "pong"}] * (turns + 1) + TOOL_TURN * (turns + 1)
+    answer: dict[str, Any] = {"text": "pong", "delay": SLOW_MODEL}
+    script = [{"text": "pong"}] * (turns + 1) + TOOL_TURN * (turns + 1) + [answer] * turns
     agent = client.agent(f"bench-snap-{snapshots}", model="scripted",
                          permissions={"*": "allow"},
                          config=AgentConfig(script=script, snapshots=snapshots))
@@ -52,8 +57,10 @@ async def _one(client: AsyncSandboxClient, files: int, turns: int, snapshots: bo
         text = await _timed(session, turns)
         await session.send("warm up the tool")
         tool = await _timed(session, turns)
+        slow = await _timed(session, turns)
         figures = {"text_turn_ms": statistics.median(text) * 1000,
-                   "tool_turn_ms": statistics.median(tool) * 1000}
+                   "tool_turn_ms": statistics.median(tool) * 1000,
+                   "slow_turn_ms": statistics.median(slow) * 1000}
         if snapshots:
             first = (await session.get_messages())[0]
             started = time.perf_counter()
@@ -75,6 +82,8 @@ async def measure(files: int, turns: int, store: Path) -> dict[str, float]:
         "text_turn_on_over_off": on["text_turn_ms"] / off["text_turn_ms"],
         "tool_turn_off_ms": off["tool_turn_ms"], "tool_turn_on_ms": on["tool_turn_ms"],
         "tool_turn_on_over_off": on["tool_turn_ms"] / off["tool_turn_ms"],
+        "slow_turn_off_ms": off["slow_turn_ms"], "slow_turn_on_ms": on["slow_turn_ms"],
+        "slow_turn_on_over_off": on["slow_turn_ms"] / off["slow_turn_ms"],
         "diff_ms": on["diff_ms"], "revert_ms": on["revert_ms"],
     }
 

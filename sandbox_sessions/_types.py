@@ -747,6 +747,15 @@ class CompactionEvent(EventBase):
     part: CompactionPart
 
 
+class SnapshotEvent(EventBase):
+    """The workspace was snapshotted for the user message `message_id` (taken while the
+    turn's first model call runs, and before any of its tools)."""
+
+    type: Literal["snapshot"] = "snapshot"
+    message_id: str
+    part: SnapshotPart
+
+
 class PatchEvent(EventBase):
     """A step's tool calls changed files in the workspace (`part.files`)."""
 
@@ -866,7 +875,7 @@ class TurnEndEvent(EventBase):
 Event = Annotated[
     MessageCreatedEvent | MessageUpdatedEvent | TextDeltaEvent | ReasoningDeltaEvent
     | ToolStartEvent | ToolRunningEvent | ToolEndEvent | StepStartEvent | StepFinishEvent
-    | RetryEvent | CompactionEvent | SubtaskEvent | PatchEvent | RevertedEvent
+    | RetryEvent | CompactionEvent | SubtaskEvent | SnapshotEvent | PatchEvent | RevertedEvent
     | UnrevertedEvent | PermissionAskedEvent
     | PermissionRepliedEvent
     | QuestionAskedEvent

@@ -29,6 +29,8 @@ from .._types import (
     ReasoningDeltaEvent,
     RetryEvent,
     RetryPart,
+    SnapshotEvent,
+    SnapshotPart,
     StepFinishEvent,
     StepFinishPart,
     StepStartEvent,
@@ -109,6 +111,10 @@ class Turn:
     """The workspace's snapshots (None: off, or failed earlier in the turn)."""
     snapshot: str | None = None
     """The latest snapshot's tree: the workspace as the turn's tools last left it."""
+    prompt_id: str | None = None
+    """The user message whose snapshot the turn takes first (None: a compaction)."""
+    snapshot_taken: anyio.Event = field(default_factory=anyio.Event)
+    """Set once the prompt's snapshot is taken (or failed): tools wait for it."""
 
 
 @dataclass
@@ -145,8 +151,37 @@ async def run_turn(turn: Turn, history: list[ModelMessage], outcome: Outcome) ->
     """Run steps until the model answers without tool calls; `history` grows as it goes.
 
     `outcome` is updated as steps finish, so its totals are right even if the turn is
-    cancelled (aborted) half way.
+    cancelled (aborted) half way. The prompt's snapshot is taken meanwhile, while the first
+    model call runs (which changes no file); no tool runs before it is taken.
     """
+    async with anyio.create_task_group() as group:
+        if turn.snapshots is not None and turn.prompt_id is not None:
+            group.start_soon(_snapshot_prompt, turn)
+        else:
+            turn.snapshot_taken.set()
+        return await _steps(turn, history, outcome)
+    raise AssertionError("unreachable")  # pragma: no cover (mypy: the group may swallow)
+
+
+async def _snapshot_prompt(turn: Turn) -> None:
+    """Snapshot the workspace for the turn's prompt (a `snapshot` event). A failure turns
+    snapshots off for the turn (logged); a container that is gone fails the tool calls."""
+    assert turn.snapshots is not None
+    assert turn.prompt_id is not None
+    try:
+        track = await turn.snapshots.track()
+    except SandboxError as exc:
+        log.warning("session %s: the turn runs without snapshots: %s", turn.session_id, exc)
+        turn.snapshots = None
+    else:
+        turn.snapshot = track.tree
+        turn.events.emit(turn.session_id, SnapshotEvent, message_id=turn.prompt_id,
+                         part=SnapshotPart(id=new_id("prt"), snapshot=track.tree))
+    finally:
+        turn.snapshot_taken.set()
+
+
+async def _steps(turn: Turn, history: list[ModelMessage], outcome: Outcome) -> Outcome:
     for _ in range(turn.config.max_steps):
         if turn.tokens_left is not None and outcome.tokens.total >= turn.tokens_left:
             budget = turn.config.token_budget
@@ -161,6 +196,8 @@ async def run_turn(turn: Turn, history: list[ModelMessage], outcome: Outcome) ->
             return outcome
         tokens = _tokens(step.usage)
         cost = cost_of(turn.model, tokens, turn.prices)
+        if step.calls:
+            await turn.snapshot_taken.wait()
         snapshot = turn.snapshot if step.calls and turn.snapshots is not None else None
         _emit(turn, StepFinishEvent, part=StepFinishPart(id=new_id("prt"), reason=step.finish,
                                                           tokens=tokens, cost=cost,

@@ -46,7 +46,8 @@ set -u
 export GIT_DIR={SNAPSHOT_DIR} GIT_WORK_TREE="$SNAP_WORKDIR" GIT_CONFIG_NOSYSTEM=1 \\
     GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0 LC_ALL=C
 g() {{ git -c core.autocrlf=false -c core.safecrlf=false -c core.quotepath=false \\
-    -c gc.auto=0 -c core.hooksPath=/dev/null -c core.fsmonitor=false "$@"; }}
+    -c gc.auto=0 -c core.hooksPath=/dev/null -c core.fsmonitor=false \\
+    -c core.untrackedCache=true "$@"; }}
 command -v git >/dev/null || {{ echo "git is not installed in the sandbox image" >&2; exit 90; }}
 cd "$GIT_WORK_TREE" || exit 91
 [ -f "$GIT_DIR/HEAD" ] || g init -q >&2 || exit 92
@@ -55,11 +56,16 @@ if command -v flock >/dev/null; then
 fi
 large="$GIT_DIR/large.$$"
 find . -path ./.git -prune -o -type f -size +"$SNAP_MAX"c -print0 > "$large" || exit 94
-{{ printf '.\\0'; sed -z 's|^\\./|:(exclude,literal)|' "$large"; }} \\
-    | g add -A --pathspec-from-file=- --pathspec-file-nul >&2 || exit 95
+if [ -s "$large" ]; then
+    {{ printf '.\\0'; sed -z 's|^\\./|:(exclude,literal)|' "$large"; }} \\
+        | g add -A --pathspec-from-file=- --pathspec-file-nul >&2 || exit 95
+else
+    g add -A >&2 || exit 95
+fi
 tree=$(g write-tree) || exit 96
 printf '%s\\n' "$tree"
-sed -z 's|^\\./||' "$large" | head -z -n {MAX_LISTED}; printf '\\0'
+[ ! -s "$large" ] || sed -z 's|^\\./||' "$large" | head -z -n {MAX_LISTED}
+printf '\\0'
 rm -f "$large"
 """
 """Snapshot the workdir: prints the tree, then the large files left out (NUL-terminated,

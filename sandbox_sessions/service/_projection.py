@@ -121,7 +121,7 @@ def project(events: Iterable[Event], *, hidden: bool = False) -> list[Message]:
                 signature = getattr(event, "signature", None)
                 draft.delta(kind, event.part_id, event.delta, signature)
             case "tool-start" | "tool-running" | "tool-end" | "step-start" | "step-finish" \
-                    | "retry" | "compaction" | "subtask" | "patch":
+                    | "retry" | "compaction" | "subtask" | "snapshot" | "patch":
                 draft.parts[event.part.id] = event.part
             case _:
                 pass

@@ -22,7 +22,6 @@ from .._exceptions import (
     ContainerGone,
     InvalidArgument,
     MessageNotFound,
-    SandboxError,
     SandboxUnavailable,
     SessionBusy,
     SnapshotError,
@@ -263,10 +262,8 @@ class Turns:
         else:
             assert user is not None
             history = to_model_messages([*messages, user], limit=config.max_tool_output)
-        snapshots, snapshot = await self._first_snapshot(info, summarize)
-        if user is not None and snapshot is not None:
-            user = user.model_copy(update={"parts": [
-                *user.parts, SnapshotPart(id=new_id("prt"), snapshot=snapshot)]})
+        snapshots = None if summarize or not config.snapshots else Snapshots(
+            sandbox, info.sandbox.workdir, max_file=config.snapshot_max_file)
         provider, model_name = self._provider(info, messages)
         if "task" in tools:  # this session's subagents, named in the tool's description
             tools["task"] = TaskTool({name: agent.description
@@ -283,24 +280,9 @@ class Turns:
                     save_rules=save_rules,
                     tokens_left=None if config.token_budget is None
                     else config.token_budget - info.tokens.total, summarize=summarize,
-                    subtasks=self._subtask, snapshots=snapshots, snapshot=snapshot)
+                    subtasks=self._subtask, snapshots=snapshots,
+                    prompt_id=None if user is None else user.id)
         return turn, history, last_user, user
-
-    async def _first_snapshot(self, info: SessionInfo, summarize: bool
-                              ) -> tuple[Snapshots | None, str | None]:
-        """The session's snapshots and the workspace's snapshot as a turn starts; (None,
-        None) when they are off, for a compaction (no tool runs), or when it failed (logged:
-        the turn runs without snapshots)."""
-        if summarize or not info.config.snapshots:
-            return None, None
-        snapshots = await self._snapshots(info)
-        try:
-            return snapshots, (await snapshots.track()).tree
-        except (ContainerGone, SandboxUnavailable):
-            raise
-        except SandboxError as exc:
-            log.warning("session %s: the turn runs without snapshots: %s", info.id, exc)
-            return None, None
 
     async def _snapshots(self, info: SessionInfo) -> Snapshots:
         return Snapshots(await self.sessions.sandbox(info.id), info.sandbox.workdir,
