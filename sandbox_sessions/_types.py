@@ -539,6 +539,9 @@ class CommandCall(_Frozen):
 
     name: str
     arguments: CommandArguments = None
+    subtask: str | None = None
+    """Set for a `subtask: true` template: the agent that ran the prompt in a child session
+    (one of the session's subagents, or its own agent), whose answer is the turn's."""
 
 
 class CommandTemplate(_Frozen):
@@ -553,7 +556,9 @@ class CommandTemplate(_Frozen):
     model: str | None = None
     """The model of the command's turn, instead of the session's."""
     subtask: bool = False
-    """Run as a subtask in a child session (not built yet: such a command is refused)."""
+    """Run the prompt in a child session (of the template's `agent`, one of the session's
+    subagents, or by default the session's own agent) and answer with its final text: the
+    work and its context stay out of the session's history."""
     source: str | None = None
     """The file it was read from; None when it was registered in code."""
 

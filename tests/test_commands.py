@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_sessions import (
+    AgentConfig,
     AsyncSandboxClient,
     AsyncSessionHandle,
     CommandCall,
@@ -23,6 +24,8 @@ from sandbox_sessions import (
     InvalidArgument,
     SandboxClient,
     SandboxFileNotFound,
+    SubtaskPart,
+    Tokens,
     UserMessage,
 )
 from sandbox_sessions.client._commands import MAX_TEMPLATE_BYTES, CommandRegistry, parse_template
@@ -261,12 +264,58 @@ async def test_each_template_error_is_ours_and_starts_no_turn(
 
 @pytest.mark.docker
 @pytest.mark.anyio
-async def test_a_subtask_command_is_refused_until_child_sessions_exist(
-    session: AsyncSessionHandle, folders: tuple[Path, Path]
+async def test_a_subtask_command_runs_in_a_child_session(
+    client: AsyncSandboxClient, image: str, folders: tuple[Path, Path]
 ) -> None:
-    _write(folders[1], "delegate", "---\nsubtask: true\n---\nDo it")
-    with pytest.raises(InvalidArgument, match="subtask"):
-        await session.run_command("delegate")
+    reviewer = client.agent("reviewer", model="scripted", image=image, tools=["bash"],
+                            permissions={"bash": {"*": "allow"}}, script=[
+        {"tool_calls": [{"name": "bash", "input": {"command": "cat /etc/hostname > c.txt"}}],
+         "usage": {"input": 40, "output": 4}},
+        {"text": "reviewed in the child", "usage": {"input": 60, "output": 6}}])
+    agent = client.agent("build", model="scripted", image=image, subagents={
+        "reviewer": reviewer}, script=[{"text": "own agent's child", "usage": {
+            "input": 7, "output": 1}}])
+    _write(folders[1], "review", "---\nsubtask: true\nagent: reviewer\n---\nReview $1")
+    _write(folders[1], "alone", "---\nsubtask: true\n---\nThink about $ARGUMENTS")
+    async with await agent.create_session() as session:
+        reviewed = await session.run_command("review", "parser.py")
+        alone = await session.run_command("alone", "x y")
+        messages = await session.get_messages()
+        children = await client.list_sessions(parent_id=session.id, include_ended=True)
+        metrics = await session.get_metrics()
+        files = await session.shell("ls c.txt 2>&1 || true")
+    users = [m for m in messages if isinstance(m, UserMessage)]
+    answers = [m for m in messages if not isinstance(m, UserMessage)]
+    subtasks = [p for m in answers for p in m.parts if isinstance(p, SubtaskPart)]
+    assert (reviewed, alone) == ("reviewed in the child", "own agent's child")
+    assert [u.command for u in users] == [
+        CommandCall(name="review", arguments="parser.py", subtask="reviewer"),
+        CommandCall(name="alone", arguments="x y", subtask="build")]
+    assert [(p.agent, p.prompt, p.description) for p in subtasks] == [
+        ("reviewer", "Review parser.py", "/review"), ("build", "Think about x y", "/alone")]
+    assert sorted(c.id for c in children) == sorted(p.session_id or "" for p in subtasks)
+    assert all(c.status == "ended" and c.depth == 1 for c in children)
+    assert metrics.subtask_tokens == Tokens(input=107, output=11)
+    assert metrics.tokens == Tokens()  # the parent called no model itself
+    assert "No such file" in files.stdout  # the work happened in the child's container
+
+
+@pytest.mark.docker
+@pytest.mark.anyio
+async def test_a_subtask_command_for_an_unknown_agent_or_too_deep_is_refused(
+    client: AsyncSandboxClient, image: str, folders: tuple[Path, Path]
+) -> None:
+    _write(folders[1], "elsewhere", "---\nsubtask: true\nagent: nobody\n---\nDo it")
+    _write(folders[1], "alone", "---\nsubtask: true\n---\nDo it")
+    agent = client.agent("build", model="scripted", image=image, script=[],
+                         config=AgentConfig(max_depth=0))
+    async with await agent.create_session() as session:
+        with pytest.raises(InvalidArgument, match="no agent 'nobody'"):
+            await session.run_command("elsewhere")
+        with pytest.raises(InvalidArgument, match="nest 0 deep"):
+            await session.run_command("alone")
+        messages = await session.get_messages()
+    assert messages == []
 
 
 @pytest.mark.docker

@@ -476,12 +476,19 @@ class AsyncSessionHandle:
         missing named argument or a template that is not valid; `CommandFailed` when a
         `` !`cmd` `` fails or times out (no turn starts then) or the turn ends otherwise
         than completed. Callbacks are those of `send()`.
+
+        A `subtask: true` template runs its prompt in a child session (of its `agent`, one
+        of this session's subagents, or of this session's own agent), in a container of its
+        own: this session's history gets the prompt and the child's answer only, and the
+        child's usage is rolled up into `get_metrics().subtask_tokens`. Placeholders are
+        filled from this session's sandbox first. `InvalidArgument` for an agent that cannot
+        run it, or past `AgentConfig.max_depth`.
         """
         template = self._commands.get(name)
-        if template.subtask:
-            raise InvalidArgument(f"command {name!r} is a subtask: subtask commands are not "
-                                  "supported yet (the agent's `task` tool runs subtasks)")
-        if template.agent is not None:
+        subtask = None
+        if template.subtask:  # the server checks that this agent may run it
+            subtask = template.agent or (await self.get_info()).agent
+        elif template.agent is not None:
             agent = (await self.get_info()).agent
             if template.agent != agent:
                 raise InvalidArgument(f"command {name!r} is for agent {template.agent!r}; this "
@@ -497,7 +504,7 @@ class AsyncSessionHandle:
         prompt = await render(template, arguments, shell=shell, read_text=read_text,
                               timeout=timeout)
         callbacks = _Callbacks(on_text, None, None, None, on_permission, on_event)
-        call = build(CommandCall, "command", name=name, arguments=arguments)
+        call = build(CommandCall, "command", name=name, arguments=arguments, subtask=subtask)
         result = await self._turn(prompt, callbacks, model=template.model, command=call)
         if result.reason != "completed":
             raise CommandFailed(name, f"its turn ended {result.reason}"

@@ -50,8 +50,10 @@ from .._types import (
     SessionUpdatedEvent,
     SnapshotPart,
     StepStartPart,
+    Subagent,
     SubtaskEvent,
     SubtaskPart,
+    TextDeltaEvent,
     TextPart,
     Todo,
     Tokens,
@@ -96,6 +98,9 @@ class _Running:
         self.done = anyio.Event()
         self.hold: Hold | None = None
         self.message_id = ""
+        self.delegate: tuple[str, str, str, str | None] | None = None
+        """A subtask command's agent, prompt, command name and model: the turn runs it in a
+        child session instead of calling the model."""
         self.closing = False
         """Set once its closing events are emitted: a new turn then waits for it to end
         rather than being refused (a client may send again as soon as it sees turn-end)."""
@@ -148,6 +153,8 @@ class Turns:
         check_text(prompt, "prompt")
         if model is not None:
             check_text(model, "model", empty=False)
+        if command is not None and command.subtask is not None:
+            await self._check_subtask(session_id, command.subtask)
         await self._compact_if_needed(session_id)
         return await self._start(session_id, prompt, model=model, command=command)
 
@@ -209,6 +216,8 @@ class Turns:
         self.events.emit(session_id, SessionStatusEvent,
                          status="compacting" if prompt is None else "busy")
         running.message_id = assistant.id
+        if command is not None and command.subtask is not None and prompt is not None:
+            running.delegate = (command.subtask, prompt, command.name, model)
         self._task_group.start_soon(self._run, turn, history, assistant, running)
         return TurnStarted(user_message_id=parent, message_id=assistant.id, after=after)
 
@@ -311,7 +320,10 @@ class Turns:
         try:
             with running.scope:
                 try:
-                    outcome = await run_turn(turn, history, outcome)
+                    if running.delegate is not None:
+                        outcome = await self._delegate(turn, running.delegate, outcome)
+                    else:
+                        outcome = await run_turn(turn, history, outcome)
                 except (ContainerGone, SandboxUnavailable) as exc:
                     outcome.reason, outcome.error = "error", str(exc)
                 except Exception as exc:
@@ -539,17 +551,48 @@ class Turns:
         return own.model_copy(update={"subtask_tokens": tokens,
                                       "subtask_cost": sum(child.cost for child in children)})
 
-    async def _subtask(self, turn: Turn, agent: str, prompt: str, description: str
-                       ) -> tuple[str, str]:
-        """Run `prompt` in a new child session of the subagent `agent` and wait for its
-        turn; its final text. The child is ended afterwards (its record stays readable), and
-        its usage is added to the parent's record. `ToolError` when it cannot run or did not
-        complete."""
+    async def _check_subtask(self, session_id: str, agent: str) -> None:
+        """`InvalidArgument` unless a subtask of `agent` can start from the session."""
+        info = await self.sessions.get_info(session_id)
+        if agent != info.agent and agent not in info.config.subagents:
+            known = ", ".join(sorted({info.agent, *info.config.subagents}))
+            raise InvalidArgument(f"no agent {agent!r} can run a subtask of this session "
+                                  f"(its agent and subagents: {known})")
+        if info.depth >= info.config.max_depth:
+            raise InvalidArgument(f"subtasks may nest {info.config.max_depth} deep: this "
+                                  "session cannot start another")
+
+    async def _delegate(self, turn: Turn, delegate: tuple[str, str, str, str | None],
+                        outcome: Outcome) -> Outcome:
+        """A subtask command's turn: the prompt runs in a child session (a `subtask` part
+        names it) and the child's final text is this turn's answer."""
+        agent, prompt, name, model = delegate
+        try:
+            _, text = await self._subtask(turn, agent, prompt, f"/{name}", model=model)
+        except ToolError as exc:
+            outcome.reason, outcome.error = "error", str(exc)
+            return outcome
+        self.events.emit(turn.session_id, TextDeltaEvent, message_id=turn.message_id,
+                         part_id=new_id("prt"), delta=text)
+        outcome.text = text
+        return outcome
+
+    async def _subtask(self, turn: Turn, agent: str, prompt: str, description: str, *,
+                       model: str | None = None) -> tuple[str, str]:
+        """Run `prompt` in a new child session of the subagent `agent` (or of the session's
+        own agent, by its name) and wait for its turn; its final text. The child is ended
+        afterwards (its record stays readable), and its usage is added to the parent's
+        record. `ToolError` when it cannot run or did not complete."""
         parent = await self.sessions.get_info(turn.session_id)
         spec = turn.config.subagents.get(agent)
+        if spec is None and agent == parent.agent:
+            spec = Subagent(config=parent.config, sandbox=parent.sandbox)
         if spec is None:
             known = ", ".join(sorted(turn.config.subagents)) or "none"
             raise ToolError(f"no subagent named {agent!r} (this session has: {known})")
+        if model is not None:
+            spec = spec.model_copy(update={"config": spec.config.model_copy(
+                update={"model": model})})
         if parent.depth >= turn.config.max_depth:
             raise ToolError(f"subtasks may nest {turn.config.max_depth} deep: this session "
                             "cannot start another")
