@@ -13,7 +13,6 @@ ratio on/off within the run (this machine is noisy: compare ratios, not absolute
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -22,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from _bench import report, timed_turns
 
-from sandbox_sessions import AgentConfig, AsyncSandboxClient, AsyncSessionHandle
+from sandbox_sessions import AgentConfig, AsyncSandboxClient
 
 SLOW_MODEL = 0.1
 """Seconds a 'slow' model waits before answering: the prompt's snapshot is taken meanwhile,
@@ -31,16 +31,6 @@ so it should cost such a turn nothing."""
 TOOL_TURN: list[dict[str, Any]] = [
     {"tool_calls": [{"name": "bash", "input": {"command": "echo $RANDOM > touched.txt"}}]},
     {"text": "touched"}]
-
-
-async def _timed(session: AsyncSessionHandle, turns: int) -> list[float]:
-    seconds = []
-    for _ in range(turns):
-        started = time.perf_counter()
-        result = await session.send("go")
-        seconds.append(time.perf_counter() - started)
-        assert result.reason == "completed", result
-    return seconds
 
 
 async def _one(client: AsyncSandboxClient, files: int, turns: int, snapshots: bool
@@ -54,10 +44,10 @@ async def _one(client: AsyncSandboxClient, files: int, turns: int, snapshots: bo
         await session.shell(f"mkdir -p src && for i in $(seq {files}); do "
                             "echo \"line $i\" > src/f$i.txt; done")
         await session.send("warm up")  # the first snapshot adds every file once
-        text = await _timed(session, turns)
+        text = await timed_turns(session, turns)
         await session.send("warm up the tool")
-        tool = await _timed(session, turns)
-        slow = await _timed(session, turns)
+        tool = await timed_turns(session, turns)
+        slow = await timed_turns(session, turns)
         figures = {"text_turn_ms": statistics.median(text) * 1000,
                    "tool_turn_ms": statistics.median(tool) * 1000,
                    "slow_turn_ms": statistics.median(slow) * 1000}
@@ -96,11 +86,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         figures = anyio.run(measure, args.files, args.turns, Path(folder) / "snap.db")
-    for name, value in figures.items():
-        shown = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
-        print(f"{name:24} {shown}")
-    if args.json is not None:
-        args.json.write_text(json.dumps(figures, indent=2))
+    report(figures, args.json, digits=2)
     return 0
 
 

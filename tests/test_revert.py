@@ -15,6 +15,7 @@ from sandbox_sessions import (
     AsyncSessionHandle,
     FileDiff,
     InvalidArgument,
+    Message,
     MessageNotFound,
     PatchPart,
     SessionBusy,
@@ -44,6 +45,13 @@ async def _session(client: AsyncSandboxClient, image: str,
     await session.put_file("keep.txt", "original\n")
     await session.put_file("gone.txt", "to be deleted\n")
     return session
+
+
+async def _two_turns(session: AsyncSessionHandle) -> tuple[str, list[Message]]:
+    """Send a prompt, then one that changes the files: the workdir after, and the messages."""
+    await session.send("one")
+    await session.send("change the files")
+    return await _tree(session), await session.get_messages()
 
 
 async def _tree(session: AsyncSessionHandle) -> str:
@@ -105,10 +113,7 @@ async def test_unrevert_brings_back_messages_and_files_until_a_new_message(
     client: AsyncSandboxClient, image: str
 ) -> None:
     async with await _session(client, image) as session:
-        await session.send("one")
-        await session.send("change the files")
-        changed = await _tree(session)
-        messages = await session.get_messages()
+        changed, messages = await _two_turns(session)
         await session.revert(messages[2].id)
         await session.put_file("during-revert.txt", "lost on unrevert")
         back = await session.unrevert()
@@ -242,18 +247,15 @@ async def test_a_fork_at_a_message_takes_the_workspace_as_it_was_then(
     client: AsyncSandboxClient, image: str
 ) -> None:
     async with await _session(client, image) as parent:
-        await parent.send("one")
-        await parent.send("change the files")
-        changed = await _tree(parent)
-        second = (await parent.get_messages())[2]
+        changed, messages = await _two_turns(parent)
+        second = messages[2]
         async with await parent.fork(second.id) as child:
             forked = await _tree(child)
             history = await child.get_messages()
             await child.put_file("child.txt", "c")
             child_diff = await child.diff()
         untouched = await _tree(parent)
-        first_answer = (await parent.get_messages())[1]
-        async with await parent.fork(first_answer.id) as at_answer:
+        async with await parent.fork(messages[1].id) as at_answer:
             answered = await _tree(at_answer)
     assert forked == "./gone.txt=to be deleted\n./keep.txt=original\n"
     assert [m.role for m in history] == ["user", "assistant"]
