@@ -6,13 +6,14 @@ The file, one JSON object per line:
    "session": {"id", "title", "agent", "config", "sandbox", "metadata"}}`;
 2. one entry per message of the log, in the order they were created, those a revert hid
    included: `{"type": "message", "id", "parent_id", "hidden", "message"}`. `hidden` says
-   whether a revert hid it (a dead branch: kept, not shown, never sent to the model; an entry
-   without it, from an older file, is shown). `parent_id` is the message before it on its
-   branch: an assistant message's is the user message it answers; a shown user message's, the
-   shown message before it; a hidden user message's, the message before it in the log (a
-   revert hides a suffix, so a hidden run starts right after its branch point), or null for
-   the first. Branches are thus the entries whose `parent_id` is not the line before: after
-   `revert(m)` and a new prompt, `m` and the new prompt share a parent;
+   whether a revert hid it (a dead branch: kept, not shown, never sent to the model; a revert
+   still pending is written as final; an entry without it, from an older file, is shown).
+   `parent_id` is the message before it on its branch: an assistant message's is the user
+   message it answers; a shown user message's, the shown message before it; a hidden user
+   message's, the message before it in the log (a revert hides a suffix, so a hidden run
+   starts right after its branch point), or null for the first. A branch starts at an entry
+   whose `parent_id` is not the line before: after `revert(m)` and a new prompt, `m` and the
+   new prompt share a parent;
 3. with the workspace: `{"type": "workspace", "index", "data"}` lines (base64 of a tar of the
    workdir, in chunks), then `{"type": "workspace-end", "chunks", "bytes", "sha256"}`.
 
