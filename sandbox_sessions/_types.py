@@ -788,6 +788,15 @@ class UnrevertedEvent(EventBase):
     snapshot: str
 
 
+class MessagesHiddenEvent(EventBase):
+    """An import hid these messages (`message_ids`, given before it) as a committed revert
+    would: they stay in the log, out of `get_messages()` and of what the model is sent, and
+    `unrevert()` cannot bring them back. It carries an exported branch into a new session."""
+
+    type: Literal["messages-hidden"] = "messages-hidden"
+    message_ids: list[str]
+
+
 class SubtaskEvent(EventBase):
     """A `task` call started a child session (`part.session_id`)."""
 
@@ -881,7 +890,7 @@ Event = Annotated[
     MessageCreatedEvent | MessageUpdatedEvent | TextDeltaEvent | ReasoningDeltaEvent
     | ToolStartEvent | ToolRunningEvent | ToolEndEvent | StepStartEvent | StepFinishEvent
     | RetryEvent | CompactionEvent | SubtaskEvent | SnapshotEvent | PatchEvent | RevertedEvent
-    | UnrevertedEvent | PermissionAskedEvent
+    | UnrevertedEvent | MessagesHiddenEvent | PermissionAskedEvent
     | PermissionRepliedEvent
     | QuestionAskedEvent
     | QuestionRepliedEvent | TodoUpdatedEvent
@@ -977,6 +986,9 @@ class ImportMessagesRequest(BaseModel):
 
     model_config: ClassVar[ConfigDict] = ConfigDict(frozen=True, extra="forbid")
     messages: list[Message]
+    hidden: list[str] = Field(default_factory=list)
+    """Ids of given messages to hide again (a revert's dead branch in the export), each with
+    its answers; they are imported, in order, then hidden for good."""
 
 
 class ImportedMessages(_Frozen):

@@ -21,6 +21,7 @@ from sandbox_sessions import (
     Message,
     SandboxError,
 )
+from sandbox_sessions._types import ImportMessagesRequest
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 
@@ -49,6 +50,17 @@ def _shape(messages: list[Message]) -> list[tuple[str, list[tuple[str, object]]]
     """The messages without their ids: role, and each part's type and text or tool."""
     return [(m.role, [(p.type, getattr(p, "text", None) or getattr(p, "tool", ""))
                       for p in m.parts]) for m in messages]
+
+
+def _snapshotless(messages: list[Message]) -> list[Message]:
+    """The messages as an import makes them: without snapshots (trees of another
+    container)."""
+    return [m.model_copy(update={"parts": [p for p in m.parts if p.type != "snapshot"]})
+            for m in messages]
+
+
+def _texts(messages: list[Message]) -> list[str]:
+    return ["".join(getattr(p, "text", "") for p in m.parts) for m in messages]
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -87,9 +99,7 @@ async def test_a_session_travels_whole_into_a_new_one(
     assert imported.id != source.id
     assert (info.title, info.agent, info.metadata) == ("original", "build", {"ci": "7"})
     assert info.config == source.config
-    snapshotless = [m.model_copy(update={"parts": [p for p in m.parts if p.type != "snapshot"]})
-                    for m in original]  # an import drops them: trees of another container
-    assert _shape(messages) == _shape(snapshotless) != _shape(original)
+    assert _shape(messages) == _shape(_snapshotless(original)) != _shape(original)
     assert {m.id for m in messages}.isdisjoint({m.id for m in original})
     assert all(m.session_id == imported.id for m in messages)
     assert files.stdout == "made\nrun\nünïcode\n"
@@ -152,6 +162,8 @@ async def test_foreign_and_malformed_files_are_refused_and_make_nothing(
                       "line 2 is not a valid entry"),
         "unknown type": (_write(tmp_path / "6", [header, {"type": "mystery"}]), "unknown"),
         "orphan": (_write(tmp_path / "7", [header, user, orphan]), "answers no user message"),
+        "half hidden": (_write(tmp_path / "9", [header, {**user, "hidden": True}, rest[1]]),
+                        "line 3: the assistant message is hidden"),
         "bad base64": (_write(tmp_path / "8", [header, {"type": "workspace", "index": 0,
                                                         "data": "!!"}]), "not a valid entry"),
     }
@@ -192,3 +204,82 @@ async def test_a_hostile_workspace_stays_in_the_container(
 
     assert found.stdout.endswith("No such file or directory\n./etc/owned.txt\n./fine.txt\n")
     assert await client.list_sessions() == before  # the refused import's session is ended
+
+
+BRANCHED: list[dict[str, Any]] = [
+    {"text": "one"}, {"text": "two"}, {"text": "three"}, {"text": "four"}, {"text": "five"}]
+
+
+async def test_the_branch_a_revert_left_travels_and_stays_hidden(
+    client: AsyncSandboxClient, image: str, tmp_path: Path
+) -> None:
+    agent = client.agent("branchy", model="scripted", script=BRANCHED, image=image)
+    async with await agent.create_session() as session:
+        await session.send("first")
+        await session.send("second, " * 40)
+        await session.send("third, " * 40)
+        second = (await session.get_messages())[2]
+        await session.revert(second.id)
+        await session.send("fourth")
+        path = await session.export(tmp_path / "b.jsonl", workspace=False)
+        shown = await session.get_messages()
+        every = await session.get_messages(hidden=True)
+        then = await session.send("go on")
+
+    entries = [e for e in _lines(path) if e.get("type") == "message"]
+    ids = [e["id"] for e in entries]
+    p1, a1, p2, a2, p3, _, p4, a4 = ids
+    assert ids == [m.id for m in every]
+    assert [m.id for m in shown] == [p1, a1, p4, a4]
+    assert [e["hidden"] for e in entries] == [False, False, True, True, True, True, False, False]
+    assert [e["parent_id"] for e in entries] == [None, p1, a1, p2, a2, p3, a1, p4]
+
+    async with await client.import_session(path) as imported:
+        copied = await imported.get_messages()
+        whole = await imported.get_messages(hidden=True)
+        later = await imported.send("go on")
+        after = await imported.get_messages()
+    assert _shape(copied) == _shape(_snapshotless(shown))
+    assert _shape(whole) == _shape(_snapshotless(every))
+    assert later.text == then.text == "five"  # the script skips the hidden runs' calls too
+    assert later.tokens.input == then.tokens.input  # the same history sent: no hidden run
+    assert _texts(after) == ["first", "one", "fourth", "four", "go on", "five"]
+
+
+async def test_an_import_hides_only_messages_it_gives_with_their_answers(
+    client: AsyncSandboxClient, image: str
+) -> None:
+    async with await _made(client, image) as source:
+        given = await source.get_messages()
+        agent = client.agent("build", model="scripted", script=SCRIPT, image=image)
+        async with await agent.create_session() as target:
+            transport = client._opened()
+            for hidden, error in [(["msg_elsewhere"], "not among the messages given"),
+                                  ([given[3].id], "hidden exactly when"),
+                                  ([given[2].id], "hidden exactly when"),
+                                  ([given[2].id, given[3].id, given[2].id], "named twice")]:
+                with pytest.raises(InvalidArgument, match=error):
+                    await transport.import_messages(target.id, ImportMessagesRequest(
+                        messages=given, hidden=hidden))
+            untouched = await target.get_messages(hidden=True)
+            await transport.import_messages(target.id, ImportMessagesRequest(
+                messages=given, hidden=[given[2].id, given[3].id]))
+            shown = await target.get_messages()
+            every = await target.get_messages(hidden=True)
+    assert untouched == []
+    assert _shape(shown) == _shape(_snapshotless(given[:2]))
+    assert _shape(every) == _shape(_snapshotless(given))
+
+
+async def test_a_large_history_is_sent_in_batches_that_keep_each_turn_whole(
+    client: AsyncSandboxClient, image: str, tmp_path: Path
+) -> None:
+    async with await _made(client, image) as session:
+        header, *entries = _lines(await session.export(tmp_path / "s.jsonl", workspace=False))
+    big = [{**e, "message": {**e["message"], "parts": [
+        {"type": "text", "id": f"prt_big{i}", "text": "x" * 300_000}]}}
+        if e["message"]["role"] == "assistant" else e for i, e in enumerate(entries)]
+    async with await client.import_session(_write(tmp_path / "big.jsonl",
+                                                  [header, *big])) as imported:
+        messages = await imported.get_messages()
+    assert [len(t) for t in _texts(messages)] == [11, 300_000, 10, 300_000]

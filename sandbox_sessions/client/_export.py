@@ -4,11 +4,23 @@ The file, one JSON object per line:
 
 1. the header: `{"format": "sandbox-sessions.session", "version": 1, "exported_at",
    "session": {"id", "title", "agent", "config", "sandbox", "metadata"}}`;
-2. one entry per message, in order: `{"type": "message", "id", "parent_id", "message"}`, where
-   `parent_id` is the message this one follows (an assistant message: the user message it
-   answers; a user message: the message before it, or null);
+2. one entry per message of the log, in the order they were created, those a revert hid
+   included: `{"type": "message", "id", "parent_id", "hidden", "message"}`. `hidden` says
+   whether a revert hid it (a dead branch: kept, not shown, never sent to the model; a revert
+   still pending is written as final; an entry without it, from an older file, is shown).
+   `parent_id` is the message before it on its branch: an assistant message's is the user
+   message it answers; a shown user message's, the shown message before it; a hidden user
+   message's, the message before it in the log (a revert hides a suffix, so a hidden run
+   starts right after its branch point), or null for the first. A branch starts at an entry
+   whose `parent_id` is not the line before: after `revert(m)` and a new prompt, `m` and the
+   new prompt share a parent;
 3. with the workspace: `{"type": "workspace", "index", "data"}` lines (base64 of a tar of the
    workdir, in chunks), then `{"type": "workspace-end", "chunks", "bytes", "sha256"}`.
+
+An import makes the messages in order and hides the hidden ones again (a `messages-hidden`
+event, final as a sent-on revert is). The tree is exact for one revert at a branch point;
+after revert, resend, revert again, the second run's hidden prompt names the last answer of
+the first run (which message was shown when a prompt was sent is not kept in the log).
 
 Both ends go through the transport's public calls only (messages, commands, file reads and
 writes), so they work alike in-process and over HTTP. The workspace's tar is made and
@@ -42,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .._exceptions import InvalidArgument, SandboxError, SnapshotError
 from .._types import (
     AgentConfig,
+    AssistantMessage,
     CreateSessionRequest,
     ImportMessagesRequest,
     Message,
@@ -96,6 +109,7 @@ class _MessageEntry(_Line):
     type: Literal["message"]
     id: str
     parent_id: str | None
+    hidden: bool = False
     message: Message
 
 
@@ -121,23 +135,36 @@ async def export_session(transport: Transport, session_id: str, path: str | os.P
     into place once complete)."""
     target = Path(path)
     info = await transport.get_session(session_id)
-    messages = await transport.messages(session_id)
+    # every message first: one made in between is left out, rather than taken as hidden
+    messages = await transport.messages(session_id, hidden=True)
+    shown = {message.id for message in await transport.messages(session_id)}
     temporary = target.with_name(f".{target.name}.partial")
     try:
         with temporary.open("w", encoding="utf-8") as file:
             file.write(_dump(_header_of(info)))
-            before: str | None = None
-            for message in messages:
-                parent = message.parent_id if message.role == "assistant" else before
-                file.write(_dump({"type": "message", "id": message.id, "parent_id": parent,
-                                  "message": message.model_dump(mode="json")}))
-                before = message.id
+            for entry in _message_entries(messages, shown):
+                file.write(_dump(entry))
             if workspace:
                 await _export_workspace(transport, info, file)
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
     return target
+
+
+def _message_entries(messages: list[Message], shown: set[str]) -> Iterator[dict[str, Any]]:
+    """The messages' entries, each with its branch parent (see the module's docstring)."""
+    before: str | None = None
+    shown_before: str | None = None
+    for message in messages:
+        hidden = message.id not in shown
+        parent = message.parent_id if isinstance(message, AssistantMessage) \
+            else before if hidden else shown_before
+        yield {"type": "message", "id": message.id, "parent_id": parent, "hidden": hidden,
+               "message": message.model_dump(mode="json")}
+        before = message.id
+        if not hidden:
+            shown_before = message.id
 
 
 def _header_of(info: SessionInfo) -> dict[str, Any]:
@@ -193,6 +220,7 @@ class _Parsed:
     def __init__(self, header: _Header) -> None:
         self.header = header
         self.messages: list[Message] = []
+        self.hidden: set[str] = set()
         self.workspace: _WorkspaceEnd | None = None
         self.chunks = 0
 
@@ -239,13 +267,8 @@ def _parse(path: Path) -> _Parsed:
             continue
         try:
             if entry.get("type") == "message":
-                message = _MessageEntry.model_validate(entry).message
-                if message.role == "user":
-                    users.add(message.id)
-                elif message.parent_id not in users:
-                    raise InvalidArgument(f"{path}: line {number}: the assistant message "
-                                          "answers no user message before it")
-                parsed.messages.append(message)
+                _add_message(parsed, _MessageEntry.model_validate(entry), users,
+                             f"{path}: line {number}")
             elif entry.get("type") == "workspace":
                 chunk = _WorkspaceChunk.model_validate(entry)
                 if chunk.index != parsed.chunks or parsed.workspace is not None:
@@ -274,6 +297,24 @@ def _parse(path: Path) -> _Parsed:
     return parsed
 
 
+def _add_message(parsed: _Parsed, entry: _MessageEntry, users: set[str], where: str) -> None:
+    """Take a message entry, checked as the server will: an answer follows its prompt, and
+    is hidden exactly when its prompt is (a revert hides a prompt with its answers)."""
+    message = entry.message
+    if isinstance(message, AssistantMessage):
+        if message.parent_id not in users:
+            raise InvalidArgument(f"{where}: the assistant message answers no user message "
+                                  "before it")
+        if entry.hidden != (message.parent_id in parsed.hidden):
+            raise InvalidArgument(f"{where}: the assistant message is hidden and the user "
+                                  "message it answers is not, or the reverse")
+    else:
+        users.add(message.id)
+    if entry.hidden:
+        parsed.hidden.add(message.id)
+    parsed.messages.append(message)
+
+
 def _checked_header(path: Path, entry: dict[str, Any]) -> _Header:
     if entry.get("format") != FORMAT:
         raise InvalidArgument(f"{path}: not a sandbox-sessions export (format "
@@ -299,17 +340,18 @@ async def import_session(transport: Transport, path: str | os.PathLike[str], *,
         config=session.config, metadata=session.metadata))
     restore = None if parsed.workspace is None else partial(_import_workspace, transport, info,
                                                             source)
-    await _fill(transport, info, parsed.messages, restore)
+    await _fill(transport, info, parsed.messages, parsed.hidden, restore)
     return info
 
 
 async def _fill(transport: Transport, info: SessionInfo, messages: list[Message],
-                workspace: Callable[[], Awaitable[None]] | None) -> None:
-    """Import `messages` into the new session `info`, then run `workspace`; end the session
-    if either fails."""
+                hidden: set[str], workspace: Callable[[], Awaitable[None]] | None) -> None:
+    """Import `messages` into the new session `info`, hiding those of `hidden` again, then
+    run `workspace`; end the session if either fails."""
     try:
         for batch in _batches(messages):
-            await transport.import_messages(info.id, ImportMessagesRequest(messages=batch))
+            await transport.import_messages(info.id, ImportMessagesRequest(
+                messages=batch, hidden=[m.id for m in batch if m.id in hidden]))
         if workspace is not None:
             await workspace()
     except BaseException:
@@ -319,11 +361,13 @@ async def _fill(transport: Transport, info: SessionInfo, messages: list[Message]
 
 
 def _batches(messages: list[Message]) -> Iterator[list[Message]]:
+    """The messages in batches of about `BATCH` bytes, cut only before a user message: the
+    server maps an answer's `parent_id`, and checks what is hidden, within one call."""
     batch: list[Message] = []
     size = 0
     for message in messages:
         length = len(message.model_dump_json())
-        if batch and size + length > BATCH:
+        if batch and size + length > BATCH and isinstance(message, UserMessage):
             yield batch
             batch, size = [], 0
         batch.append(message)
@@ -386,7 +430,7 @@ async def fork_session(transport: Transport, session_id: str, *, message_id: str
         agent=info.agent, title=title or f"{info.title} (fork)", sandbox=info.sandbox,
         config=info.config, metadata=info.metadata, parent_id=info.id))
     copy = partial(_copy_workspace, transport, info, child, tree) if workspace else None
-    await _fill(transport, child, messages, copy)
+    await _fill(transport, child, messages, set(), copy)
     return child
 
 

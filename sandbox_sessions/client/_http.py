@@ -250,10 +250,11 @@ class HTTPTransport:
         await self._call("POST", self._url("sessions", session_id, "questions", request_id),
                          json=_body(answer))
 
-    async def messages(self, session_id: str, *, after: int = 0) -> list[Message]:
+    async def messages(self, session_id: str, *, after: int = 0, hidden: bool = False
+                       ) -> list[Message]:
         """See `Transport.messages`."""
         return await self._json("GET", _MESSAGES, "sessions", session_id, "messages",
-                                params={"after": after})
+                                params={"after": after, "hidden": hidden})
 
     async def metrics(self, session_id: str) -> Metrics:
         """See `Transport.metrics`."""

@@ -394,9 +394,11 @@ class AsyncSessionHandle:
         request = build(QuestionAnswerRequest, "answer", answer=answer)
         await self._transport.reply_question(self.id, request_id, request)
 
-    async def get_messages(self) -> list[Message]:
-        """The session's messages with their parts, as the event log projects them."""
-        return await self._transport.messages(self.id)
+    async def get_messages(self, *, hidden: bool = False) -> list[Message]:
+        """The session's messages with their parts, as the event log projects them, in the
+        order they were created. Those a revert hides are left out unless `hidden`: then
+        every message the log holds, dead branches included."""
+        return await self._transport.messages(self.id, hidden=hidden)
 
     async def get_metrics(self) -> Metrics:
         """Messages, steps, tool calls, per-tool usage, tokens and cost so far."""

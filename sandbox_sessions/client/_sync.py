@@ -210,9 +210,9 @@ class SessionHandle:
         """Answer a pending question; see `AsyncSessionHandle.reply_to_question`."""
         self._call(self._async.reply_to_question, request_id, answer)
 
-    def get_messages(self) -> list[Message]:
+    def get_messages(self, *, hidden: bool = False) -> list[Message]:
         """The messages with their parts; see `AsyncSessionHandle.get_messages`."""
-        return self._call(self._async.get_messages)
+        return self._call(self._async.get_messages, hidden=hidden)
 
     def get_metrics(self) -> Metrics:
         """Counts, tokens and cost; see `AsyncSessionHandle.get_metrics`."""

@@ -157,8 +157,9 @@ class Transport(Protocol):
         ...
 
     async def import_messages(self, session_id: str, request: ImportMessagesRequest) -> int:
-        """Append an exported history's messages (new ids, parents mapped); how many. Not
-        while a turn runs (`SessionBusy`)."""
+        """Append an exported history's messages (new ids, parents mapped), then hide those
+        of `request.hidden` for good; how many. Not while a turn runs (`SessionBusy`); an
+        id in `hidden` that is not among the messages is `InvalidArgument`."""
         ...
 
     async def reply_question(
@@ -180,8 +181,10 @@ class Transport(Protocol):
         cursor raises `InvalidArgument`."""
         ...
 
-    async def messages(self, session_id: str, *, after: int = 0) -> list[Message]:
-        """The session's messages (with `after`, those created after that seq)."""
+    async def messages(self, session_id: str, *, after: int = 0, hidden: bool = False
+                       ) -> list[Message]:
+        """The session's messages (with `after`, those created after that seq), without
+        those reverts hide; with `hidden`, every message of the log, in creation order."""
         ...
 
     async def metrics(self, session_id: str) -> Metrics:

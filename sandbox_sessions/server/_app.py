@@ -300,10 +300,11 @@ def _turn_routes(app: FastAPI, bridge: Bridge) -> None:
         await service.reply_question(session_id, request_id, answer)
 
     @app.get("/sessions/{session_id}/messages", tags=["turns"])
-    async def messages(session_id: str, after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0
-                       ) -> list[Message]:
-        """The session's messages (with `after`, those created after that seq)."""
-        return await service.messages(session_id, after=after)
+    async def messages(session_id: str, after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+                       hidden: bool = False) -> list[Message]:
+        """The session's messages (with `after`, those created after that seq); with
+        `hidden`, those reverts hide as well: every message of the log, in order."""
+        return await service.messages(session_id, after=after, hidden=hidden)
 
     @app.get("/sessions/{session_id}/metrics", tags=["turns"])
     async def metrics(session_id: str) -> Metrics:

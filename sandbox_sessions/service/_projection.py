@@ -62,7 +62,8 @@ class _Draft:
 class Reverts:
     """Which messages reverts hide. A revert hides its message and every later one; it stays
     pending (`unreverted` shows them again) until a new message is created, which makes it
-    final. A revert while one is pending hides more, and keeps the first one's `before`."""
+    final. A revert while one is pending hides more, and keeps the first one's `before`. An
+    import's `messages-hidden` hides its messages as a final revert would."""
 
     def __init__(self) -> None:
         self.hidden: set[str] = set()
@@ -79,6 +80,8 @@ class Reverts:
                 self.pending = event.revert.model_copy(update={"before": before})
         elif event.type == "unreverted":
             self.pending, self._pending_ids = None, []
+        elif event.type == "messages-hidden":
+            self.hidden.update(event.message_ids)
         elif event.type == "message-created" and self.pending is not None:
             self.hidden.update(self._pending_ids)
             self.pending, self._pending_ids = None, []

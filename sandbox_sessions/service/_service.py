@@ -213,7 +213,8 @@ class SessionService:
 
     async def import_messages(self, session_id: str, request: ImportMessagesRequest) -> int:
         """See `Transport.import_messages`."""
-        return await self._turns.import_messages(session_id, request.messages)
+        return await self._turns.import_messages(session_id, request.messages,
+                                                 hidden=request.hidden)
 
     async def reply_question(
         self, session_id: str, request_id: str, answer: QuestionAnswerRequest
@@ -240,9 +241,10 @@ class SessionService:
         """The global stream's cursor now: `all_events(after=)` it gives what comes next."""
         return str(Cursor(await self.log.store.last_position()))
 
-    async def messages(self, session_id: str, *, after: int = 0) -> list[Message]:
+    async def messages(self, session_id: str, *, after: int = 0, hidden: bool = False
+                       ) -> list[Message]:
         """See `Transport.messages`."""
-        return await self._turns.messages(session_id, after=after)
+        return await self._turns.messages(session_id, after=after, hidden=hidden)
 
     async def metrics(self, session_id: str) -> Metrics:
         """See `Transport.metrics`."""

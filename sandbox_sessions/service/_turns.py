@@ -37,6 +37,7 @@ from .._types import (
     FileDiff,
     Message,
     MessageCreatedEvent,
+    MessagesHiddenEvent,
     MessageUpdatedEvent,
     Metrics,
     PermissionAnswerRequest,
@@ -273,7 +274,7 @@ class Turns:
             history = to_model_messages([*messages, user], limit=config.max_tool_output)
         snapshots = None if summarize or not config.snapshots else Snapshots(
             sandbox, info.sandbox.workdir, max_file=config.snapshot_max_file)
-        provider, model_name = self._provider(info, messages)
+        provider, model_name = await self._provider(info)
         if "task" in tools:  # this session's subagents, named in the tool's description
             tools["task"] = TaskTool({name: agent.description
                                       for name, agent in config.subagents.items()})
@@ -297,8 +298,9 @@ class Turns:
         return Snapshots(await self.sessions.sandbox(info.id), info.sandbox.workdir,
                          max_file=info.config.snapshot_max_file)
 
-    def _provider(self, info: SessionInfo, messages: list[Message]) -> tuple[Provider, str]:
-        """The session's provider, kept across turns (a scripted one keeps its place)."""
+    async def _provider(self, info: SessionInfo) -> tuple[Provider, str]:
+        """The session's provider, kept across turns (a scripted one keeps its place: one
+        made anew skips every model call the log holds, those of hidden branches too)."""
         config = info.config
         assert config.model is not None
         key = config.model_dump_json(exclude={"permissions"})
@@ -310,7 +312,7 @@ class Turns:
             config.model, api_keys=self._api_keys, base_urls=base_urls,
             script=config.script, http_client=self._http)
         if isinstance(provider, ScriptedProvider):
-            provider.skip(_model_calls(messages))
+            provider.skip(_model_calls(await self.messages(info.id, hidden=True)))
         self._providers[info.id] = (key, provider, model_name)
         return provider, model_name
 
@@ -413,17 +415,23 @@ class Turns:
         await self.sessions.get_info(session_id)
         self.broker.reply(session_id, request_id, answer.reply, answer.message)
 
-    async def import_messages(self, session_id: str, messages: Sequence[Message]) -> int:
+    async def import_messages(self, session_id: str, messages: Sequence[Message], *,
+                              hidden: Sequence[str] = ()) -> int:
         """Append `messages` (an export's history) to the session as `message-created`
         events, under the session's turn lease: not while a turn runs (`SessionBusy`). Each
         gets a new id and this session's id, and a user message loses its snapshot (a tree of
         another container's repository: revert cannot go back into an imported history); an
-        assistant message's `parent_id` must name a user message given before it
-        (`InvalidArgument` otherwise, and nothing is added)."""
-        renamed = _renamed(session_id, messages)
+        assistant message's `parent_id` must name a user message given before it. The given
+        ids in `hidden` (an answer always with its prompt) are then hidden for good, by one
+        `messages-hidden` event, as the revert that hid them in the source did. A rule broken
+        is an `InvalidArgument`, and nothing is added."""
+        renamed, ids = _renamed(session_id, messages)
+        to_hide = _hidden(messages, hidden, ids)
         async with self._exclusive(session_id):
             for message in renamed:
                 self.events.emit(session_id, MessageCreatedEvent, message=message)
+            if to_hide:
+                self.events.emit(session_id, MessagesHiddenEvent, message_ids=to_hide)
             await self.events.flush()
         return len(renamed)
 
@@ -535,11 +543,13 @@ class Turns:
         async for event in self.events.subscribe(session_id, after=after, strict=strict):
             yield event
 
-    async def messages(self, session_id: str, *, after: int = 0) -> list[Message]:
-        """The session's messages; with `after`, only those created after that seq."""
+    async def messages(self, session_id: str, *, after: int = 0, hidden: bool = False
+                       ) -> list[Message]:
+        """The session's messages; with `after`, only those created after that seq; with
+        `hidden`, those reverts hide as well (every message of the log, in order)."""
         await self.sessions.get_info(session_id)  # settles a crashed turn; unknown id: error
         await self.events.flush()
-        return project(await self.events.history(session_id, after=after))
+        return project(await self.events.history(session_id, after=after), hidden=hidden)
 
     async def metrics(self, session_id: str) -> Metrics:
         """What the log adds up to, with the usage of the session's child sessions (each
@@ -657,7 +667,10 @@ MAX_IMPORTED = 100_000
 """Messages one import may add."""
 
 
-def _renamed(session_id: str, messages: Sequence[Message]) -> list[Message]:
+def _renamed(session_id: str, messages: Sequence[Message]
+             ) -> tuple[list[Message], dict[str, str]]:
+    """The messages with new ids, this session's id and their parents mapped; and the map
+    from given ids to new ones."""
     if len(messages) > MAX_IMPORTED:
         raise InvalidArgument(f"at most {MAX_IMPORTED} messages are imported at once")
     ids: dict[str, str] = {}
@@ -679,7 +692,26 @@ def _renamed(session_id: str, messages: Sequence[Message]) -> list[Message]:
             # its snapshot is a tree of another container's shadow repository
             changes["parts"] = [p for p in message.parts if not isinstance(p, SnapshotPart)]
         renamed.append(message.model_copy(update=changes))
-    return renamed
+    return renamed, ids
+
+
+def _hidden(messages: Sequence[Message], hidden: Sequence[str], ids: Mapping[str, str]
+            ) -> list[str]:
+    """The new ids of the given messages named in `hidden`, checked: each given, once, and
+    an answer hidden exactly when its prompt is (a revert hides a prompt with its answers)."""
+    wanted = set(hidden)
+    if len(wanted) != len(hidden):
+        raise InvalidArgument("a hidden message id is named twice")
+    unknown = next((i for i in hidden if i not in ids), None)
+    if unknown is not None:
+        raise InvalidArgument(f"hidden message id {unknown[:80]!r} is not among the messages "
+                              "given")
+    for message in messages:
+        if isinstance(message, AssistantMessage) and (
+                (message.id in wanted) != (message.parent_id in wanted)):
+            raise InvalidArgument(f"assistant message {message.id[:80]!r} must be hidden "
+                                  "exactly when the user message it answers is")
+    return [ids[i] for i in hidden]
 
 
 def _snapshot_of(message: Message) -> str | None:
