@@ -6,6 +6,11 @@ scope (for `abort`), and guarantees its single `turn-end`: whatever happens in t
 closing events are emitted in a shielded scope. Each turn holds the session's turn lease
 (`_turn_leases.py`) while it runs, so no other process runs a turn of that session meanwhile, and a
 turn whose process dies is closed by the next process that looks.
+
+What a turn reads of its session (and what `messages`, `metrics` and `todos` answer) comes from
+the session's projection kept in memory (`_views.py`), caught up with the store on each read.
+Once a turn has ended and is stored, the deltas of the turns before it are folded in the store
+in the background (`Store.fold_deltas`): the latest turn's deltas stay as they were streamed.
 """
 
 from __future__ import annotations
@@ -72,9 +77,10 @@ from ..providers import resolve_provider
 from ..providers._scripted import ScriptedProvider
 from ..providers.base import ModelMessage, Provider, TextContent
 from ._eventlog import EventLog
-from ._projection import final_text, metrics, project, todos
+from ._projection import final_text, metrics
 from ._sessions import Sessions, check_usable
 from ._turn_leases import Hold
+from ._views import Views
 
 __all__ = ["Turns"]
 
@@ -123,6 +129,7 @@ class Turns:
         self._extra_tools: Mapping[str, Tool] = extra_tools if extra_tools is not None else {}
         self._running: dict[str, _Running] = {}
         self._providers: dict[str, tuple[str, Provider, str]] = {}
+        self.views: Views = Views(events)
 
     def busy(self, session_id: str) -> bool:
         """Whether a turn of the session runs here (one whose `turn-end` is out is over)."""
@@ -327,9 +334,24 @@ class Turns:
                 await self._add_usage(turn.session_id, outcome)
             if hold is not None:
                 await self.sessions.turns.release(hold, stored=stored)
+                if closed and stored:
+                    self._task_group.start_soon(self._fold, turn.session_id, hold.lease.after)
         finally:
             self._running.pop(turn.session_id, None)
             running.done.set()
+
+    async def _fold(self, session_id: str, upto: int) -> None:
+        """Fold the deltas of the session's turns before the one that began after `upto`
+        (see `Store.fold_deltas`). Only an optimization: a store that fails is logged, and
+        what was not folded is folded after the session's next turn."""
+        try:
+            removed = await self.sessions.store.fold_deltas(session_id, upto=upto)
+        except StoreError as exc:
+            log.warning("session %s: deltas not folded (tried again after the next turn): %s",
+                        session_id, exc)
+            return
+        if removed:
+            log.debug("session %s: %d deltas folded up to seq %d", session_id, removed, upto)
 
     async def _add_usage(self, session_id: str, outcome: Outcome) -> None:
         """Count the turn's tokens and cost in the session's record (its budget's measure)."""
@@ -369,10 +391,16 @@ class Turns:
         return True
 
     async def aclose(self) -> None:
-        """Abort every running turn (each ends with its `turn-end`, stored)."""
+        """Abort every running turn (each ends with its `turn-end`, stored); drop the
+        projections kept in memory."""
         with anyio.CancelScope(shield=True):
             for session_id in list(self._running):
                 await self.abort(session_id)
+        self.views.clear()
+
+    def forget(self, session_id: str) -> None:
+        """Drop what is kept in memory of an ended session (it is read again if need be)."""
+        self.views.forget(session_id)
 
     async def reply(
         self, session_id: str, request_id: str, answer: PermissionAnswerRequest
@@ -432,7 +460,7 @@ class Turns:
         """The session's messages; with `after`, only those created after that seq."""
         await self.sessions.get_info(session_id)  # settles a crashed turn; unknown id: error
         await self.events.flush()
-        return project(await self.events.history(session_id, after=after))
+        return (await self.views.current(session_id)).messages(after=after)
 
     async def metrics(self, session_id: str) -> Metrics:
         """What the log adds up to, with the usage of the session's child sessions (each
@@ -469,14 +497,15 @@ class Turns:
             running = self._running.get(child.id)
             if running is not None:
                 await running.done.wait()
-            answer = next(m for m in await self.messages(child.id)
+            answer = next(m for m in await self.messages(child.id, after=started.after)
                           if m.id == started.message_id)
-            end = next(e for e in await self.events.history(child.id)
+            end = next(e for e in await self.events.history(child.id, after=started.after)
                        if isinstance(e, TurnEndEvent) and e.message_id == started.message_id)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.abort(child.id)
                 await self.sessions.end(child.id)
+                self.forget(child.id)
                 done = await self.sessions.get_info(child.id)
                 await self._add_usage(parent.id, Outcome("completed", tokens=done.tokens,
                                                          cost=done.cost))
@@ -486,9 +515,10 @@ class Turns:
         return child.id, final_text(answer)
 
     async def todos(self, session_id: str) -> list[Todo]:
+        """The session's todo list, as its last `todo-updated` event left it."""
         await self.sessions.get_info(session_id)
         await self.events.flush()
-        return todos(await self.events.history(session_id))
+        return (await self.views.current(session_id)).todos()
 
     async def update(
         self, session_id: str, *, title: str | None = None,
