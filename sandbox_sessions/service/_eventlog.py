@@ -336,9 +336,9 @@ class EventLog:
     async def folded_at(self, session_id: str, after: int, events: list[Event]) -> int | None:
         """The seq of the first of `events` (the stored events right after `after`) when it
         stands for a folded run of deltas that `after` falls inside; None when `events`
-        follow `after` exactly. A store lookup only when the seqs jump (the log has no gap
-        where nothing was folded)."""
-        if not events or events[0].seq == after + 1 or events[0].type not in DELTAS:
+        follow `after` exactly. A store lookup only when they start with a delta (the seqs
+        need not jump: a run folded at seq 10 may have begun at 8, and `after` be 9)."""
+        if not events or after == 0 or events[0].type not in DELTAS:
             return None
         first = await self._store.folded_from(session_id, events[0].seq)
         return events[0].seq if first is not None and first <= after else None

@@ -39,6 +39,16 @@ class _Text:
         self.chunks: list[str] = []
         self.signature: str | None = None
 
+    @classmethod
+    def following(cls, kind: str, part_id: str, built: Part | None) -> _Text:
+        """A part built from deltas, going on from `built` where that is one of its kind
+        (a `reset` event's message whose text is still streaming)."""
+        text = cls(kind, part_id)
+        if isinstance(built, TextPart | ReasoningPart) and built.type == kind:
+            text.chunks.append(built.text)
+            text.signature = built.signature if isinstance(built, ReasoningPart) else None
+        return text
+
     def build(self) -> Part:
         text = "".join(self.chunks)
         self.chunks = [text]  # joined once: the next build starts from it
@@ -55,7 +65,7 @@ class _Draft:
     def delta(self, kind: str, part_id: str, text: str, signature: str | None = None) -> None:
         part = self.parts.get(part_id)
         if not isinstance(part, _Text):
-            part = self.parts[part_id] = _Text(kind, part_id)
+            part = self.parts[part_id] = _Text.following(kind, part_id, part)
         part.chunks.append(text)
         part.signature = signature or part.signature
 
