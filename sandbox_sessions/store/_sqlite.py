@@ -206,18 +206,26 @@ def _fold_rows(session_id: str, rows: list[_Row]) -> list[tuple[int, Folded]]:
 def _store_folds(db: sqlite3.Connection, session_id: str, start: int, end: int,
                  folds: list[tuple[int, Folded]]) -> bool:
     """Write folded chunks and move the session's fold mark from `start` to `end`, unless it
-    moved meanwhile (False: nothing written)."""
-    with db:
-        db.execute("BEGIN IMMEDIATE")
-        if _folded_upto(db, session_id) != start:
-            return False
-        db.executemany("UPDATE events SET data=? WHERE session_id=? AND first_seq=?",
-                       [(folded.data, session_id, first) for first, folded in folds])
-        db.executemany("INSERT OR REPLACE INTO folds VALUES (?, ?, ?)",
-                       [(session_id, seq, run_first) for _, folded in folds
-                        for run_first, seq in folded.runs])
-        db.execute("INSERT OR REPLACE INTO folded VALUES (?, ?)", (session_id, end))
-    return True
+    moved meanwhile (False: nothing written).
+
+    Without an fsync of its own (`synchronous=NORMAL` for this transaction): a fold lost to a
+    power cut leaves the chunks as they were, which project to the same messages, and the WAL
+    keeps the transaction whole or absent. The next durable commit makes it durable too."""
+    db.execute("PRAGMA synchronous=NORMAL")
+    try:
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            if _folded_upto(db, session_id) != start:
+                return False
+            db.executemany("UPDATE events SET data=? WHERE session_id=? AND first_seq=?",
+                           [(folded.data, session_id, first) for first, folded in folds])
+            db.executemany("INSERT OR REPLACE INTO folds VALUES (?, ?, ?)",
+                           [(session_id, seq, run_first) for _, folded in folds
+                            for run_first, seq in folded.runs])
+            db.execute("INSERT OR REPLACE INTO folded VALUES (?, ?)", (session_id, end))
+        return True
+    finally:
+        db.execute("PRAGMA synchronous=FULL")
 
 
 def default_store_path() -> Path:
