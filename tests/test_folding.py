@@ -257,3 +257,37 @@ def test_the_fold_tables_exist_in_a_store_made_before_them(tmp_path: Path) -> No
     with sqlite3.connect(path) as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert {"folds", "folded"} <= tables
+
+
+async def test_projections_dropped_from_memory_are_built_again_from_the_log(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "log.db")
+    async with anyio.create_task_group() as group:
+        log = EventLog(store, group)
+        await write_log(log)  # session "s"
+        await log.open("t")
+        log.emit("t", TodoUpdatedEvent, todos=[Todo(id="9", content="other")])
+        await log.flush()
+        views = Views(log, kept=1)  # one session at a time: each read drops the other
+        reads = [(await views.current(sid)).messages() for sid in ("s", "t", "s")]
+        turn(log, 3)
+        text(log, "a3", "p9", "late")
+        await log.flush()
+        views.forget("s")
+        again = (await views.current("s")).messages()
+        todo_lists = [(await views.current(sid)).todos() for sid in ("t", "s")]
+        history = await log.history("s")
+        group.cancel_scope.cancel()
+    await store.aclose()
+
+    assert reads[0] == reads[2] == project(e for e in history if e.seq <= reads_end(history))
+    assert reads[1] == []
+    assert again == project(history)
+    assert todo_lists == [[Todo(id="9", content="other")], [Todo(id="1", content="fold")]]
+
+
+def reads_end(history: list[Event]) -> int:
+    """The seq of the last event written by `write_log` (before the third turn)."""
+    return next(e.seq for e in history if isinstance(e, MessageCreatedEvent)
+                and e.message.id == "u3") - 1
