@@ -170,6 +170,9 @@ class Store(Protocol):
 
         Safe while another process appends to the session or folds it too (each chunk is
         folded once). A `StoreError` leaves the log as it was, or folded in part.
+
+        Folding is an optimization: a store may fold nothing (return 0, and None from
+        `folded_from`); its logs then keep every delta, and no reader ever gets a reset.
         """
         ...
 
