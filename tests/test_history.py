@@ -29,16 +29,24 @@ from sandbox_sessions.service._projection import Projector, project, todos
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 
 
-async def folded(store: Path, session_id: str, *, within: float = 10) -> int:
-    """The seq the session's log is folded up to, once it is folded (the fold runs in the
+def head(store: Path, session_id: str) -> int:
+    """The session's last stored seq."""
+    with sqlite3.connect(store) as db:
+        row = db.execute("SELECT MAX(last_seq) FROM events WHERE session_id=?",
+                         (session_id,)).fetchone()
+    return int(row[0])
+
+
+async def folded(store: Path, session_id: str, *, upto: int, within: float = 30) -> None:
+    """Return once the session's log is folded up to `upto` at least (the fold runs in the
     background after a turn ends)."""
     with anyio.fail_after(within):
         while True:
             with sqlite3.connect(store) as db:
                 row = db.execute("SELECT upto FROM folded WHERE session_id=?",
                                  (session_id,)).fetchone()
-            if row is not None:
-                return int(row[0])
+            if row is not None and row[0] >= upto:
+                return
             await anyio.sleep(0.05)
 
 
@@ -56,8 +64,9 @@ async def test_a_reader_resuming_inside_a_folded_run_gets_a_reset_then_the_rest(
     agent = client.agent("history", model="scripted", script=script, image=image, tools=[])
     async with await agent.create_session() as session:
         await session.send("first")
+        first = head(store_path, session.id)
         await session.send("second")  # its end folds the first turn's deltas
-        await folded(store_path, session.id)
+        await folded(store_path, session.id, upto=first)
         stored = await read_log(session, settled(2))
         messages = await session.get_messages()
         run = next(e for e in stored if isinstance(e, TextDeltaEvent))
@@ -86,8 +95,9 @@ async def test_a_stream_left_behind_by_a_fold_still_ends_with_its_whole_text(
         stream = session.stream("long")
         seen = [await anext(stream) for _ in range(10)]  # then it stops reading a while
         await idle(session)
+        long_turn = head(store_path, session.id)
         await session.send("short")  # its end folds the long turn, under the reader
-        await folded(store_path, session.id)
+        await folded(store_path, session.id, upto=long_turn)
         with anyio.fail_after(60):
             seen += [event async for event in stream]
         messages = await session.get_messages()
@@ -154,8 +164,9 @@ async def test_the_kept_projection_equals_the_pure_one_on_real_turns(
             await session.send("go")
             await session.summarize()
             await session.send("delegate")
+            delegated = head(store_path, session.id)
             await session.send("again")  # folds the turns before the last
-            await folded(store_path, session.id)
+            await folded(store_path, session.id, upto=delegated)
             stored = await read_log(session, settled(4))
             messages = await session.get_messages()
             group.cancel_scope.cancel()
