@@ -886,6 +886,24 @@ class TurnEndEvent(EventBase):
     error: str | None = None
 
 
+class ResetEvent(EventBase):
+    """What a reader had of the session is replaced by this state, as of this event's `seq`;
+    the events after `seq` follow.
+
+    Sent only to a reader resuming (`events(after=...)`, SSE `Last-Event-ID`, a global cursor)
+    from inside a run of text or reasoning deltas that the store has folded since into one
+    event (the deltas of a session's turns are folded once a later turn ends): resuming there
+    exactly would give part of that text twice. Never stored; a resume from 0 or from any
+    other seq gets none.
+    """
+
+    type: Literal["reset"] = "reset"
+    messages: list[Message]
+    """Every message of the session with its parts, as of `seq`."""
+    todos: list[Todo]
+    """The todo list as of `seq`."""
+
+
 Event = Annotated[
     MessageCreatedEvent | MessageUpdatedEvent | TextDeltaEvent | ReasoningDeltaEvent
     | ToolStartEvent | ToolRunningEvent | ToolEndEvent | StepStartEvent | StepFinishEvent
@@ -895,7 +913,7 @@ Event = Annotated[
     | QuestionAskedEvent
     | QuestionRepliedEvent | TodoUpdatedEvent
     | ArtifactCreatedEvent | SessionStatusEvent | SessionUpdatedEvent | ShellRunEvent
-    | SandboxRestartedEvent | TurnEndEvent,
+    | SandboxRestartedEvent | TurnEndEvent | ResetEvent,
     Field(discriminator="type"),
 ]
 

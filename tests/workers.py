@@ -7,6 +7,9 @@ the test. `spawn()` runs one; it reports on stdout, one JSON object a line.
                                                              <command>, then wait to be killed
     python tests/workers.py list <store>                     list the store's sessions once a
                                                              line comes on stdin
+    python tests/workers.py write <store> <session>          append a message and ten deltas
+                                                             to a session's log; once a line
+                                                             comes, ten more, then fold them
 """
 
 from __future__ import annotations
@@ -101,8 +104,45 @@ async def _list(store: str) -> None:
         _say(listed=[info.id for info in await client.list_sessions()])
 
 
+async def _write(store: str, session_id: str) -> None:
+    from sandbox_sessions._types import (
+        AssistantMessage,
+        MessageCreatedEvent,
+        MessageUpdatedEvent,
+        TextDeltaEvent,
+        TextPart,
+        UserMessage,
+    )
+    from sandbox_sessions.service._eventlog import EventLog
+    from sandbox_sessions.store._sqlite import SQLiteStore
+
+    user = UserMessage(id="u1", session_id=session_id, time_created=1.0,
+                       parts=[TextPart(id="t1", text="go")])
+    answer = AssistantMessage(id="a1", session_id=session_id, parent_id="u1", model="x",
+                              time_created=2.0)
+    sqlite = SQLiteStore(store)
+    async with anyio.create_task_group() as group:
+        log = EventLog(sqlite, group)
+        await log.open(session_id)
+        log.emit(session_id, MessageCreatedEvent, message=user)
+        log.emit(session_id, MessageCreatedEvent, message=answer)
+        for index in range(20):
+            if index == 10:
+                await log.flush()
+                _say(written=log.head(session_id) - 1)
+                await anyio.to_thread.run_sync(sys.stdin.readline)  # the go
+            log.emit(session_id, TextDeltaEvent, message_id="a1", part_id="p1",
+                     delta=f"w{index} ")
+        log.emit(session_id, MessageUpdatedEvent,
+                 message=answer.model_copy(update={"time_completed": 3.0}))
+        await log.flush()
+        _say(removed=await sqlite.fold_deltas(session_id, upto=log.head(session_id)))
+        group.cancel_scope.cancel()
+    await sqlite.aclose()
+
+
 COMMANDS: dict[str, Callable[..., Awaitable[None]]] = {
-    "create": _create, "gc": _gc, "turn": _turn, "list": _list}
+    "create": _create, "gc": _gc, "turn": _turn, "list": _list, "write": _write}
 
 if __name__ == "__main__":
     anyio.run(COMMANDS[sys.argv[1]], *sys.argv[2:])

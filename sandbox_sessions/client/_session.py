@@ -353,7 +353,9 @@ class AsyncSessionHandle:
         """Start a turn and yield its events, from its user message to its `turn-end`.
 
         Leaving the iteration early does not stop the turn; `abort()` does. If the store
-        cannot take the turn's events, `StoreError` is raised (the turn goes on).
+        cannot take the turn's events, `StoreError` is raised (the turn goes on). A reader
+        left so far behind that a later turn has ended (and the store folded this turn's
+        deltas) meanwhile gets a `reset` event with the messages at that point, then the rest.
         """
         start = await self._transport.start_turn(self.id, prompt)
         events = self._transport.events(self.id, after=start.after, strict=True)
@@ -364,7 +366,12 @@ class AsyncSessionHandle:
 
     async def events(self, *, after: int = 0) -> AsyncIterator[Event]:
         """Every event of the session with seq > `after`, stored then live; never ends by
-        itself. Resume after a disconnect with the last seq seen: nothing lost or repeated."""
+        itself. Resume after a disconnect with the last seq seen: nothing lost or repeated.
+
+        The store keeps the text of a session's older turns as one delta event per part
+        (its deltas are folded once a later turn ends; seqs then have gaps). A resume from
+        inside such a part starts with a `reset` event: the session's messages and todos as
+        of its seq, which the events after it continue."""
         async for event in self._transport.events(self.id, after=after):
             yield event
 

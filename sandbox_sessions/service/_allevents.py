@@ -4,7 +4,8 @@ Each chunk of the store has a position given in its append transaction (`EventCh
 in commit order, across every process writing the store). A reader's cursor names the last
 event it has: `"<position>-<seq>"`, that chunk's position and the event's seq; a bare
 `"<position>"` means everything up to and including that chunk. Resuming after a cursor gives
-exactly what was stored after it, from whichever process.
+exactly what was stored after it, from whichever process. A cursor inside a run of deltas
+folded since (see `_eventlog.py`) resumes with a `reset` event for that session instead.
 
 The reader reads the store, never a queue of live events: it is woken when this process stores
 a batch (and looks anyway every `POLL_INTERVAL`, for other processes' events), then reads what
@@ -64,10 +65,12 @@ async def subscribe_all(log: EventLog, *, after: Cursor | None = None
         start = cursor.position - 1 if cursor.seq is not None else cursor.position
         chunks = await log.store.read_all_events(after=start, limit=CHUNKS_PER_READ)
         for chunk in chunks:
-            for event in parsed(chunk):
-                if chunk.position == cursor.position and cursor.seq is not None \
-                        and event.seq <= cursor.seq:
-                    continue
+            events = parsed(chunk)
+            if chunk.position == cursor.position and cursor.seq is not None:
+                # inside this chunk: from its next event, or a reset if its deltas were folded
+                events = await log.resumed(chunk.session_id, cursor.seq,
+                                           [e for e in events if e.seq > cursor.seq])
+            for event in events:
                 cursor = Cursor(chunk.position, event.seq)
                 yield cursor, event
             cursor = Cursor(chunk.position)

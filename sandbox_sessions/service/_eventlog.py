@@ -12,6 +12,12 @@ nothing and duplicates nothing. Its live queue is bounded (`LIVE_BUFFER`): a sub
 falls that far behind stops getting live events and reads the store instead until it has caught
 up, so it still gets everything, in order, and a slow reader costs no unbounded memory.
 
+The store folds the deltas of a session's older turns (`Store.fold_deltas`): a run of deltas
+of one part becomes one event, at the seq of the run's last delta. A reader resuming from
+inside such a run (it had part of its text) gets, in place of the folded event, a `reset`
+event carrying the session's state as of that seq, then the events after it: never part of a
+text twice, never a silent gap.
+
 A store that fails (locked by another process past its busy timeout, full) does not break the
 log: the batch that could not be written stays queued, in order, ahead of what came after it,
 and the writer tries it again with backoff (`RETRY_DELAYS`) until the store takes it. Whoever
@@ -35,8 +41,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pydantic import TypeAdapter, ValidationError
 
 from .._exceptions import StoreError
-from .._types import Event, EventBase
+from .._types import Event, EventBase, ResetEvent
 from ..store.base import EventChunk, Store
+from ._projection import project, todos
 
 __all__ = ["CHUNK", "EVENTS", "LIVE_BUFFER", "EventLog", "parsed"]
 
@@ -56,6 +63,8 @@ MAX_BATCH = 4 * LIVE_BUFFER
 """Events stored in one append at most, so that a stored chunk (what a reader catching up
 parses at once) stays bounded."""
 E = TypeVar("E", bound=EventBase)
+DELTAS = frozenset({"text-delta", "reasoning-delta"})
+"""The event types the store folds."""
 
 
 @dataclass(eq=False)
@@ -258,7 +267,7 @@ class EventLog:
         self._subscribers[session_id].add(live)
         last = after
         try:
-            for event in await self._stored(session_id, last):
+            for event in await self._replayed(session_id, last):
                 last = event.seq
                 yield event
             while True:
@@ -274,7 +283,8 @@ class EventLog:
                 events = _events([*live.take_failure(), *items], strict=strict)
                 for event in events:
                     if event.seq > last + 1:  # written elsewhere meanwhile: those come first
-                        for missed in await self._stored(session_id, last, upto=event.seq - 1):
+                        for missed in await self._replayed(session_id, last,
+                                                           upto=event.seq - 1):
                             last = missed.seq
                             yield missed
                     if event.seq > last:
@@ -290,14 +300,14 @@ class EventLog:
         once it has all, it takes live events again (and what was stored meanwhile)."""
         # Whole chunks: a chunk (one stored batch) may hold more than a window, and cutting
         # it would parse it again for each window (quadratic in a long turn).
-        window = await self._stored(session_id, last, upto=last + LIVE_BUFFER, whole=True)
+        window = await self._replayed(session_id, last, upto=last + LIVE_BUFFER, whole=True)
         if window and window[-1].seq >= last + LIVE_BUFFER:
             return window
         live.behind = False  # from here on, live events reach its queue again
         if not live.dropped:
             return window
         live.dropped = False  # what was dropped is stored: read what came after the window
-        return window + await self._stored(session_id, window[-1].seq if window else last)
+        return window + await self._replayed(session_id, window[-1].seq if window else last)
 
     async def _stored(self, session_id: str, after: int, upto: int | None = None, *,
                       whole: bool = False) -> list[Event]:
@@ -307,6 +317,38 @@ class EventLog:
         high = math.inf if upto is None or whole else upto
         return [event for chunk in chunks for event in parsed(chunk)
                 if after < event.seq <= high]
+
+    async def _replayed(self, session_id: str, after: int, upto: int | None = None, *,
+                        whole: bool = False) -> list[Event]:
+        """`_stored`, for a reader that has the log up to `after` (see `resumed`)."""
+        return await self.resumed(session_id, after,
+                                  await self._stored(session_id, after, upto, whole=whole))
+
+    async def resumed(self, session_id: str, after: int, events: list[Event]) -> list[Event]:
+        """`events`, the stored events right after `after`, for a reader that has the log up
+        to `after`: where `after` falls inside a run of deltas folded since, the folded event
+        is replaced by a `reset` as of its seq."""
+        folded = await self.folded_at(session_id, after, events)
+        if folded is None:
+            return events
+        return [await self.reset(session_id, folded), *events[1:]]
+
+    async def folded_at(self, session_id: str, after: int, events: list[Event]) -> int | None:
+        """The seq of the first of `events` (the stored events right after `after`) when it
+        stands for a folded run of deltas that `after` falls inside; None when `events`
+        follow `after` exactly. A store lookup only when they start with a delta (the seqs
+        need not jump: a run folded at seq 10 may have begun at 8, and `after` be 9)."""
+        if not events or after == 0 or events[0].type not in DELTAS:
+            return None
+        first = await self._store.folded_from(session_id, events[0].seq)
+        return events[0].seq if first is not None and first <= after else None
+
+    async def reset(self, session_id: str, seq: int) -> ResetEvent:
+        """A `reset` event: the session's messages and todos as its stored events up to `seq`
+        make them."""
+        events = await self._stored(session_id, 0, upto=seq)
+        return ResetEvent(session_id=session_id, seq=seq, time=time.time(),
+                          messages=project(events), todos=todos(events))
 
     async def history(self, session_id: str, *, after: int = 0) -> list[Event]:
         """The stored events of the session with seq > `after`, in order (call `flush` first

@@ -1,4 +1,10 @@
-"""Messages, parts, metrics and todos, as pure functions of a session's event log."""
+"""Messages, parts, metrics and todos, as functions of a session's event log.
+
+`project()` and `todos()` are the pure reference: a whole log in, the state out. A `Projector`
+gives the same state one event at a time, so that a session's reads and turns cost what is new
+since the last one, not the length of its log; it keeps each built message until an event for
+that message arrives.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +29,8 @@ from .._types import (
     TurnEndEvent,
 )
 
-__all__ = ["Reverts", "final_text", "metrics", "pending_revert", "project", "send_result",
-           "todos"]
+__all__ = ["Projector", "Reverts", "final_text", "metrics", "pending_revert", "project",
+           "send_result", "todos"]
 
 
 class _Text:
@@ -35,8 +41,19 @@ class _Text:
         self.chunks: list[str] = []
         self.signature: str | None = None
 
+    @classmethod
+    def following(cls, kind: str, part_id: str, built: Part | None) -> _Text:
+        """A part built from deltas, going on from `built` where that is one of its kind
+        (a `reset` event's message whose text is still streaming)."""
+        text = cls(kind, part_id)
+        if isinstance(built, TextPart | ReasoningPart) and built.type == kind:
+            text.chunks.append(built.text)
+            text.signature = built.signature if isinstance(built, ReasoningPart) else None
+        return text
+
     def build(self) -> Part:
         text = "".join(self.chunks)
+        self.chunks = [text]  # joined once: the next build starts from it
         if self.kind == "text":
             return TextPart(id=self.part_id, text=text)
         return ReasoningPart(id=self.part_id, text=text, signature=self.signature)
@@ -50,7 +67,7 @@ class _Draft:
     def delta(self, kind: str, part_id: str, text: str, signature: str | None = None) -> None:
         part = self.parts.get(part_id)
         if not isinstance(part, _Text):
-            part = self.parts[part_id] = _Text(kind, part_id)
+            part = self.parts[part_id] = _Text.following(kind, part_id, part)
         part.chunks.append(text)
         part.signature = signature or part.signature
 
@@ -111,6 +128,9 @@ def project(events: Iterable[Event], *, hidden: bool = False) -> list[Message]:
         if event.type == "message-created":
             drafts[event.message.id] = _Draft(event.message)
             continue
+        if event.type == "reset":
+            drafts = {message.id: _Draft(message) for message in event.messages}
+            continue
         message_id = event.message.id if event.type == "message-updated" \
             else getattr(event, "message_id", None)
         draft = drafts.get(message_id) if isinstance(message_id, str) else None
@@ -170,7 +190,96 @@ def todos(events: Iterable[Event]) -> list[Todo]:
     """The todo list as the last `todo-updated` event left it."""
     current: list[Todo] = []
     for event in events:
-        if event.type == "todo-updated":
+        if event.type == "todo-updated" or event.type == "reset":
             current = list(event.todos)
     return current
+
+
+class Projector:
+    """A session's messages and todos, kept up to date by `apply()`, one event at a time, in
+    seq order: after any events, `messages()` is `project()` of them and `todos()` is
+    `todos()` of them.
+
+    A message is built once and kept until an event for it arrives; text deltas are joined
+    when the message is next read, not on every read.
+    """
+
+    def __init__(self) -> None:
+        self.seq = 0
+        """The seq of the last event applied (0: none)."""
+        self._drafts: dict[str, _Draft] = {}
+        self._created: dict[str, int] = {}
+        self._built: dict[str, Message] = {}
+        self._todos: list[Todo] = []
+        self._reverts = Reverts()
+
+    def apply(self, events: Iterable[Event]) -> None:
+        """Take `events` into the state; those at or before `seq` are already in it."""
+        for event in events:
+            if event.seq > self.seq:
+                self._apply(event)
+                self.seq = event.seq
+
+    def messages(self, *, after: int = 0, hidden: bool = False) -> list[Message]:
+        """The messages with their parts, in the order they were created, without those a
+        revert hides (unless `hidden`); with `after`, only those created after that seq (as
+        `project()` of the events after it). Each is a copy down to its list of parts (the
+        parts themselves are frozen)."""
+        return [self._message(message_id) for message_id, created in self._created.items()
+                if created > after and (hidden or self._reverts.shows(message_id))]
+
+    def pending_revert(self) -> RevertInfo | None:
+        """The revert that `unrevert()` would undo, if any."""
+        return self._reverts.pending
+
+    def todos(self) -> list[Todo]:
+        """The todo list as the last `todo-updated` event left it."""
+        return list(self._todos)
+
+    def _message(self, message_id: str) -> Message:
+        built = self._built.get(message_id)
+        if built is None:
+            built = self._built[message_id] = self._drafts[message_id].build()
+        return built.model_copy(update={"parts": list(built.parts)})
+
+    def _apply(self, event: Event) -> None:
+        self._reverts.apply(event, self._created)
+        match event.type:
+            case "message-created":
+                self._drafts[event.message.id] = _Draft(event.message)
+                self._created[event.message.id] = event.seq
+                self._built.pop(event.message.id, None)
+            case "reset":
+                self._reset(event.seq, event.messages, event.todos)
+            case "todo-updated":
+                self._todos = list(event.todos)
+            case _:
+                self._update(event)
+
+    def _update(self, event: Event) -> None:
+        message_id = event.message.id if event.type == "message-updated" \
+            else getattr(event, "message_id", None)
+        if not isinstance(message_id, str) or message_id not in self._drafts:
+            return
+        draft = self._drafts[message_id]
+        self._built.pop(message_id, None)
+        match event.type:
+            case "message-updated":
+                draft.message = event.message
+            case "text-delta" | "reasoning-delta":
+                kind = "text" if event.type == "text-delta" else "reasoning"
+                signature = getattr(event, "signature", None)
+                draft.delta(kind, event.part_id, event.delta, signature)
+            case "tool-start" | "tool-running" | "tool-end" | "step-start" | "step-finish" \
+                    | "retry" | "compaction" | "subtask" | "snapshot" | "patch":
+                draft.parts[event.part.id] = event.part
+            case _:
+                pass
+
+    def _reset(self, seq: int, messages: Sequence[Message], todos: Sequence[Todo]) -> None:
+        """The state of a `reset` event: its messages count as created at its seq."""
+        self._drafts = {message.id: _Draft(message) for message in messages}
+        self._created = dict.fromkeys(self._drafts, seq)
+        self._built = {}
+        self._todos = list(todos)
 

@@ -135,7 +135,9 @@ class SessionService:
 
     async def end_session(self, session_id: str) -> SessionInfo:
         """See `Transport.end_session`."""
-        return await self._sessions.end(session_id)
+        ended = await self._sessions.end(session_id)
+        self._turns.forget(session_id)
+        return ended
 
     async def gc(self) -> list[str]:
         """See `Transport.gc`."""

@@ -6,6 +6,11 @@ scope (for `abort`), and guarantees its single `turn-end`: whatever happens in t
 closing events are emitted in a shielded scope. Each turn holds the session's turn lease
 (`_turn_leases.py`) while it runs, so no other process runs a turn of that session meanwhile, and a
 turn whose process dies is closed by the next process that looks.
+
+What a turn reads of its session (and what `messages`, `metrics` and `todos` answer) comes from
+the session's projection kept in memory (`_views.py`), caught up with the store on each read.
+Once a turn has ended and is stored, the deltas of the turns before it are folded in the store
+in the background (`Store.fold_deltas`): the latest turn's deltas stay as they were streamed.
 """
 
 from __future__ import annotations
@@ -84,9 +89,10 @@ from ..providers import resolve_provider
 from ..providers._scripted import ScriptedProvider
 from ..providers.base import ModelMessage, Provider, TextContent
 from ._eventlog import EventLog
-from ._projection import final_text, metrics, pending_revert, project, todos
+from ._projection import final_text, metrics
 from ._sessions import Sessions, check_usable
 from ._turn_leases import Hold
+from ._views import Views
 
 __all__ = ["Turns"]
 
@@ -138,6 +144,7 @@ class Turns:
         self._extra_tools: Mapping[str, Tool] = extra_tools if extra_tools is not None else {}
         self._running: dict[str, _Running] = {}
         self._providers: dict[str, tuple[str, Provider, str]] = {}
+        self.views: Views = Views(events)
 
     def busy(self, session_id: str) -> bool:
         """Whether a turn of the session runs here (one whose `turn-end` is out is over)."""
@@ -198,7 +205,7 @@ class Turns:
             id=new_id("msg"), session_id=session_id, time_created=now(),
             parts=[TextPart(id=new_id("prt"), text=prompt)], command=command)
         try:
-            turn, history, last_user, user = await self._begin(session_id, running, model, user)
+            turn, history, last_user = await self._begin(session_id, running, model, user)
         except BaseException:
             del self._running[session_id]
             running.done.set()  # an abort() that came meanwhile must not wait for ever
@@ -224,7 +231,7 @@ class Turns:
 
     async def _begin(
         self, session_id: str, running: _Running, model: str | None, user: UserMessage | None
-    ) -> tuple[Turn, list[ModelMessage], str | None, UserMessage | None]:
+    ) -> tuple[Turn, list[ModelMessage], str | None]:
         """Take the session's turn lease and prepare the turn; the lease is released again if
         the preparation fails."""
         info = await self.sessions.get_info(session_id)
@@ -249,10 +256,9 @@ class Turns:
 
     async def _prepare(
         self, info: SessionInfo, message_id: str, user: UserMessage | None
-    ) -> tuple[Turn, list[ModelMessage], str | None, UserMessage | None]:
+    ) -> tuple[Turn, list[ModelMessage], str | None]:
         """The turn for the prompt `user` (None: a compaction), the history it sends (the
-        prompt included), the session's last user message's id before it, and `user` with
-        its snapshot of the workspace."""
+        prompt included), and the session's last user message's id before it."""
         summarize = user is None
         config = info.config
         assert info.config.model is not None
@@ -292,7 +298,7 @@ class Turns:
                     else config.token_budget - info.tokens.total, summarize=summarize,
                     subtasks=self._subtask, snapshots=snapshots,
                     prompt_id=None if user is None else user.id)
-        return turn, history, last_user, user
+        return turn, history, last_user
 
     async def _snapshots(self, info: SessionInfo) -> Snapshots:
         return Snapshots(await self.sessions.sandbox(info.id), info.sandbox.workdir,
@@ -358,9 +364,24 @@ class Turns:
                 await self._add_usage(turn.session_id, outcome)
             if hold is not None:
                 await self.sessions.turns.release(hold, stored=stored)
+                if closed and stored:
+                    self._task_group.start_soon(self._fold, turn.session_id, hold.lease.after)
         finally:
             self._running.pop(turn.session_id, None)
             running.done.set()
+
+    async def _fold(self, session_id: str, upto: int) -> None:
+        """Fold the deltas of the session's turns before the one that began after `upto`
+        (see `Store.fold_deltas`). Only an optimization: a store that fails is logged, and
+        what was not folded is folded after the session's next turn."""
+        try:
+            removed = await self.sessions.store.fold_deltas(session_id, upto=upto)
+        except StoreError as exc:
+            log.warning("session %s: deltas not folded (tried again after the next turn): %s",
+                        session_id, exc)
+            return
+        if removed:
+            log.debug("session %s: %d deltas folded up to seq %d", session_id, removed, upto)
 
     async def _add_usage(self, session_id: str, outcome: Outcome) -> None:
         """Count the turn's tokens and cost in the session's record (its budget's measure)."""
@@ -400,10 +421,16 @@ class Turns:
         return True
 
     async def aclose(self) -> None:
-        """Abort every running turn (each ends with its `turn-end`, stored)."""
+        """Abort every running turn (each ends with its `turn-end`, stored); drop the
+        projections kept in memory."""
         with anyio.CancelScope(shield=True):
             for session_id in list(self._running):
                 await self.abort(session_id)
+        self.views.clear()
+
+    def forget(self, session_id: str) -> None:
+        """Drop what is kept in memory of an ended session (it is read again if need be)."""
+        self.views.forget(session_id)
 
     async def reply(
         self, session_id: str, request_id: str, answer: PermissionAnswerRequest
@@ -466,8 +493,10 @@ class Turns:
         hide that message and every later one (a `reverted` event; the log keeps them)."""
         check_text(message_id, "message id", empty=False)
         async with self._exclusive(session_id):
-            events = await self.events.history(session_id)
-            target = next((m for m in project(events) if m.id == message_id), None)
+            await self.events.flush()
+            view = await self.views.current(session_id)
+            target = next((m for m in view.messages() if m.id == message_id), None)
+            pending = view.pending_revert()
             if target is None:
                 raise MessageNotFound(session_id, message_id)
             if not isinstance(target, UserMessage):
@@ -479,7 +508,6 @@ class Turns:
                                     "(sent with AgentConfig.snapshots off, or it failed)")
             snapshots = await self._snapshots(await self.sessions.get_info(session_id))
             before, files = await snapshots.restore(snapshot)
-            pending = pending_revert(events)
             revert = RevertInfo(message_id=message_id, snapshot=snapshot,
                                 before=before.tree if pending is None else pending.before,
                                 files=files, skipped=before.large)
@@ -492,7 +520,8 @@ class Turns:
         back as it was before it. `InvalidArgument` when none is pending (a message sent
         after a revert makes it final)."""
         async with self._exclusive(session_id):
-            pending = pending_revert(await self.events.history(session_id))
+            await self.events.flush()
+            pending = (await self.views.current(session_id)).pending_revert()
             if pending is None:
                 raise InvalidArgument("nothing to unrevert: no revert is pending (a message "
                                       "sent after a revert makes it final)")
@@ -510,7 +539,7 @@ class Turns:
         info = await self.sessions.get_info(session_id)
         check_usable(info)
         await self.events.flush()
-        messages = project(await self.events.history(session_id), hidden=message_id is None)
+        messages = (await self.views.current(session_id)).messages(hidden=message_id is None)
         if message_id is None:
             since = next((snap for m in messages if (snap := _snapshot_of(m))), None)
             if since is None:
@@ -549,7 +578,7 @@ class Turns:
         `hidden`, those reverts hide as well (every message of the log, in order)."""
         await self.sessions.get_info(session_id)  # settles a crashed turn; unknown id: error
         await self.events.flush()
-        return project(await self.events.history(session_id, after=after), hidden=hidden)
+        return (await self.views.current(session_id)).messages(after=after, hidden=hidden)
 
     async def metrics(self, session_id: str) -> Metrics:
         """What the log adds up to, with the usage of the session's child sessions (each
@@ -617,14 +646,15 @@ class Turns:
             running = self._running.get(child.id)
             if running is not None:
                 await running.done.wait()
-            answer = next(m for m in await self.messages(child.id)
+            answer = next(m for m in await self.messages(child.id, after=started.after)
                           if m.id == started.message_id)
-            end = next(e for e in await self.events.history(child.id)
+            end = next(e for e in await self.events.history(child.id, after=started.after)
                        if isinstance(e, TurnEndEvent) and e.message_id == started.message_id)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.abort(child.id)
                 await self.sessions.end(child.id)
+                self.forget(child.id)
                 done = await self.sessions.get_info(child.id)
                 await self._add_usage(parent.id, Outcome("completed", tokens=done.tokens,
                                                          cost=done.cost))
@@ -634,9 +664,10 @@ class Turns:
         return child.id, final_text(answer)
 
     async def todos(self, session_id: str) -> list[Todo]:
+        """The session's todo list, as its last `todo-updated` event left it."""
         await self.sessions.get_info(session_id)
         await self.events.flush()
-        return todos(await self.events.history(session_id))
+        return (await self.views.current(session_id)).todos()
 
     async def update(
         self, session_id: str, *, title: str | None = None,

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from .._exceptions import StoreError
 from .._types import SessionInfo, SessionStatus, Tokens
+from ._fold import ChunkError, Folded, fold_chunk
 from .base import EventChunk, Lease
 
 __all__ = ["SQLiteStore", "default_store_path"]
@@ -50,6 +52,20 @@ _POSITIONS = """
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_pos ON events (pos);
 """
 """The global order of the store's chunks (`pos`, given in the append transaction)."""
+_FOLDS = """
+CREATE TABLE IF NOT EXISTS folds (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS folded (session_id TEXT PRIMARY KEY, upto INTEGER NOT NULL);
+"""
+"""Folded deltas: each folded event with the first seq of the run it stands for, and per
+session the last seq of the chunks folded so far (made on open, in stores older than them)."""
+FOLD_CHUNKS = 64
+"""Chunks folded in one transaction at most (a long unfolded log is folded a part at a time,
+so no write holds the store for long)."""
 _COLUMNS = "session_id, first_seq, last_seq, data, pos"
 _UNLISTED = "('ended', 'creating')"
 _SAME_HOLDER = "session_id=? AND kind=? AND owner=? AND holder=?"
@@ -151,6 +167,67 @@ def _owner_row(db: sqlite3.Connection) -> tuple[Any, ...] | None:
     return row
 
 
+def _folded_upto(db: sqlite3.Connection, session_id: str) -> int:
+    row = db.execute("SELECT upto FROM folded WHERE session_id=?", (session_id,)).fetchone()
+    return row[0] if row is not None and isinstance(row[0], int) else 0
+
+
+_Row = tuple[int, int, bytes]
+
+
+def _unfolded(db: sqlite3.Connection, session_id: str, upto: int) -> tuple[int, list[_Row]]:
+    """Where the session's folded chunks end, and the next chunks (`FOLD_CHUNKS` at most)
+    that end at or before `upto`."""
+    with db:  # one read transaction: the mark and the rows agree
+        db.execute("BEGIN")
+        start = _folded_upto(db, session_id)
+        rows = db.execute(
+            "SELECT first_seq, last_seq, data FROM events WHERE session_id=? AND first_seq>? "
+            "AND last_seq<=? ORDER BY first_seq LIMIT ?",
+            (session_id, start, upto, FOLD_CHUNKS)).fetchall()
+    return start, [(first, last, data if isinstance(data, bytes) else str(data).encode())
+                   for first, last, data in rows]
+
+
+def _fold_rows(session_id: str, rows: list[_Row]) -> list[tuple[int, Folded]]:
+    """The chunks among `rows` that change when folded, by first seq."""
+    changed: list[tuple[int, Folded]] = []
+    for first, _, data in rows:
+        try:
+            folded = fold_chunk(data)
+        except ChunkError as exc:
+            raise StoreError(f"session {session_id}: its stored events row first_seq={first} "
+                             f"cannot be folded: {exc}") from exc
+        if folded is not None:
+            changed.append((first, folded))
+    return changed
+
+
+def _store_folds(db: sqlite3.Connection, session_id: str, start: int, end: int,
+                 folds: list[tuple[int, Folded]]) -> bool:
+    """Write folded chunks and move the session's fold mark from `start` to `end`, unless it
+    moved meanwhile (False: nothing written).
+
+    Without an fsync of its own (`synchronous=NORMAL` for this transaction): a fold lost to a
+    power cut leaves the chunks as they were, which project to the same messages, and the WAL
+    keeps the transaction whole or absent. The next durable commit makes it durable too."""
+    db.execute("PRAGMA synchronous=NORMAL")
+    try:
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            if _folded_upto(db, session_id) != start:
+                return False
+            db.executemany("UPDATE events SET data=? WHERE session_id=? AND first_seq=?",
+                           [(folded.data, session_id, first) for first, folded in folds])
+            db.executemany("INSERT OR REPLACE INTO folds VALUES (?, ?, ?)",
+                           [(session_id, seq, run_first) for _, folded in folds
+                            for run_first, seq in folded.runs])
+            db.execute("INSERT OR REPLACE INTO folded VALUES (?, ?)", (session_id, end))
+        return True
+    finally:
+        db.execute("PRAGMA synchronous=FULL")
+
+
 def default_store_path() -> Path:
     """`$SANDBOX_SESSIONS_DB`, else `$XDG_STATE_HOME/sandbox-sessions/sessions.db`."""
     explicit = os.environ.get("SANDBOX_SESSIONS_DB")
@@ -189,6 +266,7 @@ class SQLiteStore:
                 row = _owner_row(self._db)
             assert row is not None
             _migrate(self._db)
+            self._db.executescript(_FOLDS)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open the session store at {self._path}: {exc}") from exc
         self._owner_id = str(row[0])
@@ -381,8 +459,11 @@ class SQLiteStore:
         self, session_id: str, *, after: int = 0, upto: int | None = None
     ) -> list[EventChunk]:
         """See `Store.read_events`."""
-        query = f"SELECT {_COLUMNS} FROM events WHERE session_id=? AND last_seq>?"
-        args: tuple[object, ...] = (session_id, after)
+        # From the chunk that may hold `after` on: one seek, not a scan of the session's rows.
+        query = (f"SELECT {_COLUMNS} FROM events WHERE session_id=? AND last_seq>? AND "
+                 "first_seq>=(SELECT COALESCE(MAX(first_seq), 0) FROM events "
+                 "WHERE session_id=? AND first_seq<=?)")
+        args: tuple[object, ...] = (session_id, after, session_id, after)
         if upto is not None:
             query, args = query + " AND first_seq<=?", (*args, upto)
 
@@ -409,6 +490,33 @@ class SQLiteStore:
     async def last_seq(self, session_id: str) -> int:
         """See `Store.last_seq`."""
         return await self._run(lambda db: _head(db, session_id))
+
+    async def fold_deltas(self, session_id: str, *, upto: int) -> int:
+        """See `Store.fold_deltas`. The chunks are read and folded outside any write
+        transaction; the write then goes through only if nobody folded the session meanwhile
+        (appends never change a stored chunk)."""
+        removed = 0
+        while True:
+            start, rows = await self._run(partial(_unfolded, session_id=session_id, upto=upto))
+            if not rows:
+                return removed
+            folds = await anyio.to_thread.run_sync(_fold_rows, session_id, rows)
+            store = partial(_store_folds, session_id=session_id, start=start, end=rows[-1][1],
+                            folds=folds)
+            if not await self._run(store):
+                return removed  # another process is folding this session
+            removed += sum(folded.removed for _, folded in folds)
+            if len(rows) < FOLD_CHUNKS:
+                return removed
+
+    async def folded_from(self, session_id: str, seq: int) -> int | None:
+        """See `Store.folded_from`."""
+        def select(db: sqlite3.Connection) -> int | None:
+            row = db.execute("SELECT first_seq FROM folds WHERE session_id=? AND seq=?",
+                             (session_id, seq)).fetchone()
+            return None if row is None or not isinstance(row[0], int) else row[0]
+
+        return await self._run(select)
 
     async def aclose(self) -> None:
         """See `Store.aclose`."""

@@ -159,6 +159,28 @@ class Store(Protocol):
         """The highest seq stored for the session, 0 when it has none."""
         ...
 
+    async def fold_deltas(self, session_id: str, *, upto: int) -> int:
+        """Fold the session's stored chunks that end at or before seq `upto` and were not
+        folded yet: in each, a run of consecutive `text-delta` (or `reasoning-delta`) events
+        of one part becomes one event of that type carrying the run's text joined, with the
+        seq, time and fields of the run's last delta (a reasoning run keeps its last
+        signature). The log's seqs stay increasing, with gaps where runs were; each chunk
+        keeps its place (`first_seq`, `last_seq`, `position`); what `project()` makes of the
+        log does not change. Returns how many events were removed.
+
+        Safe while another process appends to the session or folds it too (each chunk is
+        folded once). A `StoreError` leaves the log as it was, or folded in part.
+
+        Folding is an optimization: a store may fold nothing (return 0, and None from
+        `folded_from`); its logs then keep every delta, and no reader ever gets a reset.
+        """
+        ...
+
+    async def folded_from(self, session_id: str, seq: int) -> int | None:
+        """The first seq of the run of deltas that the stored event `seq` stands for since
+        the run was folded; None when `seq` is no folded event."""
+        ...
+
     async def aclose(self) -> None:
         """Release the store's resources; pending writes are already durable."""
         ...
