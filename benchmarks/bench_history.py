@@ -21,7 +21,6 @@ per delta.
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import statistics
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from _bench import report, timed_turns
 
 from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle
 
@@ -38,25 +38,15 @@ TRIVIAL = 10
 """Trivial turns timed at each end (their median is reported)."""
 
 
-async def _timed_turns(session: AsyncSessionHandle, count: int) -> list[float]:
-    seconds = []
-    for _ in range(count):
-        started = time.perf_counter()
-        result = await session.send("ping")
-        seconds.append(time.perf_counter() - started)
-        assert result.reason == "completed", result
-    return seconds
-
-
 async def _alternated(grown: AsyncSessionHandle, fresh: AsyncSessionHandle, count: int
                       ) -> tuple[list[float], list[float]]:
     """Trivial turns of the grown session and of a fresh one, one after the other: both see
     the same load of a shared machine, which moves within a run."""
-    await _timed_turns(fresh, 2)  # its provider, its first reads
+    await timed_turns(fresh, 2)  # its provider, its first reads
     late, early = [], []
     for _ in range(count):
-        late += await _timed_turns(grown, 1)
-        early += await _timed_turns(fresh, 1)
+        late += await timed_turns(grown, 1)
+        early += await timed_turns(fresh, 1)
     return late, early
 
 
@@ -90,14 +80,14 @@ async def measure(words: int, deltas: int, store: Path) -> dict[str, Any]:
         agent = client.agent("bench-history", model="scripted", tools=[], script=script)
         async with await agent.create_session(title="history") as session, \
                 await agent.create_session(title="fresh") as fresh:
-            early = (await _timed_turns(session, TRIVIAL + 2))[2:]  # as the fresh one's
+            early = (await timed_turns(session, TRIVIAL + 2))[2:]  # as the fresh one's
             early_reads, early_messages = await _timed_reads(session, 3)
             empty = _store_bytes(store)
             started = time.perf_counter()
             for _ in range(big_turns):
                 await session.send("write")
             growing = time.perf_counter() - started
-            late = await _timed_turns(session, TRIVIAL)
+            late = await timed_turns(session, TRIVIAL)
             late_reads, late_messages = await _timed_reads(session, 3)
             grown = _store_bytes(store)
             alternated_late, alternated_fresh = await _alternated(session, fresh, TRIVIAL)
@@ -129,11 +119,7 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         figures = anyio.run(measure, args.words, args.deltas, Path(folder) / "history.db")
-    for name, value in figures.items():
-        shown = f"{value:,.1f}" if isinstance(value, float) else f"{value:,}"
-        print(f"{name:26} {shown}")
-    if args.json is not None:
-        args.json.write_text(json.dumps(figures, indent=2))
+    report(figures, args.json)
     return 0
 
 
