@@ -38,6 +38,7 @@ from ..sandbox.base import Sandbox, SandboxBackend
 from ..store.base import Store
 from ._allevents import Cursor, subscribe_all
 from ._eventlog import EventLog
+from ._rewind import Rewind
 from ._sessions import OutputSink, Sessions
 from ._turns import Turns
 
@@ -51,6 +52,7 @@ class SessionService:
     def __init__(self, sessions: Sessions, turns: Turns, tools: dict[str, Tool]) -> None:
         self._sessions = sessions
         self._turns = turns
+        self._rewind = Rewind(turns)
         self._tools = tools
 
     # --- what the embedded client (and tests) may reach beyond the wire ---------------------
@@ -203,19 +205,19 @@ class SessionService:
 
     async def revert(self, session_id: str, request: RevertRequest) -> RevertInfo:
         """See `Transport.revert`."""
-        return await self._turns.revert(session_id, request.message_id)
+        return await self._rewind.revert(session_id, request.message_id)
 
     async def unrevert(self, session_id: str) -> RevertInfo:
         """See `Transport.unrevert`."""
-        return await self._turns.unrevert(session_id)
+        return await self._rewind.unrevert(session_id)
 
     async def diff(self, session_id: str, *, message_id: str | None = None) -> list[FileDiff]:
         """See `Transport.diff`."""
-        return await self._turns.diff(session_id, message_id)
+        return await self._rewind.diff(session_id, message_id)
 
     async def import_messages(self, session_id: str, request: ImportMessagesRequest) -> int:
         """See `Transport.import_messages`."""
-        return await self._turns.import_messages(session_id, request.messages,
+        return await self._rewind.import_messages(session_id, request.messages,
                                                  hidden=request.hidden)
 
     async def reply_question(

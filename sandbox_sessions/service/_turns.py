@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 
 import anyio
 import anyio.abc
@@ -26,10 +26,8 @@ import httpx
 from .._exceptions import (
     ContainerGone,
     InvalidArgument,
-    MessageNotFound,
     SandboxUnavailable,
     SessionBusy,
-    SnapshotError,
     StoreError,
 )
 from .._types import (
@@ -39,22 +37,17 @@ from .._types import (
     CompactionEvent,
     CompactionPart,
     Event,
-    FileDiff,
     Message,
     MessageCreatedEvent,
-    MessagesHiddenEvent,
     MessageUpdatedEvent,
     Metrics,
     PermissionAnswerRequest,
     PermissionRules,
     QuestionAnswerRequest,
     RetryPart,
-    RevertedEvent,
-    RevertInfo,
     SessionInfo,
     SessionStatusEvent,
     SessionUpdatedEvent,
-    SnapshotPart,
     StepStartPart,
     Subagent,
     SubtaskEvent,
@@ -65,7 +58,6 @@ from .._types import (
     Tokens,
     TurnEndEvent,
     TurnStarted,
-    UnrevertedEvent,
     UserMessage,
 )
 from .._validation import check_text
@@ -300,7 +292,8 @@ class Turns:
                     prompt_id=None if user is None else user.id)
         return turn, history, last_user
 
-    async def _snapshots(self, info: SessionInfo) -> Snapshots:
+    async def snapshots(self, info: SessionInfo) -> Snapshots:
+        """The snapshot operations of the session's sandbox."""
         return Snapshots(await self.sessions.sandbox(info.id), info.sandbox.workdir,
                          max_file=info.config.snapshot_max_file)
 
@@ -442,28 +435,8 @@ class Turns:
         await self.sessions.get_info(session_id)
         self.broker.reply(session_id, request_id, answer.reply, answer.message)
 
-    async def import_messages(self, session_id: str, messages: Sequence[Message], *,
-                              hidden: Sequence[str] = ()) -> int:
-        """Append `messages` (an export's history) to the session as `message-created`
-        events, under the session's turn lease: not while a turn runs (`SessionBusy`). Each
-        gets a new id and this session's id, and a user message loses its snapshot (a tree of
-        another container's repository: revert cannot go back into an imported history); an
-        assistant message's `parent_id` must name a user message given before it. The given
-        ids in `hidden` (an answer always with its prompt) are then hidden for good, by one
-        `messages-hidden` event, as the revert that hid them in the source did. A rule broken
-        is an `InvalidArgument`, and nothing is added."""
-        renamed, ids = _renamed(session_id, messages)
-        to_hide = _hidden(messages, hidden, ids)
-        async with self._exclusive(session_id):
-            for message in renamed:
-                self.events.emit(session_id, MessageCreatedEvent, message=message)
-            if to_hide:
-                self.events.emit(session_id, MessagesHiddenEvent, message_ids=to_hide)
-            await self.events.flush()
-        return len(renamed)
-
     @contextlib.asynccontextmanager
-    async def _exclusive(self, session_id: str) -> AsyncIterator[None]:
+    async def exclusive(self, session_id: str) -> AsyncIterator[None]:
         """Hold the session as a turn would (here and, through its turn lease, in other
         processes) while the body changes its history; `SessionBusy` while a turn runs (one
         whose `turn-end` is out is waited for, as `_start` does)."""
@@ -487,73 +460,6 @@ class Turns:
         finally:
             del self._running[session_id]
             running.done.set()
-
-    async def revert(self, session_id: str, message_id: str) -> RevertInfo:
-        """Put the workspace back as it was when the user message `message_id` was sent and
-        hide that message and every later one (a `reverted` event; the log keeps them)."""
-        check_text(message_id, "message id", empty=False)
-        async with self._exclusive(session_id):
-            await self.events.flush()
-            view = await self.views.current(session_id)
-            target = next((m for m in view.messages() if m.id == message_id), None)
-            pending = view.pending_revert()
-            if target is None:
-                raise MessageNotFound(session_id, message_id)
-            if not isinstance(target, UserMessage):
-                raise InvalidArgument(f"{message_id!r} is an assistant message: revert takes "
-                                      "the id of a user message (the prompt to go back before)")
-            snapshot = _snapshot_of(target)
-            if snapshot is None:
-                raise SnapshotError(f"message {message_id!r} has no snapshot of the workspace "
-                                    "(sent with AgentConfig.snapshots off, or it failed)")
-            snapshots = await self._snapshots(await self.sessions.get_info(session_id))
-            before, files = await snapshots.restore(snapshot)
-            revert = RevertInfo(message_id=message_id, snapshot=snapshot,
-                                before=before.tree if pending is None else pending.before,
-                                files=files, skipped=before.large)
-            self.events.emit(session_id, RevertedEvent, revert=revert)
-            await self.events.flush()
-        return revert
-
-    async def unrevert(self, session_id: str) -> RevertInfo:
-        """Undo the pending revert: its messages are shown again and the workspace is put
-        back as it was before it. `InvalidArgument` when none is pending (a message sent
-        after a revert makes it final)."""
-        async with self._exclusive(session_id):
-            await self.events.flush()
-            pending = (await self.views.current(session_id)).pending_revert()
-            if pending is None:
-                raise InvalidArgument("nothing to unrevert: no revert is pending (a message "
-                                      "sent after a revert makes it final)")
-            snapshots = await self._snapshots(await self.sessions.get_info(session_id))
-            await snapshots.restore(pending.before)
-            self.events.emit(session_id, UnrevertedEvent, message_id=pending.message_id,
-                             snapshot=pending.before)
-            await self.events.flush()
-        return pending
-
-    async def diff(self, session_id: str, message_id: str | None = None) -> list[FileDiff]:
-        """The files that differ between the workspace now and when `message_id` (a user
-        message) was sent; by default, the session's first snapshot. Empty when the session
-        has none yet."""
-        info = await self.sessions.get_info(session_id)
-        check_usable(info)
-        await self.events.flush()
-        messages = (await self.views.current(session_id)).messages(hidden=message_id is None)
-        if message_id is None:
-            since = next((snap for m in messages if (snap := _snapshot_of(m))), None)
-            if since is None:
-                return []
-        else:
-            check_text(message_id, "message id", empty=False)
-            target = next((m for m in messages if m.id == message_id), None)
-            if target is None:
-                raise MessageNotFound(session_id, message_id)
-            since = _snapshot_of(target)
-            if since is None:
-                raise SnapshotError(f"message {message_id!r} has no snapshot of the workspace")
-        _, diffs = await (await self._snapshots(info)).diff(since)
-        return diffs
 
     async def answer_question(
         self, session_id: str, request_id: str, answer: QuestionAnswerRequest
@@ -692,63 +598,6 @@ class Turns:
         self.events.emit(session_id, SessionUpdatedEvent, config=info.config, title=info.title,
                          archived=info.archived, pinned=info.pinned, metadata=info.metadata)
         return info
-
-
-MAX_IMPORTED = 100_000
-"""Messages one import may add."""
-
-
-def _renamed(session_id: str, messages: Sequence[Message]
-             ) -> tuple[list[Message], dict[str, str]]:
-    """The messages with new ids, this session's id and their parents mapped; and the map
-    from given ids to new ones."""
-    if len(messages) > MAX_IMPORTED:
-        raise InvalidArgument(f"at most {MAX_IMPORTED} messages are imported at once")
-    ids: dict[str, str] = {}
-    users: set[str] = set()
-    renamed: list[Message] = []
-    for message in messages:
-        if message.id in ids:
-            raise InvalidArgument(f"message id {message.id[:80]!r} is given twice")
-        ids[message.id] = new_id("msg")
-        changes: dict[str, object] = {"id": ids[message.id], "session_id": session_id}
-        if isinstance(message, AssistantMessage):
-            parent = ids.get(message.parent_id)
-            if parent is None or parent not in users:
-                raise InvalidArgument(f"assistant message {message.id[:80]!r} answers no user "
-                                      "message given before it")
-            changes["parent_id"] = parent
-        else:
-            users.add(ids[message.id])
-            # its snapshot is a tree of another container's shadow repository
-            changes["parts"] = [p for p in message.parts if not isinstance(p, SnapshotPart)]
-        renamed.append(message.model_copy(update=changes))
-    return renamed, ids
-
-
-def _hidden(messages: Sequence[Message], hidden: Sequence[str], ids: Mapping[str, str]
-            ) -> list[str]:
-    """The new ids of the given messages named in `hidden`, checked: each given, once, and
-    an answer hidden exactly when its prompt is (a revert hides a prompt with its answers)."""
-    wanted = set(hidden)
-    if len(wanted) != len(hidden):
-        raise InvalidArgument("a hidden message id is named twice")
-    unknown = next((i for i in hidden if i not in ids), None)
-    if unknown is not None:
-        raise InvalidArgument(f"hidden message id {unknown[:80]!r} is not among the messages "
-                              "given")
-    for message in messages:
-        if isinstance(message, AssistantMessage) and (
-                (message.id in wanted) != (message.parent_id in wanted)):
-            raise InvalidArgument(f"assistant message {message.id[:80]!r} must be hidden "
-                                  "exactly when the user message it answers is")
-    return [ids[i] for i in hidden]
-
-
-def _snapshot_of(message: Message) -> str | None:
-    """The workspace's snapshot a user message was sent with, if any."""
-    return next((part.snapshot for part in message.parts if isinstance(part, SnapshotPart)),
-                None)
 
 
 def _model_calls(messages: list[Message]) -> int:
