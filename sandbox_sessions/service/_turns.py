@@ -164,10 +164,18 @@ class Turns:
         `compaction` part is stored. `InvalidArgument` when there is nothing to summarize."""
         return await self._start(session_id, None)
 
+    async def _closed(self, session_id: str) -> None:
+        """Wait for the session's turn whose `turn-end` is out (a client may go on as soon as
+        it sees it) to finish closing; return at once when none is closing."""
+        ending = self._running.get(session_id)
+        if ending is not None and ending.closing:
+            await ending.done.wait()
+
     async def _compact_if_needed(self, session_id: str) -> None:
         """Summarize first when the session's last answer filled its model's context (see
         `agent/_compaction.py`); a compaction that fails leaves the history whole."""
         info = await self.sessions.get_info(session_id)
+        await self._closed(session_id)  # its answer's usage decides
         if info.config.model is None or session_id in self._running:
             return
         limit = context_limit(info.config, info.config.model.split("/", 1)[-1])
@@ -187,9 +195,7 @@ class Turns:
         command: CommandCall | None = None,
     ) -> TurnStarted:
         """Start a turn for `prompt`, or a compaction when it is None."""
-        ending = self._running.get(session_id)
-        if ending is not None and ending.closing:
-            await ending.done.wait()
+        await self._closed(session_id)
         if session_id in self._running:
             raise SessionBusy(session_id)
         running = self._running[session_id] = _Running()  # taken before any await: no race
@@ -440,9 +446,7 @@ class Turns:
         """Hold the session as a turn would (here and, through its turn lease, in other
         processes) while the body changes its history; `SessionBusy` while a turn runs (one
         whose `turn-end` is out is waited for, as `_start` does)."""
-        ending = self._running.get(session_id)
-        if ending is not None and ending.closing:
-            await ending.done.wait()
+        await self._closed(session_id)
         if session_id in self._running:
             raise SessionBusy(session_id)
         running = self._running[session_id] = _Running()
