@@ -86,7 +86,7 @@ async def test_a_reader_resuming_inside_a_folded_run_gets_a_reset_then_the_rest(
 
 
 async def test_a_stream_left_behind_by_a_fold_still_ends_with_its_whole_text(
-    client: AsyncSandboxClient, image: str, store_path: Path, transport: str
+    client: AsyncSandboxClient, image: str, store_path: Path
 ) -> None:
     words = " ".join(f"w{index}" for index in range(20_000))
     script: list[dict[str, Any]] = [{"text": words}, {"text": "short"}]
@@ -105,9 +105,10 @@ async def test_a_stream_left_behind_by_a_fold_still_ends_with_its_whole_text(
     assert seen[-1].type == "turn-end"
     assert answer_text(project(seen)) == [words]  # nothing twice, nothing missing
     assert answer_text(messages) == [words, "short"]
-    resets = [event for event in seen if isinstance(event, ResetEvent)]
-    if transport == "inprocess":  # over HTTP, socket buffers may hold the whole turn
-        assert len(resets) == 1
+    # One reset when the reader's place was folded under it; none when it had read the turn
+    # before the fold (socket buffers over HTTP; a loaded machine's scheduling in-process).
+    # The test above makes sure a resume inside a folded run gets its reset.
+    assert len([event for event in seen if isinstance(event, ResetEvent)]) <= 1
 
 
 async def idle(session: AsyncSessionHandle) -> None:
