@@ -127,9 +127,10 @@ def read_text_file(path: str | os.PathLike[str], *, what: str, max_bytes: int) -
         raise InvalidArgument(f"{name}: no such {what}") from None
     except OSError as exc:
         raise InvalidArgument(f"{name}: cannot open the {what} ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder, a FIFO, a device
+        os.close(fd)
+        raise InvalidArgument(f"{name}: the {what} is not a regular file")
     with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InvalidArgument(f"{name}: the {what} is not a regular file")
         data = file.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise InvalidArgument(f"{name}: the {what} is over {max_bytes} bytes")
