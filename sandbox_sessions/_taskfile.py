@@ -3,7 +3,7 @@
 `sandbox-sessions run --task task.yaml` runs one: a session with the file's agent, its uploads
 copied in, then each step in order; the first step that fails stops the run with a message
 naming it. This module only reads and checks the file (`load_task`); the runner is the CLI's.
-A file in full (every key but the agent's `name` and `steps` is optional):
+A file in full (`agent`, with a `model` or a `script`, and `steps` are required):
 
     agent:
       name: build                    # default "task"
@@ -23,7 +23,7 @@ A file in full (every key but the agent's `name` and `steps` is optional):
     steps:
       - prompt: Write the package and its tests.
       - shell: make test
-        name: tests                  # every step may be named; else "shell \\"make test\\""
+        name: tests                  # for messages; by default: shell "make test"
         timeout: 5m
         expect_exit: 0
       - command: {name: review, arguments: [src/]}

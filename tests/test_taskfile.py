@@ -7,12 +7,14 @@ key path and words), so a wrong line or a raw pydantic dump fails it.
 from __future__ import annotations
 
 import os
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 from sandbox_sessions import InvalidArgument
+from sandbox_sessions import _taskfile as taskfile
 from sandbox_sessions._taskfile import (
     MAX_TASK_BYTES,
     ArtifactExpectation,
@@ -186,6 +188,17 @@ def test_the_example_task_is_valid() -> None:
     assert (task.upload[0].source / "greet.py").is_file()
     assert task.agent.model == "scripted"
     assert isinstance(task.agent.script, list)
+
+
+def test_the_example_in_the_docstring_is_valid(tmp_path: Path) -> None:
+    doc = taskfile.__doc__ or ""
+    block = doc.split("A file in full", 1)[1].split("\n\n")[1]
+    _write(tmp_path, "- text: done\n", "model.yaml")
+    task = load_task(_write(tmp_path, textwrap.dedent(block)))
+    assert [step.name for step in task.steps] == [
+        "prompt 1", "tests", "command review", 'expect_artifact "*.whl"',
+        'expect_file "/workspace/REPORT.md"']
+    assert task.agent.timeout == 1200.0
 
 
 def test_the_model_can_be_built_without_a_file(tmp_path: Path,
