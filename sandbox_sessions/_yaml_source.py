@@ -285,9 +285,12 @@ _EXPECTED = {
 
 
 def explain(error: ValidationError, root: type[BaseModel], located: Located) -> InvalidArgument:
-    """The problem of `error` on the earliest line of the file, as `file:line: path: words`."""
-    found = [describe_error(item, root) for item in error.errors(include_url=False)]
-    path, message = min(found, key=lambda item: located.line(item[0]))
+    """The problem of `error` on the earliest line of the file, as `file:line: path: words`.
+    A missing key comes after every other problem: with a misspelt key (`stpes`), the
+    unknown key says more than the missing one."""
+    items = error.errors(include_url=False)
+    found = [(item["type"] == "missing", *describe_error(item, root)) for item in items]
+    _, path, message = min(found, key=lambda item: (item[0], located.line(item[1])))
     return located.error(path, message)
 
 

@@ -239,6 +239,10 @@ ERRORS = {
         VALID + "stpes: []\n",
         "task.yaml:4: stpes: unknown key 'stpes' (expected one of: agent, upload, artifacts, "
         "steps)"),
+    "misspelt top-level key": (
+        "agent: {script: [{text: hi}]}\nstpes:\n  - prompt: go\n",
+        "task.yaml:2: stpes: unknown key 'stpes' (expected one of: agent, upload, artifacts, "
+        "steps)"),
     "unknown step key": (
         VALID + "  - shell: make\n    timout: 3\n",
         "task.yaml:5: steps[1].timout: unknown key 'timout' (expected one of: name, shell, "
