@@ -32,8 +32,8 @@ A file in full (`agent`, with a `model` or a `script`, and `steps` are required)
 
 Paths on the host (`script`, an upload's SRC, `artifacts`) are relative to the task file's
 folder, so a task runs the same from any working folder; they are made absolute here. A
-script file is read and checked here too. Nothing else touches the disk: whether an upload's
-SRC exists is the runner's to find out.
+script file is read and checked here too, as strictly as the task file. Nothing else
+touches the disk: whether an upload's SRC exists is the runner's to find out.
 
 Every problem is an `InvalidArgument` that names the file, the line and the key path, in
 plain words: `task.yaml:14: steps[2].expect_artifact.min_bytes: must be an integer >= 0`.
@@ -71,7 +71,7 @@ from ._types import DEFAULT_IMAGE, PermissionRules
 from ._yaml_source import ProblemAt, compose, describe_error, explain, read_text_file
 from .agent._permissions import validate_rules
 from .agent._tools import BUILTIN_TOOLS, check_rule_keys
-from .providers._scripted import ScriptedProvider, ScriptEntry
+from .providers._scripted import ScriptEntry
 
 __all__ = [
     "MAX_TASK_BYTES",
@@ -144,10 +144,7 @@ class TaskAgent(Strict):
     def _script(cls, value: object, info: ValidationInfo) -> object:
         if isinstance(value, str | Path):
             path = _host_path(value, info)
-            if not path.is_file():
-                raise ValueError(f"no script file at {path} (a path is relative to the task "
-                                 "file's folder)")
-            ScriptedProvider(path)  # a bad script file fails here, naming its entry
+            _check_script_file(path)  # a bad entry fails now, not once a container is up
             return path
         if isinstance(value, list):
             return [_script_entry(index, entry) for index, entry in enumerate(value)]
@@ -194,6 +191,22 @@ def _script_entry(index: int, entry: object) -> ScriptEntry:
     except ValidationError as exc:
         where, message = describe_error(exc.errors(include_url=False)[0], ScriptEntry)
         raise ProblemAt((index, *where), message) from None
+
+
+def _check_script_file(path: Path) -> None:
+    """A script file read as the task file is (lines, no aliases) and its entries checked."""
+    if not path.exists():
+        raise ValueError(f"no script file at {path} (a path is relative to the task file's "
+                         "folder)")
+    located = compose(read_text_file(path, what="script file", max_bytes=MAX_TASK_BYTES),
+                      source=str(path))
+    if not isinstance(located.data, list):
+        raise located.error((), "a script must be a list of entries")
+    for index, entry in enumerate(located.data):
+        try:
+            _script_entry(index, entry)
+        except ProblemAt as exc:
+            raise located.error(exc.where, exc.message) from None
 
 
 def _check_rule(tool: object, entry: object) -> None:

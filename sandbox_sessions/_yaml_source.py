@@ -320,10 +320,10 @@ def describe_error(item: ErrorDetails, root: type[BaseModel]) -> tuple[KeyPath, 
 
 def _expected(kind: str, given: object, field: FieldInfo | None) -> str:
     """`must be an integer >= 0, not a string`: the type and the bounds of the field."""
-    what = _EXPECTED[kind] or _kind_of(given)
+    what = _EXPECTED[kind] or _kind_of(_unwrap(field.annotation) if field else None, given)
     bounds = _bounds(field)
     text = f"must be {what}{bounds}"
-    return text if _EXPECTED[kind] == "" else f"{text}, not {_kind_of(given)}"
+    return text if _EXPECTED[kind] == "" else f"{text}, not {_kind_of(None, given)}"
 
 
 def _bounds(field: FieldInfo | None) -> str:
@@ -333,7 +333,10 @@ def _bounds(field: FieldInfo | None) -> str:
     return " and".join(found)
 
 
-def _kind_of(value: object) -> str:
+def _kind_of(declared: object, value: object) -> str:
+    """What `value` is, in words; for a number, what the field `declared` takes."""
+    if declared in {int, float} and isinstance(value, int | float):
+        return "an integer" if declared is int else "a number"
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -90,8 +90,10 @@ def _write(folder: Path, text: str | bytes, name: str = "task.yaml") -> Path:
     return path
 
 
-def _error(text: str | bytes, folder: Path) -> str:
-    _write(folder, text)
+def _error(text: str | bytes | None, folder: Path) -> str:
+    """The message of loading `text` (None: the task.yaml already there)."""
+    if text is not None:
+        _write(folder, text)
     with pytest.raises(InvalidArgument) as caught:
         load_task("task.yaml")
     return str(caught.value)
@@ -149,12 +151,26 @@ def test_a_script_file_is_relative_to_the_task_file(tmp_path: Path) -> None:
     assert task.agent.model == "scripted"
 
 
-def test_a_bad_script_file_names_its_entry(in_tmp: Path) -> None:
-    _write(in_tmp, "- text: 1\n", "model.yaml")
-    message = _error("agent: {script: model.yaml}\nsteps: [{prompt: go}]\n", in_tmp)
-    assert message.startswith("task.yaml:1: agent.script: script entry 0 in ")
-    assert "model.yaml" in message
-    assert "text" in message
+@pytest.mark.parametrize(("script", "problem"), [
+    ("- text: hi\n- text: 1\n", "2: [1].text: must be a string, not an integer"),
+    ("- text: hi\n- tool_calls: [{name: ''}]\n", "2: [1].tool_calls[0].name: must not be empty"),
+    ("- &a {text: hi}\n- *a\n", "2: aliases (*a) are not allowed in this file: write the "
+                                 "value out"),
+    ("text: hi\n", "1: a script must be a list of entries"),
+    ('[{"text": "json"}, {"delay": -1}]', '1: [1].delay: must be a number >= 0'),
+])
+def test_a_bad_script_file_is_named_with_its_line(in_tmp: Path, script: str,
+                                                   problem: str) -> None:
+    _write(in_tmp / "ci", script, "model.yaml")
+    _write(in_tmp, "agent:\n  name: x\n  script: ci/model.yaml\nsteps: [{prompt: go}]\n")
+    assert _error(None, in_tmp) == (
+        f"task.yaml:3: agent.script: {in_tmp / 'ci' / 'model.yaml'}:{problem}")
+
+
+def test_a_missing_script_file(in_tmp: Path) -> None:
+    assert _error("agent: {script: nope.yaml}\nsteps: [{prompt: go}]\n", in_tmp) == (
+        f"task.yaml:1: agent.script: no script file at {in_tmp / 'nope.yaml'} (a path is "
+        "relative to the task file's folder)")
 
 
 def test_long_commands_are_cut_in_default_names(tmp_path: Path) -> None:
