@@ -40,7 +40,7 @@ from .base import (
     Usage,
 )
 
-__all__ = ["Script", "ScriptedProvider"]
+__all__ = ["Script", "ScriptEntry", "ScriptedProvider"]
 
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
 _CHARS_PER_TOKEN = 4
@@ -72,7 +72,10 @@ class _ScriptedError(_Strict):
     status: int | None = None
 
 
-class _Entry(_Strict):
+class ScriptEntry(_Strict):
+    """One entry of a script, as the module's docstring describes it (what the task file
+    validates its inline entries with)."""
+
     text: str | None = None
     reasoning: str | None = None
     tool_calls: list[_ScriptedCall] = Field(default_factory=list)
@@ -102,7 +105,7 @@ def _read_file(path: Path) -> object:
         raise InvalidArgument(f"the script {str(path)!r} is not valid: {exc}") from exc
 
 
-def _load(script: Script) -> tuple[_Entry, ...]:
+def _load(script: Script) -> tuple[ScriptEntry, ...]:
     """Read and validate a script; raises `InvalidArgument` naming the entry at fault."""
     where = ""
     raw: object = script
@@ -119,7 +122,7 @@ def _load(script: Script) -> tuple[_Entry, ...]:
                 f"script entry {index}{where} must be a mapping, not {type(item).__name__}"
             )
         try:
-            entries.append(_Entry.model_validate(dict(item)))
+            entries.append(ScriptEntry.model_validate(dict(item)))
         except ValidationError as exc:
             raise InvalidArgument(f"script entry {index}{where}: {_describe(exc)}") from None
     return tuple(entries)
@@ -151,7 +154,7 @@ def _request_chars(request: ModelRequest) -> int:
     return size
 
 
-def _usage(entry: _Entry, request: ModelRequest) -> Usage:
+def _usage(entry: ScriptEntry, request: ModelRequest) -> Usage:
     if entry.usage is not None:
         return Usage(**entry.usage.model_dump())
     calls = sum(len(call.name) + len(json.dumps(call.input)) for call in entry.tool_calls)
