@@ -1,9 +1,10 @@
 """The task file: a CI job's agent task in YAML, parsed and validated before anything runs.
 
-`sandbox-sessions run --task task.yaml` runs one: a session with the file's agent, its uploads
-copied in, then each step in order; the first step that fails stops the run with a message
-naming it. This module only reads and checks the file (`load_task`); the runner is the CLI's.
-A file in full (`agent`, with a `model` or a `script`, and `steps` are required):
+`sandbox-sessions run --task task.yaml` (not built yet) will run one: a session with the
+file's agent, its uploads copied in, then each step in order; the first step that fails stops
+the run with a message naming it. This module only reads and checks the file (`load_task`);
+the runner is the CLI's. A file in full (`agent`, with a `model` or a `script`, and `steps`
+are required):
 
     agent:
       name: build                    # default "task"
