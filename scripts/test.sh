@@ -12,4 +12,4 @@ echo "test: ruff" >&2
 echo "test: mypy --strict" >&2
 .venv/bin/mypy
 echo "test: pytest" >&2
-.venv/bin/pytest "$@"
+.venv/bin/pytest --durations=25 "$@"
