@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -53,3 +53,17 @@ def settled(turns: int) -> Callable[[list[Event]], bool]:
 
 def tool_parts(parts: list[Any]) -> list[ToolPart]:
     return [part for part in parts if isinstance(part, ToolPart)]
+
+
+T = TypeVar("T")
+
+
+async def take(events: AsyncIterator[T], count: int) -> list[T]:
+    """The first `count` items of `events`, within 5 s."""
+    taken: list[T] = []
+    with anyio.fail_after(5):
+        async for event in events:
+            taken.append(event)
+            if len(taken) == count:
+                break
+    return taken

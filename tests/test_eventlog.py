@@ -4,12 +4,12 @@ across chunk boundaries and across two writers of one store."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypeVar
 
 import anyio
 import pytest
+from agent_support import take
 
 from sandbox_sessions._types import TextDeltaEvent
 from sandbox_sessions.service._allevents import Cursor, subscribe_all
@@ -24,14 +24,6 @@ def emit(log: EventLog, session: str, text: str) -> None:
     log.emit(session, TextDeltaEvent, message_id="m", part_id="p", delta=text)
 
 
-async def take(events: AsyncIterator[T], count: int) -> list[T]:
-    taken: list[T] = []
-    with anyio.fail_after(5):
-        async for event in events:
-            taken.append(event)
-            if len(taken) == count:
-                break
-    return taken
 
 
 async def test_reads_start_and_stop_inside_stored_chunks(tmp_path: Path) -> None:

@@ -5,13 +5,13 @@ projections kept in memory follow what another process appends and folds."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
 import pytest
+from agent_support import take
 from workers import read_line, spawn
 
 from sandbox_sessions._types import (
@@ -86,14 +86,6 @@ async def write_log(log: EventLog) -> int:
     return end.seq
 
 
-async def take(events: AsyncIterator[T], count: int) -> list[T]:
-    taken: list[T] = []
-    with anyio.fail_after(5):
-        async for event in events:
-            taken.append(event)
-            if len(taken) == count:
-                break
-    return taken
 
 
 def deltas(events: list[Event]) -> list[tuple[int, str]]:

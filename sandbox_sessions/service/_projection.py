@@ -71,9 +71,31 @@ class _Draft:
         part.chunks.append(text)
         part.signature = signature or part.signature
 
+    def apply(self, event: Event) -> None:
+        """Take an event of this message into it (see `message_of`); others change nothing."""
+        match event.type:
+            case "message-updated":
+                self.message = event.message
+            case "text-delta" | "reasoning-delta":
+                kind = "text" if event.type == "text-delta" else "reasoning"
+                self.delta(kind, event.part_id, event.delta, getattr(event, "signature", None))
+            case "tool-start" | "tool-running" | "tool-end" | "step-start" | "step-finish" \
+                    | "retry" | "compaction" | "subtask" | "snapshot" | "patch":
+                self.parts[event.part.id] = event.part
+            case _:
+                pass
+
     def build(self) -> Message:
         parts = [p.build() if isinstance(p, _Text) else p for p in self.parts.values()]
         return self.message.model_copy(update={"parts": parts})
+
+
+def message_of(event: Event) -> str | None:
+    """The id of the message an event changes, if it changes one."""
+    if event.type == "message-updated":
+        return event.message.id
+    message_id = getattr(event, "message_id", None)
+    return message_id if isinstance(message_id, str) else None
 
 
 class Reverts:
@@ -131,23 +153,9 @@ def project(events: Iterable[Event], *, hidden: bool = False) -> list[Message]:
         if event.type == "reset":
             drafts = {message.id: _Draft(message) for message in event.messages}
             continue
-        message_id = event.message.id if event.type == "message-updated" \
-            else getattr(event, "message_id", None)
-        draft = drafts.get(message_id) if isinstance(message_id, str) else None
-        if draft is None:
-            continue
-        match event.type:
-            case "message-updated":
-                draft.message = event.message
-            case "text-delta" | "reasoning-delta":
-                kind = "text" if event.type == "text-delta" else "reasoning"
-                signature = getattr(event, "signature", None)
-                draft.delta(kind, event.part_id, event.delta, signature)
-            case "tool-start" | "tool-running" | "tool-end" | "step-start" | "step-finish" \
-                    | "retry" | "compaction" | "subtask" | "snapshot" | "patch":
-                draft.parts[event.part.id] = event.part
-            case _:
-                pass
+        draft = drafts.get(message_of(event) or "")
+        if draft is not None:
+            draft.apply(event)
     return [draft.build() for draft in drafts.values() if hidden or reverts.shows(
         draft.message.id)]
 
@@ -257,24 +265,11 @@ class Projector:
                 self._update(event)
 
     def _update(self, event: Event) -> None:
-        message_id = event.message.id if event.type == "message-updated" \
-            else getattr(event, "message_id", None)
-        if not isinstance(message_id, str) or message_id not in self._drafts:
+        message_id = message_of(event)
+        if message_id is None or message_id not in self._drafts:
             return
-        draft = self._drafts[message_id]
         self._built.pop(message_id, None)
-        match event.type:
-            case "message-updated":
-                draft.message = event.message
-            case "text-delta" | "reasoning-delta":
-                kind = "text" if event.type == "text-delta" else "reasoning"
-                signature = getattr(event, "signature", None)
-                draft.delta(kind, event.part_id, event.delta, signature)
-            case "tool-start" | "tool-running" | "tool-end" | "step-start" | "step-finish" \
-                    | "retry" | "compaction" | "subtask" | "snapshot" | "patch":
-                draft.parts[event.part.id] = event.part
-            case _:
-                pass
+        self._drafts[message_id].apply(event)
 
     def _reset(self, seq: int, messages: Sequence[Message], todos: Sequence[Todo]) -> None:
         """The state of a `reset` event: its messages count as created at its seq."""
