@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 
 from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, Event, ToolPart
 from sandbox_sessions._types import SessionStatusEvent, TurnEndEvent
@@ -67,3 +68,25 @@ async def take(events: AsyncIterator[T], count: int) -> list[T]:
             if len(taken) == count:
                 break
     return taken
+
+
+SLEEPING: list[dict[str, Any]] = [
+    {"tool_calls": [{"name": "bash", "input": {"command": "sleep 30"}}]}, {"text": "done"}]
+"""A script whose first turn runs `sleep 30` (allow bash): a session busy until aborted."""
+
+
+async def wait_for(session: AsyncSessionHandle, kind: str) -> Event:
+    """The first event of type `kind` in the session's log (within 30 s)."""
+    with anyio.fail_after(30):
+        async for event in session.events():
+            if event.type == kind:
+                return event
+    raise AssertionError("events() ended")  # pragma: no cover
+
+
+async def start_busy(session: AsyncSessionHandle, group: anyio.abc.TaskGroup,
+                     prompt: str = "go") -> None:
+    """Send `prompt` in `group` and return once its tool call runs (the session is then busy
+    until the turn is aborted or ends)."""
+    group.start_soon(session.send, prompt)
+    await wait_for(session, "tool-running")

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
-from agent_support import Script, opened, read_log, settled, tool_parts
+from agent_support import Script, opened, read_log, settled, tool_parts, wait_for
 from servers import Canned, CannedServer, sse_data
 
 from sandbox_sessions import (
@@ -284,15 +284,6 @@ async def test_messages_and_parts_are_the_projection_of_the_turn(
 
 
 # --- abort and busy ---------------------------------------------------------------------------
-
-
-async def wait_for(session: AsyncSessionHandle, kind: str) -> Event:
-    """The first event of type `kind` in the session's log (within 30 s)."""
-    with anyio.fail_after(30):
-        async for event in session.events():
-            if event.type == kind:
-                return event
-    raise AssertionError("events() ended")  # pragma: no cover
 
 
 @anyio_test

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+from agent_support import SLEEPING, start_busy
 from servers import Canned, CannedServer, sse_data
 
 from sandbox_sessions import (
@@ -98,16 +99,10 @@ async def test_a_full_context_compacts_before_the_next_turn(
 
 async def test_summarize_while_a_turn_runs_is_busy(client: AsyncSandboxClient,
                                                    image: str) -> None:
-    script: list[dict[str, Any]] = [
-        {"tool_calls": [{"name": "bash", "input": {"command": "sleep 30"}}]},
-        {"text": "done"}]
-    agent = client.agent("build", model="scripted", script=script, image=image,
+    agent = client.agent("build", model="scripted", script=SLEEPING, image=image,
                          permissions={"bash": {"*": "allow"}})
     async with await agent.create_session() as session, anyio.create_task_group() as group:
-        group.start_soon(session.send, "go")
-        async for event in session.events():
-            if event.type == "tool-running":
-                break
+        await start_busy(session, group)
         with pytest.raises(SessionBusy):
             await session.summarize()
         await session.abort()

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
+from agent_support import start_busy
 
 from sandbox_sessions import (
     AgentConfig,
@@ -164,10 +165,7 @@ async def test_revert_errors(client: AsyncSandboxClient, image: str) -> None:
             await session.diff("msg_unknown")
         with pytest.raises(InvalidArgument, match="nothing to unrevert"):
             await session.unrevert()
-        group.start_soon(session.send, "sleep")
-        async for event in session.events():
-            if event.type == "tool-running":
-                break
+        await start_busy(session, group, "sleep")
         with pytest.raises(SessionBusy):
             await session.revert(user.id)
         with pytest.raises(SessionBusy):

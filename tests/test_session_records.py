@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
+from agent_support import SLEEPING, start_busy
 
 from sandbox_sessions import (
     AsyncSandboxClient,
@@ -81,16 +81,10 @@ async def test_list_sessions_filters(client: AsyncSandboxClient, image: str) -> 
 
 
 async def test_a_running_turn_lists_as_busy(client: AsyncSandboxClient, image: str) -> None:
-    script: list[dict[str, Any]] = [
-        {"tool_calls": [{"name": "bash", "input": {"command": "sleep 30"}}]},
-        {"text": "done"}]
-    agent = client.agent("build", model="scripted", script=script, image=image,
+    agent = client.agent("build", model="scripted", script=SLEEPING, image=image,
                          permissions={"bash": {"*": "allow"}})
     async with await agent.create_session() as session, anyio.create_task_group() as group:
-        group.start_soon(session.send, "go")
-        async for event in session.events():
-            if event.type == "tool-running":
-                break
+        await start_busy(session, group)
         busy = [info.id for info in await client.list_sessions(status="busy")]
         idle = [info.id for info in await client.list_sessions(status="idle")]
         await session.abort()
