@@ -85,6 +85,38 @@ async def test_a_reader_resuming_inside_a_folded_run_gets_a_reset_then_the_rest(
     assert exact == [e for e in stored if e.seq > before]  # from a run's edge: no reset
 
 
+async def test_the_global_stream_resumed_inside_a_folded_run_gets_a_reset(
+    client: AsyncSandboxClient, image: str, store_path: Path
+) -> None:
+    words = " ".join(f"w{index}" for index in range(50))
+    script: list[dict[str, Any]] = [{"text": words}, {"text": "second answer"}]
+    agent = client.agent("history", model="scripted", script=script, image=image, tools=[])
+    async with await agent.create_session() as session:
+        await session.send("first")
+        seen: list[tuple[str, Event]] = []
+        with anyio.fail_after(30):
+            async for cursor, event in client.events(after="0"):  # from the store's start
+                seen.append((cursor, event))
+                if sum(e.type == "text-delta" for _, e in seen) == 3:
+                    break  # a reader that stops inside the first answer's run
+        first = head(store_path, session.id)
+        await session.send("second")  # its end folds the first turn's deltas
+        await folded(store_path, session.id, upto=first)
+        resumed: list[Event] = []
+        with anyio.fail_after(30):
+            async for _, event in client.events(after=seen[-1][0]):
+                resumed.append(event)
+                if sum(e.type == "turn-end" for e in resumed) == 2:  # the first's, the second's
+                    break
+        messages = await session.get_messages()
+
+    reset = resumed[0]
+    assert isinstance(reset, ResetEvent)
+    assert answer_text(reset.messages) == [words]
+    assert project(resumed) == messages  # nothing twice, nothing missing
+    assert answer_text(messages) == [words, "second answer"]
+
+
 async def test_a_stream_left_behind_by_a_fold_still_ends_with_its_whole_text(
     client: AsyncSandboxClient, image: str, store_path: Path
 ) -> None:
