@@ -293,3 +293,17 @@ async def test_a_second_revert_while_one_is_pending_unreverts_to_before_both(
     assert back.message_id == messages[0].id
     assert restored == latest
     assert [m.id for m in shown] == [m.id for m in messages]
+
+
+async def test_a_snapshot_killed_half_way_does_not_stop_the_next(
+    client: AsyncSandboxClient, image: str
+) -> None:
+    async with await _session(client, image) as session:
+        await session.send("one")
+        # what an aborted `git add` leaves behind: the index's lock file
+        await session.shell("touch /tmp/.sandbox-sessions-snapshots/index.lock")
+        second = await session.send("change the files")
+        prompt = (await session.get_messages())[2]
+        revert = await session.revert(prompt.id)
+    assert [p.type for p in second.parts].count("patch") == 1
+    assert revert.message_id == prompt.id

@@ -53,6 +53,7 @@ cd "$GIT_WORK_TREE" || exit 91
 [ -f "$GIT_DIR/HEAD" ] || g init -q >&2 || exit 92
 if command -v flock >/dev/null; then
     exec 9>"$GIT_DIR/snapshots.lock" && flock -w {int(TIMEOUT)} 9 || exit 93
+    rm -f "$GIT_DIR/index.lock"  # ours to hold: one left is stale (a killed snapshot)
 fi
 large="$GIT_DIR/large.$$"
 find . -path ./.git -prune -o -type f -size +"$SNAP_MAX"c -print0 > "$large" || exit 94
