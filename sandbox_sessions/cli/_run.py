@@ -1,0 +1,3 @@
+"""`run`: an agent task in a fresh session, from a prompt or a task file."""
+
+from __future__ import annotations
