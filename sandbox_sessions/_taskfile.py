@@ -89,6 +89,8 @@ __all__ = [
     "TaskAgent",
     "TaskFile",
     "Upload",
+    "check_script_file",
+    "load_permissions",
     "load_task",
     "parse_duration",
 ]
@@ -199,6 +201,11 @@ def _check_script_file(path: Path) -> None:
     if not path.exists():
         raise ValueError(f"no script file at {path} (a path is relative to the task file's "
                          "folder)")
+    check_script_file(path)
+
+
+def check_script_file(path: Path) -> None:
+    """Check the scripted model's file at `path`; `InvalidArgument` naming the line."""
     located = compose(read_text_file(path, what="script file", max_bytes=MAX_TASK_BYTES),
                       source=str(path))
     if not isinstance(located.data, list):
@@ -311,3 +318,20 @@ def load_task(path: str | os.PathLike[str]) -> TaskFile:
     except ValidationError as exc:
         raise explain(exc, TaskFile, located) from None
 
+
+
+def load_permissions(path: str | os.PathLike[str]) -> PermissionRules:
+    """The permission rules in the YAML file at `path` (the mapping `agent(permissions=...)`
+    takes); `InvalidArgument` naming the file, the line and the key."""
+    source = os.fspath(path)
+    located = compose(read_text_file(source, what="permissions file", max_bytes=MAX_TASK_BYTES),
+                      source=source)
+    if not isinstance(located.data, dict):
+        raise located.error((), "the permissions file must be a mapping of tool names (or "
+                                "'*') to an action or to a mapping of patterns to actions")
+    for tool, entry in located.data.items():
+        try:
+            _check_rule(tool, entry)
+        except ProblemAt as exc:
+            raise located.error(exc.where, exc.message) from None
+    return validate_rules(located.data)
