@@ -399,8 +399,8 @@ class Runner:
                   "steps": self.state.results}
         if self.out.json:
             self.out.emit(result)
-        else:
-            where = f" (session {session.id})" if session else ""
+        elif session is not None:  # without one, the error line below says it all
+            where = f" (session {session.id})"
             self.out.line(f"{'ok' if code == ExitCode.OK else 'failed'}: {message}{where}",
                           style="bold green" if code == ExitCode.OK else "bold red")
         if code != ExitCode.OK:

@@ -1,0 +1,369 @@
+"""`sandbox-sessions run`, through the real CLI in a subprocess, against real containers (and
+a real server for `--url`): each exit code, `--json`, `--ask`, `--timeout`, Ctrl-C, task
+files end to end with their artifacts, and what a hostile container prints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cli_support import REPO, cli, cli_env, json_lines, one_line_error, popen_cli, served
+
+from sandbox_sessions import SandboxClient
+
+pytestmark = pytest.mark.docker
+
+ASK = {"bash": {"*": "ask"}}
+
+
+def write_script(folder: Path, entries: list[dict[str, Any]], name: str = "model.yaml") -> Path:
+    path = folder / name
+    path.write_text(yaml.safe_dump(entries))
+    return path
+
+
+def bash(command: str, text: str | None = None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"tool_calls": [{"name": "bash", "input": {"command": command}}]}
+    if text is not None:
+        entry["text"] = text
+    return entry
+
+
+def stored_events(store: Path, session_id: str) -> list[Any]:
+    """The session's log, read from the store file after the CLI has gone."""
+    with SandboxClient(store=store, reap_orphans=False) as client:
+        handle = client.session(session_id)
+        events = []
+        for event in handle.events():
+            events.append(event)
+            if event.type == "turn-end":
+                break
+        return events
+
+
+def result_line(stdout: str) -> dict[str, Any]:
+    lines = json_lines(stdout)
+    assert lines[-1]["type"] == "run-result", lines[-1]
+    return lines[-1]
+
+
+def test_a_prompt_runs_streams_its_events_and_downloads_the_artifact(tmp_path: Path,
+                                                                      image: str) -> None:
+    script = write_script(tmp_path, [
+        bash("mkdir -p /artifacts/dist && echo built > /artifacts/dist/app.txt",
+             "Building."),
+        {"text": "All built."}])
+    done = cli(tmp_path, "run", "Build it", "--script", str(script), "--artifacts", "out",
+               "--image", image)
+    assert done.returncode == 0, done.stderr
+    assert "Building." in done.stdout and "All built." in done.stdout
+    assert "[tool] bash: mkdir -p /artifacts/dist" in done.stdout
+    assert "[turn-end] completed" in done.stdout
+    assert (tmp_path / "out" / "dist" / "app.txt").read_text() == "built\n"
+    session_id = done.stdout.rsplit("(session ", 1)[1].split(")")[0]
+    with SandboxClient(store=tmp_path / "sessions.db", reap_orphans=False) as client:
+        assert client.session(session_id).get_info().status == "ended"  # not --keep
+
+
+def test_json_gives_only_json_lines_each_event_then_the_result(tmp_path: Path,
+                                                                image: str) -> None:
+    script = write_script(tmp_path, [bash("echo hi"), {"text": "Done."}])
+    done = cli(tmp_path, "--json", "run", "Say hi", "--script", str(script), "--keep")
+    assert done.returncode == 0, done.stderr
+    lines = json_lines(done.stdout)
+    types = [line["type"] for line in lines]
+    assert types[0] == "run-step" and types[-1] == "run-result"
+    assert {"message-created", "text-delta", "tool-start", "tool-end", "turn-end"} <= set(types)
+    result = lines[-1]
+    assert result["exit_code"] == 0 and result["kept"] is True
+    seqs = [line["seq"] for line in lines if "seq" in line]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+    ended = [line for line in lines if line["type"] == "turn-end"]
+    assert [e["reason"] for e in ended] == ["completed"]
+    with SandboxClient(store=tmp_path / "sessions.db", reap_orphans=False) as client:
+        kept = client.session(result["session_id"])
+        assert kept.get_info().status == "idle"
+        kept.end()
+
+
+@pytest.mark.parametrize(("ask", "code", "reply"), [
+    ("reject", 5, "reject"), ("once", 0, "once"), ("fail", 5, "reject")])
+def test_ask_answers_requests_when_stdin_is_not_a_terminal(
+        tmp_path: Path, image: str, ask: str, code: int, reply: str) -> None:
+    script = write_script(tmp_path, [bash("touch /workspace/made"), {"text": "Done."}])
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(ASK))
+    done = cli(tmp_path, "--json", "run", "Touch it", "--script", str(script),
+               "--permissions", "rules.yaml", "--ask", ask)
+    assert done.returncode == code, done.stderr
+    lines = json_lines(done.stdout)
+    replies = [line["reply"] for line in lines if line["type"] == "permission-replied"]
+    assert replies == [reply]
+    assert result_line(done.stdout)["exit_code"] == code
+    if ask == "fail":
+        assert "--ask fail: bash asks permission for: touch /workspace/made" in done.stderr
+
+
+def test_the_default_ask_is_reject(tmp_path: Path, image: str) -> None:
+    script = write_script(tmp_path, [bash("touch /workspace/made"), {"text": "Done."}])
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(ASK))
+    done = cli(tmp_path, "run", "Touch it", "--script", str(script), "--permissions",
+               "rules.yaml")
+    assert done.returncode == 5, done.stderr
+    assert "the turn ended rejected" in one_line_error(done.stderr)
+
+
+def test_a_turn_past_max_steps_exits_with_the_limit_code(tmp_path: Path, image: str) -> None:
+    script = write_script(tmp_path, [bash("true"), bash("true"), {"text": "never"}])
+    done = cli(tmp_path, "run", "Loop", "--script", str(script), "--max-steps", "1")
+    assert done.returncode == 6, done.stderr
+    assert "the turn ended limit" in one_line_error(done.stderr)
+
+
+def test_a_model_error_exits_with_the_agent_error_code(tmp_path: Path, image: str) -> None:
+    script = write_script(tmp_path, [{"error": {"message": "the model fell over"}}])
+    done = cli(tmp_path, "run", "Go", "--script", str(script))
+    assert done.returncode == 1, done.stderr
+    assert "the turn ended error" in one_line_error(done.stderr)
+
+
+def test_timeout_aborts_the_turn_stores_its_end_and_exits_7(tmp_path: Path, image: str) -> None:
+    script = write_script(tmp_path, [bash("sleep 60"), {"text": "never"}])
+    done = cli(tmp_path, "--json", "run", "Wait", "--script", str(script), "--timeout", "2s",
+               "--keep")
+    assert done.returncode == 7, done.stderr
+    result = result_line(done.stdout)
+    assert result["message"].startswith("timed out after 2 s, during step 1")
+    printed = [line for line in json_lines(done.stdout) if line["type"] == "turn-end"]
+    assert [line["reason"] for line in printed] == ["aborted"]
+    stored = stored_events(tmp_path / "sessions.db", result["session_id"])
+    assert stored[-1].type == "turn-end" and stored[-1].reason == "aborted"
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_ctrl_c_aborts_the_turn_and_ends_the_session_unless_kept(
+        tmp_path: Path, image: str, keep: bool) -> None:
+    script = write_script(tmp_path, [bash("sleep 60"), {"text": "never"}])
+    process = popen_cli(tmp_path, "--json", "run", "Wait", "--script", str(script),
+                        *(["--keep"] if keep else []))
+    assert process.stdout is not None
+    for line in process.stdout:  # wait until the command runs in the container
+        if '"tool-running"' in line:
+            break
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=90)
+    assert process.returncode == 130, stderr
+    result = result_line(stdout)
+    assert result["message"].startswith("interrupted during step 1")
+    stored = stored_events(tmp_path / "sessions.db", result["session_id"])
+    assert stored[-1].type == "turn-end" and stored[-1].reason == "aborted"
+    with SandboxClient(store=tmp_path / "sessions.db", reap_orphans=False) as client:
+        status = client.session(result["session_id"]).get_info().status
+        assert status == ("idle" if keep else "ended")
+        if keep:
+            client.session(result["session_id"]).end()
+
+
+def test_what_the_container_prints_reaches_the_terminal_without_control_characters(
+        tmp_path: Path, image: str) -> None:
+    script = write_script(tmp_path, [
+        bash(r"printf 'evil\033]0;owned\007\033[2J\rline\n'", "Look \x1b[31mred"),
+        {"text": "Done."}])
+    done = cli(tmp_path, "run", "Print", "--script", str(script))
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout and "\r" not in done.stdout
+    assert r"evil\x1b]0;owned\x07\x1b[2J" in done.stdout  # a \r only breaks the line
+    assert r"Look \x1b[31mred" in done.stdout
+
+
+def test_run_over_the_bridge_gives_the_same_run(tmp_path: Path, image: str) -> None:
+    script = write_script(tmp_path, [
+        bash("mkdir -p /artifacts && echo remote > /artifacts/r.txt"), {"text": "Done."}])
+    store = tmp_path / "server.db"
+    with served(tmp_path, store) as (_url, env):
+        done = cli(tmp_path, "--json", "run", "Remote", "--script", str(script),
+                   "--artifacts", "out", env=env)
+        assert done.returncode == 0, done.stderr
+        result = result_line(done.stdout)
+        with SandboxClient(store=store, reap_orphans=False) as client:  # the server's store
+            assert client.session(result["session_id"]).get_info().status == "ended"
+    assert (tmp_path / "out" / "r.txt").read_text() == "remote\n"
+    assert not (tmp_path / "sessions.db").exists()  # nothing ran embedded
+
+
+# --- task files --------------------------------------------------------------------------------
+
+
+def test_the_example_task_file_runs_end_to_end_with_its_artifact(tmp_path: Path,
+                                                                 image: str) -> None:
+    done = cli(tmp_path, "--json", "run", "--task", str(REPO / "examples" / "task.yaml"),
+               "--artifacts", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    steps = [line for line in json_lines(done.stdout) if line["type"] == "run-step"
+             and line["status"] == "passed"]
+    assert [step["index"] for step in steps] == [1, 2, 3, 4]
+    app = tmp_path / "out" / "dist" / "greet.pyz"
+    assert app.stat().st_size > 100
+    ran = subprocess.run(["python3", str(app), "ci"], capture_output=True, text=True,
+                         check=True)
+    assert ran.stdout == "hello, ci\n"
+
+
+def task(folder: Path, steps: list[dict[str, Any]], **agent: Any) -> Path:
+    path = folder / "task.yaml"
+    path.write_text(yaml.safe_dump({
+        "agent": {"model": "scripted", "script": [{"text": "ok"}], **agent},
+        "steps": steps}, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(("step", "message"), [
+    ({"name": "build", "shell": "exit 3"}, "step 1 (build) failed: the command exited 3, not 0"),
+    ({"expect_artifact": {"glob": "dist/*.whl"}},
+     "step 1 (expect_artifact \"dist/*.whl\") failed: no artifact matches 'dist/*.whl'"),
+    ({"expect_file": {"path": "/workspace/REPORT.txt"}},
+     "step 1 (expect_file \"/workspace/REPORT.txt\") failed: no file /workspace/REPORT.txt"),
+    ({"shell": "sleep 30", "timeout": "1s"}, "failed: the command timed out after 1 s"),
+])
+def test_a_failing_check_stops_the_task_naming_the_step(
+        tmp_path: Path, image: str, step: dict[str, Any], message: str) -> None:
+    path = task(tmp_path, [step, {"shell": "touch /workspace/after"}])
+    done = cli(tmp_path, "--json", "run", "--task", str(path), "--keep")
+    assert done.returncode == 8, done.stderr
+    assert message in one_line_error(done.stderr)
+    result = result_line(done.stdout)
+    assert result["steps"] == []
+    with SandboxClient(store=tmp_path / "sessions.db", reap_orphans=False) as client:
+        kept = client.session(result["session_id"])
+        assert kept.shell("test -e /workspace/after").exit_code == 1  # step 2 never ran
+        kept.end()
+
+
+def test_expectations_that_hold_pass(tmp_path: Path, image: str) -> None:
+    path = task(tmp_path, [
+        {"shell": "mkdir -p /artifacts/a/b && printf 12345 > /artifacts/a/b/x.bin && "
+                  "echo 'all good' > /workspace/R.txt"},
+        {"shell": "exit 4", "expect_exit": 4},
+        {"expect_artifact": {"glob": "**/*.bin", "min_bytes": 5, "max_bytes": 5}},
+        {"expect_file": {"path": "R.txt", "contains": "all good"}},
+        {"prompt": "Say ok"}])
+    done = cli(tmp_path, "run", "--task", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "ok: completed" in done.stdout
+
+
+def test_artifact_sizes_outside_the_bounds_fail(tmp_path: Path, image: str) -> None:
+    path = task(tmp_path, [
+        {"shell": "mkdir -p /artifacts && printf 12345 > /artifacts/x.bin"},
+        {"expect_artifact": {"glob": "*.bin", "min_bytes": 6}}])
+    done = cli(tmp_path, "run", "--task", str(path))
+    assert done.returncode == 8
+    assert "x.bin is 5 bytes, under min_bytes 6" in one_line_error(done.stderr)
+
+
+def test_a_command_step_runs_a_template(tmp_path: Path, image: str) -> None:
+    commands = tmp_path / ".sandbox-sessions" / "commands"
+    commands.mkdir(parents=True)
+    (commands / "hello.md").write_text("Say hello to $1")
+    path = task(tmp_path, [{"command": {"name": "hello", "arguments": "ci"}}])
+    done = cli(tmp_path, "--json", "run", "--task", str(path))
+    assert done.returncode == 0, done.stderr
+    users = [line["message"] for line in json_lines(done.stdout)
+             if line["type"] == "message-created" and line["message"]["role"] == "user"]
+    assert [part["text"] for part in users[0]["parts"] if part["type"] == "text"] == [
+        "Say hello to ci"]
+
+
+def test_an_unknown_command_template_exits_not_found(tmp_path: Path, image: str) -> None:
+    path = task(tmp_path, [{"command": {"name": "nope"}}])
+    done = cli(tmp_path, "run", "--task", str(path))
+    assert done.returncode == 3, done.stderr
+    assert "nope" in one_line_error(done.stderr)
+
+
+# --- bad usage: one line, the documented code, never a traceback --------------------------------
+
+
+@pytest.mark.parametrize(("args", "code", "words"), [
+    (["run", "hi", "--bogus"], 2, "No such option"),
+    (["run"], 2, "give a PROMPT, or --task FILE"),
+    (["run", "hi"], 2, "--model is required"),
+    (["run", "hi", "--model", "scripted", "--script", "missing.yaml"], 3, "no script file"),
+    (["run", "--task", "missing.yaml"], 3, "no task file at missing.yaml"),
+    (["run", "hi", "--task", "t.yaml"], 2, "not both"),
+    (["run", "hi", "--script", "model.yaml", "--timeout", "soon"], 2, "--timeout 'soon'"),
+    (["run", "hi", "--script", "model.yaml", "--ask", "maybe"], 2, "'maybe' is not one of"),
+    (["run", "hi", "--script", "model.yaml", "--upload", "nocolon"], 2, "--upload 'nocolon'"),
+    (["run", "hi", "--script", "model.yaml", "--permissions", "bad.yaml"], 2,
+     "bad.yaml:2: bash: "),
+    (["run", "hi", "--script", "model.yaml", "--image", "no-such/image:1"], 3, "no-such/image"),
+])
+def test_bad_usage_is_one_line_and_its_code(tmp_path: Path, image: str, args: list[str],
+                                            code: int, words: str) -> None:
+    write_script(tmp_path, [{"text": "hi"}])
+    (tmp_path / "bad.yaml").write_text("'*': allow\nbash: sometimes\n")
+    done = cli(tmp_path, *args)
+    assert done.returncode == code, done.stderr
+    assert words in one_line_error(done.stderr)
+    assert done.stdout == ""
+
+
+def test_a_malformed_task_file_names_its_line_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "task.yaml"
+    path.write_text("agent: {model: scripted, script: [{text: hi}]}\nsteps:\n"
+                    "  - shell: make\n    expect_exit: lots\n")
+    done = cli(tmp_path, "run", "--task", str(path))
+    assert done.returncode == 2
+    assert f"{path}:4: steps[0].expect_exit: " in one_line_error(done.stderr)
+
+
+def test_an_engine_that_does_not_answer_exits_4(tmp_path: Path) -> None:
+    write_script(tmp_path, [{"text": "hi"}])
+    env = cli_env(tmp_path / "sessions.db", DOCKER_HOST="unix:///nonexistent/docker.sock")
+    done = cli(tmp_path, "run", "hi", "--script", "model.yaml", env=env)
+    assert done.returncode == 4, done.stderr
+    one_line_error(done.stderr)
+
+
+def test_ask_at_the_keyboard_on_a_terminal(tmp_path: Path, image: str) -> None:
+    """On a terminal (a pty), a request is asked and answered at the keyboard."""
+    import pty
+
+    script = write_script(tmp_path, [bash("touch /workspace/made"), {"text": "Done."}])
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(ASK))
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI on the pty
+        os.chdir(tmp_path)
+        os.execve(sys.executable,
+                  [sys.executable, "-m", "sandbox_sessions", "run", "Touch", "--script", str(script), "--permissions", "rules.yaml", "--keep"], cli_env(tmp_path / "sessions.db"))
+    seen = b""
+    answered = False
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if not answered and b"Allow?" in seen:
+            os.write(fd, b"once\n")
+            answered = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    text = seen.decode(errors="replace")
+    assert answered, text
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "answered once" in text
+    session_id = text.rsplit("(session ", 1)[1].split(")")[0]
+    with SandboxClient(store=tmp_path / "sessions.db", reap_orphans=False) as client:
+        kept = client.session(session_id)
+        assert kept.shell("test -e /workspace/made").exit_code == 0
+        kept.end()
