@@ -132,6 +132,23 @@ async def test_links_out_of_the_source_and_fifos_are_not_sent(
 
 
 @docker
+async def test_links_waiting_in_the_destination_are_replaced_not_followed(
+    client: AsyncSandboxClient, image: str, tmp_path: Path
+) -> None:
+    source = tree(tmp_path / "src", {"sub/f": b"in sub\n", "x": b"x\n"})
+    async with opened(client, image) as session:
+        made = await session.shell("mkdir -p /tmp/victim d && ln -s /tmp/victim d/sub && "
+                                   "ln -s /tmp/victim/x d/x")
+        assert made.exit_code == 0, made.stderr
+        await session.upload(source, "d")
+        victim = await session.shell("ls -A /tmp/victim")
+        found = await listing(session, "d")
+
+    assert victim.stdout == ""
+    assert found == {"sub/", "sub/f", "x"}
+
+
+@docker
 async def test_the_caps_refuse_before_anything_is_written(
     client: AsyncSandboxClient, image: str, tmp_path: Path
 ) -> None:
