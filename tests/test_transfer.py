@@ -356,3 +356,16 @@ def test_a_file_that_changes_while_read_is_left_out_and_the_tar_stays_whole(
         "grows": "grew while the upload was read",
         "shrinks": "shrank while the upload was read",
         "swapped": "replaced while the upload was read"}
+
+
+def test_a_source_that_is_a_link_is_followed_under_its_own_name(tmp_path: Path) -> None:
+    tree(tmp_path, {"real/target.txt": b"t", "real/dir/in": b"i"})
+    (tmp_path / "named.txt").symlink_to("real/target.txt")
+    (tmp_path / "folder").symlink_to("real/dir")
+    archives = []
+    for source in (tmp_path / "named.txt", tmp_path / "folder"):
+        spool = io.BytesIO()
+        write_tar(plan_upload(source, gitignore=True, max_bytes=100, max_files=10), spool)
+        archives.append(members(spool.getvalue()))
+
+    assert archives == [{"named.txt": b"t"}, {"in": b"i"}]
