@@ -45,7 +45,10 @@ CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 
 HEADERS: Final = {
     "content-security-policy": CSP,
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # not `no-referrer`: with it a browser sends `Origin: null` on a form's POST (the Fetch
+    # standard), and the Guard could no longer tell the login and logout forms from another
+    # site's. Same-origin sends no referrer elsewhere, and no URL here holds a secret.
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "cache-control": "no-store",
 }

@@ -163,9 +163,14 @@ class SessionView {
   showInfo(title, status) {
     $("session-title").textContent = title || "(untitled)";
     $("session-id").textContent = this.id;
-    if (status) {
-      $("session-status").textContent = status;
-      $("session-status").className = `status status-${status}`;
+    if (!status) return;
+    $("session-status").textContent = status;
+    $("session-status").className = `status status-${status}`;
+    for (const item of document.querySelectorAll(".session-item")) {
+      if (item.dataset.sessionId !== this.id) continue;
+      const badge = item.querySelector(".status");
+      badge.textContent = status;
+      badge.className = `status status-${status}`;
     }
   }
 
