@@ -139,6 +139,9 @@ def test_a_live_session_is_watched_and_answered_in_chromium(
 
             expect(page.locator(".turn-end")).to_have_text("turn-end: completed", timeout=WAIT)
             expect(page.locator(".request")).to_have_count(0)
+            expect(page.locator("#session-status")).to_have_text("idle", timeout=WAIT)
+            expect(page.locator(f".session-item[data-session-id='{session.id}'] .status")
+                   ).to_have_text("idle")
             expect(page.locator(".message-assistant .part-text").last).to_have_text(
                 "All done: the report is saved as an artifact.")
             bash = page.locator(".part-tool", has_text=COMMAND)
