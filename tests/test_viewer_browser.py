@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 from bridge import BridgeServer
 
@@ -167,6 +168,49 @@ def test_a_live_session_is_watched_and_answered_in_chromium(
             ("todowrite", "completed"), ("bash", "completed"), ("artifact", "completed")]
         assert all(server.token not in url for url in seen)
         assert any("/events" in url for url in seen)
+
+
+HOSTILE = '<img src=x onerror="document.title=1"><script>document.title=2</script>'
+"""Markup a model might write: the page must show it as text, never build it."""
+
+
+def test_a_question_is_answered_in_chromium_and_hostile_text_stays_text(
+    browser: Browser, image: str, tmp_path: Path,
+) -> None:
+    from playwright.sync_api import expect
+
+    script: list[dict[str, Any]] = [{"text": HOSTILE, "tool_calls": [{"name": "question", "input": {
+        "question": f"Which colour? {HOSTILE}", "options": ["red", "blue"]}}]},
+        {"text": "Blue it is."}]
+    with BridgeServer(tmp_path / "sessions.db") as server, \
+            SandboxClient(base_url=server.url, token=server.token) as client:
+        session = client.agent("asker", model="scripted", script=script, image=image,
+                               tools=["question"]).create_session(title=HOSTILE)
+        context = browser.new_context(viewport={"width": 1280, "height": 860})
+        try:
+            page = context.new_page()
+            _log_in(page, server)
+            page.goto(f"{server.url}/viewer/#{session.id}")
+            expect(page.locator("#connection")).to_have_text("live", timeout=WAIT)
+            started = httpx.post(f"{server.url}/sessions/{session.id}/turns",
+                                 json={"prompt": "Pick a colour"}, timeout=30,
+                                 headers={"Authorization": f"Bearer {server.token}"})
+            assert started.status_code == 202  # from Python this time: the page follows
+            question = page.locator(".request.question")
+            expect(question.locator(".question-text")).to_have_text(
+                f"Which colour? {HOSTILE}", timeout=WAIT)
+            expect(page.locator(".message-assistant .part-text").first).to_have_text(HOSTILE)
+            expect(page.locator("#session-title")).to_have_text(HOSTILE)
+            question.locator("button.option", has_text="blue").click()
+            expect(page.locator(".turn-end")).to_have_text("turn-end: completed", timeout=WAIT)
+            expect(page.locator(".tool-output")).to_contain_text("blue")
+            expect(page.locator(".request")).to_have_count(0)
+            assert page.locator("img").count() == 0
+            assert page.locator("script").count() == 1  # the page's own
+            assert page.title() == "sandbox_sessions viewer"
+        finally:
+            context.close()
+            session.end()
 
 
 # --- a screenshot has real content: a PNG decoded with the standard library ----------------
