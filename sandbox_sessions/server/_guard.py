@@ -16,9 +16,10 @@ authenticates that changes something (any method but GET and HEAD) must also car
 `Origin`, the server's own (`http://` and the `Host`) or an allowed one: a page of another
 site, or of another port of this host, is refused with 403 (the cross-site request forgery
 defence, besides SameSite=Strict). The viewer's own static page, login and logout are served
-without a credential, after the same Host and Origin checks. Every response says
-`nosniff`, no referrer and no framing; those without a Content-Security-Policy of their own
-(the API's JSON, a file's bytes) get one that lets nothing run.
+without a credential, after the same Host and Origin checks. Every response without headers
+of its own on the matter (the viewer has its own) says `nosniff`, no referrer, no framing,
+and has a Content-Security-Policy that lets nothing run: a file or an artifact opened in the
+browser is never sniffed as a page, framed or run.
 """
 
 from __future__ import annotations
@@ -61,8 +62,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD"})
 BASELINE = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
             (b"x-frame-options", b"DENY"),
             (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; sandbox"))
-"""Headers every response gets unless it has its own: a file or an artifact opened in the
-browser is never sniffed as a page, framed or run."""
+"""Headers every response gets unless it has its own (see the module's docstring)."""
 SINGLE = (b"host", b"origin", b"authorization", b"content-length", b"transfer-encoding")
 """Headers a request may carry once at most: two of them could be read two ways."""
 
@@ -174,6 +174,7 @@ def _cookie_values(headers: dict[bytes, list[bytes]]) -> list[bytes]:
 
 
 def _with_baseline(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`headers` and each `BASELINE` header they lack."""
     present = {name.lower() for name, _ in headers}
     return [*headers, *(header for header in BASELINE if header[0] not in present)]
 
