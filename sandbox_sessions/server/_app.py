@@ -4,7 +4,8 @@ Every route calls one method of the facade with the same pydantic models the in-
 transport uses, so the OpenAPI document (`GET /openapi.json`) describes exactly what the HTTP
 transport sends and receives. Errors are our error body with a real status (see
 `_exceptions.HTTP_STATUS`); the `Guard` in front refuses foreign hosts and origins, missing
-tokens and oversized bodies before a route runs.
+tokens and oversized bodies before a route runs. `serve` also serves the session viewer, a
+page for a browser (`_viewer`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from ..service._service import SessionService
 from ._config import ServerConfig
 from ._guard import Guard
 from ._streams import NDJSON, ByteStream, CommandStream, EventStream, error_response
+from ._viewer import viewer_routes
 
 __all__ = ["Bridge", "create_app"]
 
@@ -92,6 +94,7 @@ def create_app(service: SessionService, config: ServerConfig) -> tuple[Guard, Br
     _sandbox_routes(app, bridge)
     _turn_routes(app, bridge)
     _event_routes(app, bridge)
+    viewer_routes(app, config)  # the page at /viewer/, outside the OpenAPI document
     _declare_the_token(app)
     return Guard(app, config), bridge
 

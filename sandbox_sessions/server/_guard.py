@@ -9,6 +9,17 @@ nothing. No CORS header is ever a wildcard: an allowed origin is echoed, with `V
 its preflight (`OPTIONS` with `Access-Control-Request-Method`, which browsers send without
 the token) is answered here and reaches no route. Headers that could be read two ways (two
 `Host`s, two tokens, two lengths) and absolute-form targets are refused.
+
+The session viewer's cookie (`_viewer.COOKIE`) is taken in place of the bearer header, never
+beside a wrong one. A browser sends it on every request to this host, so a request it
+authenticates that changes something (any method but GET and HEAD) must also carry an
+`Origin`, the server's own (`http://` and the `Host`) or an allowed one: a page of another
+site, or of another port of this host, is refused with 403 (the cross-site request forgery
+defence, besides SameSite=Strict). The viewer's own static page, login and logout are served
+without a credential, after the same Host and Origin checks. Every response without headers
+of its own on the matter (the viewer has its own) says `nosniff`, no referrer, no framing,
+and has a Content-Security-Policy that lets nothing run: a file or an artifact opened in the
+browser is never sniffed as a page, framed or run.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from .._exceptions import (
     to_wire,
 )
 from ._config import ServerConfig
+from ._viewer import COOKIE, PUBLIC
 
 __all__ = ["Guard"]
 
@@ -45,6 +57,12 @@ UPLOAD_SUFFIX = "/files"
 
 PREFLIGHT_METHODS = b"GET, POST, PUT, PATCH, DELETE"
 PREFLIGHT_HEADERS = b"authorization, content-type, last-event-id"
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+"""Methods that change nothing: a cookie request of any other kind needs an `Origin`."""
+BASELINE = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+            (b"x-frame-options", b"DENY"),
+            (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; sandbox"))
+"""Headers every response gets unless it has its own (see the module's docstring)."""
 SINGLE = (b"host", b"origin", b"authorization", b"content-length", b"transfer-encoding")
 """Headers a request may carry once at most: two of them could be read two ways."""
 
@@ -58,6 +76,7 @@ class Guard:
         self._config = config
         self._hosts = config.allowed_hosts()
         self._token = f"Bearer {config.token}".encode()
+        self._cookie_token = config.token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,10 +123,14 @@ class Guard:
         """The request's body cap; raises when the request must be refused."""
         self._check_host(scope, headers)
         origin = _one(headers, b"origin")
-        if origin is not None and origin.decode("latin-1") not in self._config.allowed_origins:
+        own = b"http://" + (_one(headers, b"host") or b"")
+        if origin is not None and origin != own \
+                and origin.decode("latin-1") not in self._config.allowed_origins:
             raise RequestRefused(f"Origin {origin.decode('latin-1')!r} is not allowed")
-        if not hmac.compare_digest(_one(headers, b"authorization") or b"", self._token):
-            raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)")
+        if (scope["method"], scope["path"]) in PUBLIC:
+            _need_origin(scope, origin, "the viewer's login and logout")
+        else:
+            self._authorize(scope, headers, origin)
         upload = scope["method"] == "PUT" and scope["path"].endswith(UPLOAD_SUFFIX)
         cap = self._config.max_upload if upload else self._config.max_body
         declared = _one(headers, b"content-length")
@@ -115,6 +138,45 @@ class Guard:
             raise RequestTooLarge(f"a body of {declared.decode('latin-1')[:40]} bytes is over "
                                   f"the cap of {cap} bytes")
         return cap
+
+    def _authorize(self, scope: Scope, headers: dict[bytes, list[bytes]],
+                   origin: bytes | None) -> None:
+        """Raises unless the request carries the token: in the bearer header, or (without
+        one) in the viewer's cookie, with an `Origin` when it changes something."""
+        authorization = _one(headers, b"authorization")
+        cookies = _cookie_values(headers)
+        if authorization is not None or not cookies:
+            if not hmac.compare_digest(authorization or b"", self._token):
+                raise Unauthorized("a bearer token is required (Authorization: Bearer "
+                                   "<token>)")
+            return
+        # any of them: a page of another port of this host can set a cookie of this name
+        # too (cookies ignore ports), but it cannot know the token
+        if not any([hmac.compare_digest(value, self._cookie_token) for value in cookies]):
+            raise Unauthorized("a bearer token is required (Authorization: Bearer <token>); "
+                               "the viewer's cookie is not this server's token")
+        _need_origin(scope, origin, "a request authenticated by the viewer's cookie")
+
+
+def _need_origin(scope: Scope, origin: bytes | None, what: str) -> None:
+    """Raises when a browser's request that changes something says not where it comes
+    from (the Origin, when there is one, was checked already)."""
+    if origin is None and scope["method"] not in SAFE_METHODS:
+        raise RequestRefused(f"{what} must carry an Origin header when it changes "
+                             "something (a page of this server sends it); refused")
+
+
+def _cookie_values(headers: dict[bytes, list[bytes]]) -> list[bytes]:
+    """Every value of the viewer's cookie the request carries."""
+    name = COOKIE.encode() + b"="
+    return [pair.strip()[len(name):] for header in headers.get(b"cookie", [])
+            for pair in header.split(b";") if pair.strip().startswith(name)]
+
+
+def _with_baseline(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`headers` and each `BASELINE` header they lack."""
+    present = {name.lower() for name, _ in headers}
+    return [*headers, *(header for header in BASELINE if header[0] not in present)]
 
 
 def _headers(scope: Scope) -> dict[bytes, list[bytes]]:
@@ -146,6 +208,7 @@ async def _preflight(send: Send, cors: list[tuple[bytes, bytes]]) -> None:
     headers = [*cors, (b"access-control-allow-methods", PREFLIGHT_METHODS),
                (b"access-control-allow-headers", PREFLIGHT_HEADERS),
                (b"access-control-max-age", b"600"), (b"content-length", b"0")]
+    headers = _with_baseline(headers)
     await send({"type": "http.response.start", "status": 204, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
 
@@ -193,16 +256,16 @@ class _Exchange:
             return
         if message["type"] == "http.response.start":
             self._started = True
-            if self._cors:
-                message = {**message, "headers": [*message.get("headers", []), *self._cors]}
+            message = {**message, "headers": _with_baseline(
+                [*message.get("headers", []), *self._cors])}
         await self._send(message)
 
 
 async def _refuse(send: Send, error: SandboxSessionsError,
                   extra: list[tuple[bytes, bytes]]) -> None:
     body = json.dumps(to_wire(error)).encode()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode()), *extra]
+    headers = _with_baseline([(b"content-type", b"application/json"),
+                              (b"content-length", str(len(body)).encode()), *extra])
     if isinstance(error, Unauthorized):
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": HTTP_STATUS[error.code],
