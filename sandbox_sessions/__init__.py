@@ -81,6 +81,7 @@ from ._types import (
     SessionStatus,
     ShellResult,
     SkippedArtifact,
+    SkippedPath,
     SnapshotPart,
     StepFinishPart,
     StepStartPart,
@@ -93,6 +94,7 @@ from ._types import (
     ToolPart,
     ToolState,
     TurnEndReason,
+    UploadResult,
     UserMessage,
 )
 from .agent._pricing import Price
@@ -192,6 +194,7 @@ __all__ = [
     "SessionStatus",
     "ShellResult",
     "SkippedArtifact",
+    "SkippedPath",
     "SnapshotError",
     "SnapshotPart",
     "StepFinishPart",
@@ -210,6 +213,7 @@ __all__ = [
     "TurnEndReason",
     "Unauthorized",
     "UnsafeArchive",
+    "UploadResult",
     "UserMessage",
     "__version__",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "CreateSessionRequest",
     "FileContent",
     "Metadata",
+    "PathEntries",
     "PermissionAnswerRequest",
     "SandboxOptions",
     "SessionInfo",
@@ -38,12 +39,14 @@ __all__ = [
     "ShellOutput",
     "ShellResult",
     "SkippedArtifact",
+    "SkippedPath",
     "Subagent",
     "SubagentLike",
     "Todo",
     "TurnRequest",
     "TurnStarted",
     "UpdateSessionRequest",
+    "UploadResult",
 ]
 
 DEFAULT_IMAGE = "sandbox-sessions/sandbox:latest"
@@ -329,14 +332,38 @@ class SkippedArtifact(_Frozen):
 
 
 class ArtifactDownload(_Frozen):
-    """What `download_artifacts()` wrote on the host."""
+    """What `download_artifacts()` (or `download()` of a sandbox path) wrote on the host."""
 
     destination: str
     files: list[str]
-    """Keys written, each under `destination`."""
+    """Keys written, each under `destination` (for `download()`: paths relative to the path
+    downloaded, or the file's name)."""
     bytes: int
     skipped: list[SkippedArtifact] = Field(default_factory=list)
     """Links, special files and unsafe names that were not written."""
+
+
+class SkippedPath(_Frozen):
+    """An entry of an upload's source that was not sent, and why."""
+
+    path: str
+    """Relative to the source folder (`/`-separated, shown escaped if not UTF-8)."""
+    reason: str
+
+
+class UploadResult(_Frozen):
+    """What `upload()` put in the sandbox."""
+
+    destination: str
+    """The sandbox folder the source was unpacked in (absolute)."""
+    files: list[str]
+    """The regular files sent, relative to `destination`."""
+    bytes: int
+    """Their bytes in all."""
+    skipped: list[SkippedPath] = Field(default_factory=list)
+    """Links, special files and files that could not be read whole, not sent."""
+    ignored: int = 0
+    """Entries left out on purpose: those `.gitignore` files ignore, and `.git` folders."""
 
 
 # --- messages and parts (opencode's session model) -------------------------------------------
@@ -1064,6 +1091,16 @@ class ArtifactEntry(_Frozen):
     kind: Literal["file", "dir", "link", "other"]
     size: int
     refused: str | None = None
+
+
+class PathEntries(_Frozen):
+    """A sandbox path, for a download: a folder and every entry below it (keys relative to
+    it), or a regular file as one entry named after it."""
+
+    path: str
+    """The path, absolute."""
+    kind: Literal["file", "dir"]
+    entries: list[ArtifactEntry]
 
 
 class TurnStarted(_Frozen):

@@ -1,4 +1,5 @@
-"""Downloading a session's artifacts to a host folder, within caps, on the host that writes.
+"""Downloading a session's artifacts, or any sandbox path, to a host folder, within caps, on
+the host that writes.
 
 The service lists the entries (refusing unsafe names) and streams each file's bytes; what is
 written where is decided here, by the safe writer, whichever transport carried the bytes.
@@ -12,7 +13,8 @@ as a whole (engine down, container gone), ends a download with an error.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import posixpath
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -28,10 +30,16 @@ from .._types import ArtifactDownload, ArtifactEntry, SkippedArtifact
 from ..sandbox._archive import Caps, SafeWriter
 from ._transport import Transport
 
-__all__ = ["DownloadProgress", "download"]
+__all__ = ["DownloadProgress", "TransferProgress", "download", "download_path"]
 
 DownloadProgress = Callable[[str, int, int], object]
 """Called as `(key, files_done, files_total)` after each artifact is written."""
+TransferProgress = Callable[[int, int], object]
+"""Called as `(bytes_done, bytes_total)` as a transfer goes on (on the event loop: keep it
+short). The total is what the listing said; a file skipped or changed meanwhile makes the
+last `bytes_done` differ from it."""
+_Reader = Callable[[str, int], AsyncIterator[bytes]]
+"""The bytes of the entry `key`, at most `max_bytes` of them."""
 
 # Per artifact, these mean "this one cannot be copied": it is skipped, the download goes on.
 _ONE_ARTIFACT = (SandboxFileNotFound, SandboxPermissionError, FileTooLarge, UnsafeArchive)
@@ -51,26 +59,71 @@ async def download(
 ) -> ArtifactDownload:
     """Copy every artifact of the session below `destination`; see `download_artifacts`."""
     entries = await transport.artifact_entries(session_id)
+
+    def read(key: str, limit: int) -> AsyncIterator[bytes]:
+        return transport.read_artifact(session_id, key, max_bytes=limit)
+
+    total = sum(1 for entry in entries if entry.kind == "file")
+
+    def on_file(key: str, done: int) -> None:
+        if progress is not None:
+            progress(key, done, total)
+
+    return await _copy_all(entries, read, destination, caps, on_file=on_file)
+
+
+async def download_path(
+    transport: Transport, session_id: str, path: str, destination: Path, *, caps: Caps,
+    progress: TransferProgress | None,
+) -> ArtifactDownload:
+    """Copy the sandbox folder `path` (its contents) or file (under its name) below
+    `destination`; see `AsyncSessionHandle.download`."""
+    listing = await transport.path_entries(session_id, path)
+    root = listing.path
+
+    def read(key: str, limit: int) -> AsyncIterator[bytes]:
+        where = root if listing.kind == "file" else posixpath.join(root, key)
+        return transport.read_file(session_id, where, max_bytes=limit)
+
+    total = sum(e.size for e in listing.entries if e.kind == "file" and e.refused is None)
+    done = 0
+
+    def on_bytes(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, total)
+
+    return await _copy_all(listing.entries, read, destination, caps, on_bytes=on_bytes)
+
+
+async def _copy_all(
+    entries: Sequence[ArtifactEntry], read: _Reader, destination: Path, caps: Caps, *,
+    on_file: Callable[[str, int], object] | None = None,
+    on_bytes: Callable[[int], object] | None = None,
+) -> ArtifactDownload:
+    """Write `entries` below `destination` through one `SafeWriter`, skipping (and listing)
+    each that may not be written."""
     writer = await anyio.to_thread.run_sync(SafeWriter, destination, caps)
     files: list[str] = []
     skipped: list[SkippedArtifact] = []
-    total = sum(1 for entry in entries if entry.kind == "file")
     for entry in entries:
         try:
-            await _copy_entry(transport, session_id, entry, writer)
+            await _copy_entry(read, entry, writer, on_bytes)
         except _Skip as skip:
             skipped.append(SkippedArtifact(key=entry.key, reason=skip.reason))
             continue
         if entry.kind == "file":
             files.append(entry.key)
-            if progress is not None:
-                progress(entry.key, len(files), total)
+            if on_file is not None:
+                on_file(entry.key, len(files))
     return ArtifactDownload(destination=str(writer.destination), files=files,
                             bytes=writer.bytes, skipped=skipped)
 
 
 async def _copy_entry(
-    transport: Transport, session_id: str, entry: ArtifactEntry, writer: SafeWriter
+    read: _Reader, entry: ArtifactEntry, writer: SafeWriter,
+    on_bytes: Callable[[int], object] | None,
 ) -> None:
     """Write one entry (a folder, or a file within the caps left); `_Skip` when it may not."""
     reason = entry.refused or _refusal(entry)
@@ -81,8 +134,7 @@ async def _copy_entry(
             await anyio.to_thread.run_sync(writer.mkdir, entry.key)
             return
         limit = _room_for(entry, writer)
-        chunks = transport.read_artifact(session_id, entry.key, max_bytes=limit)
-        await _copy_file(chunks, entry.key, writer, limit)
+        await _copy_file(read(entry.key, limit), entry.key, writer, limit, on_bytes)
     except _ONE_ARTIFACT as exc:
         raise _Skip(_reason_of(exc)) from None
 
@@ -119,7 +171,8 @@ def _reason_of(exc: Exception) -> str:
 
 
 async def _copy_file(
-    chunks: AsyncIterator[bytes], key: str, writer: SafeWriter, limit: int
+    chunks: AsyncIterator[bytes], key: str, writer: SafeWriter, limit: int,
+    on_bytes: Callable[[int], object] | None,
 ) -> None:
     """Stream `key` into its host file; on any failure remove that file, so none is left
     empty or partial, and re-raise."""
@@ -133,6 +186,8 @@ async def _copy_file(
             if written > limit:
                 raise FileTooLarge(f"grew past the {limit} bytes left for it")
             await anyio.to_thread.run_sync(_on_host, handle.write, chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
         await anyio.to_thread.run_sync(_on_host, handle.close)
     except BaseException:
         with contextlib.suppress(OSError):  # a full disk fails the flush again: ignore

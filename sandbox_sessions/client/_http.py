@@ -33,6 +33,7 @@ from .._types import (
     ImportMessagesRequest,
     Message,
     Metrics,
+    PathEntries,
     PermissionAnswerRequest,
     QuestionAnswerRequest,
     RevertInfo,
@@ -183,6 +184,11 @@ class HTTPTransport:
     async def artifact_entries(self, session_id: str) -> list[ArtifactEntry]:
         """See `Transport.artifact_entries`."""
         return await self._json("GET", _ENTRIES, "sessions", session_id, "artifact-entries")
+
+    async def path_entries(self, session_id: str, path: str) -> PathEntries:
+        """See `Transport.path_entries`."""
+        return await self._json("GET", _PATH_ENTRIES, "sessions", session_id, "entries",
+                                params={"path": path})
 
     def read_artifact(self, session_id: str, key: str, *, max_bytes: int
                       ) -> AsyncIterator[bytes]:
@@ -416,6 +422,7 @@ _BOOL: TypeAdapter[bool] = TypeAdapter(bool)
 _STARTED: TypeAdapter[TurnStarted] = TypeAdapter(TurnStarted)
 _ARTIFACTS: TypeAdapter[list[ArtifactInfo]] = TypeAdapter(list[ArtifactInfo])
 _ENTRIES: TypeAdapter[list[ArtifactEntry]] = TypeAdapter(list[ArtifactEntry])
+_PATH_ENTRIES: TypeAdapter[PathEntries] = TypeAdapter(PathEntries)
 _MESSAGES: TypeAdapter[list[Message]] = TypeAdapter(list[Message])
 _IMPORTED: TypeAdapter[ImportedMessages] = TypeAdapter(ImportedMessages)
 _METRICS: TypeAdapter[Metrics] = TypeAdapter(Metrics)

@@ -55,6 +55,7 @@ from .._types import (
     ToolPart,
     TurnStarted,
     UpdateSessionRequest,
+    UploadResult,
 )
 from .._validation import (
     build,
@@ -69,9 +70,10 @@ from ..sandbox._archive import Caps, printable, unsafe_key_reason
 from ..sandbox.base import OutputCallback
 from ..service._projection import send_result
 from ._commands import COMMAND_TIMEOUT, CommandRegistry, render
-from ._download import DownloadProgress, download
+from ._download import DownloadProgress, TransferProgress, download, download_path
 from ._export import export_session, fork_session
 from ._transport import Transport
+from ._upload import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES, upload
 
 __all__ = [
     "AsyncAgent",
@@ -83,6 +85,11 @@ __all__ = [
     "QuestionCallback",
     "TextCallback",
 ]
+
+DOWNLOAD_MAX_BYTES = 4 << 30
+"""Bytes one `download()` writes by default (4 GiB)."""
+DOWNLOAD_MAX_FILES = 10_000
+"""Files one `download()` writes by default."""
 
 R = TypeVar("R")
 A = TypeVar("A")
@@ -285,6 +292,69 @@ class AsyncSessionHandle:
         await self._transport.get_session(self.id)  # an unknown or ended session: say so first
         return await download(self._transport, self.id, Path(destination), caps=caps or Caps(),
                               progress=progress)
+
+    async def upload(
+        self,
+        source: str | os.PathLike[str],
+        destination: str = ".",
+        *,
+        gitignore: bool = True,
+        max_bytes: int = MAX_UPLOAD_BYTES,
+        max_files: int = MAX_UPLOAD_FILES,
+        progress: TransferProgress | None = None,
+    ) -> UploadResult:
+        """Copy the host file or folder `source` into the sandbox folder `destination` (made
+        if missing; a relative one is taken from the workdir, the default): a folder's
+        contents, or a file under its own name. Existing files there are overwritten.
+
+        With `gitignore`, what the source's `.gitignore` files ignore (the root's and nested
+        ones, git's semantics: negations, folder patterns) is left out; every `.git` is left
+        out always (`ignored` counts both). Links below the source are never followed nor
+        sent, and FIFOs, sockets and devices are not sent: each is listed in `skipped` with
+        the reason, as is a file that changes while it is read. Names are kept exactly;
+        modes are 0644, or 0755 for a file its owner may execute.
+
+        More than `max_files` files and folders (20,000) or `max_bytes` bytes of files
+        (256 MiB) raises `InvalidArgument` before anything is sent, as does a `source` that
+        is missing or not a file or folder. `progress(bytes_sent, bytes_total)` follows the
+        archive as it is sent. `SandboxError` if `tar` cannot unpack it (`destination` is a
+        file, the disk is full); the temporary archive is removed in every case.
+        """
+        source_path = _host_path(source, "source")
+        if not isinstance(gitignore, bool):
+            raise InvalidArgument(f"gitignore must be a bool, not {type(gitignore).__name__}")
+        check_path(destination, "destination")
+        check_count(max_bytes, "max_bytes")
+        check_count(max_files, "max_files")
+        return await upload(self._transport, self.id, source_path, destination,
+                            gitignore=gitignore, max_bytes=max_bytes, max_files=max_files,
+                            progress=progress)
+
+    async def download(
+        self,
+        path: str,
+        destination: str | os.PathLike[str],
+        *,
+        max_bytes: int = DOWNLOAD_MAX_BYTES,
+        max_files: int = DOWNLOAD_MAX_FILES,
+        progress: TransferProgress | None = None,
+    ) -> ArtifactDownload:
+        """Copy the sandbox folder `path` (its contents) or file (under its own name) into
+        the host folder `destination` (made if missing), as safely as `download_artifacts()`:
+        only regular files and folders are written, never outside `destination` nor through
+        a link. A link, FIFO or other special file below `path`, an unsafe or not-UTF-8
+        name, a file over the caps (`max_files` files, `max_bytes` bytes in all) or one the
+        host cannot write is listed in `skipped`, and the rest copied. `path` is relative to
+        the workdir unless absolute; `SandboxFileNotFound` when it is missing, is a link (not
+        followed) or a special file. `progress(bytes_done, bytes_total)` follows the copy.
+        """
+        check_path(path)
+        target = _host_path(destination, "destination")
+        check_count(max_bytes, "max_bytes")
+        check_count(max_files, "max_files")
+        caps = Caps(max_files=max_files, max_bytes=max_bytes, max_file_bytes=max_bytes)
+        return await download_path(self._transport, self.id, path, target, caps=caps,
+                                   progress=progress)
 
     # --- the agent ---------------------------------------------------------------------------
 
@@ -576,6 +646,12 @@ class AsyncAgent:
                         metadata=dict(metadata or {}))
         info = await self._transport.create_session(request)
         return AsyncSessionHandle(self._transport, info.id, commands=self._commands)
+
+
+def _host_path(value: object, name: str) -> Path:
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise InvalidArgument(f"{name} must be a host path, not {value!r:.80}")
+    return Path(value)
 
 
 async def _joined(chunks: AsyncIterator[bytes]) -> bytes:

@@ -39,6 +39,7 @@ from .._types import (
     ShellResult,
     SubagentLike,
     Todo,
+    UploadResult,
 )
 from ..agent._pricing import Price
 from ..agent.base import Tool
@@ -47,8 +48,10 @@ from ..sandbox.base import OutputCallback, SandboxBackend
 from ..store.base import Store
 from ._client import AsyncSandboxClient, SandboxKwargs
 from ._commands import COMMAND_TIMEOUT
-from ._download import DownloadProgress
+from ._download import DownloadProgress, TransferProgress
 from ._session import (
+    DOWNLOAD_MAX_BYTES,
+    DOWNLOAD_MAX_FILES,
     AsyncAgent,
     AsyncSessionHandle,
     EventCallback,
@@ -57,6 +60,7 @@ from ._session import (
     QuestionCallback,
     TextCallback,
 )
+from ._upload import MAX_UPLOAD_BYTES, MAX_UPLOAD_FILES
 
 __all__ = ["Agent", "SandboxClient", "SessionHandle"]
 
@@ -164,6 +168,33 @@ class SessionHandle:
         """Copy every artifact to a host folder; see `AsyncSessionHandle.download_artifacts`."""
         return self._call(self._async.download_artifacts, destination, caps=caps,
                           progress=progress)
+
+    def upload(
+        self,
+        source: str | os.PathLike[str],
+        destination: str = ".",
+        *,
+        gitignore: bool = True,
+        max_bytes: int = MAX_UPLOAD_BYTES,
+        max_files: int = MAX_UPLOAD_FILES,
+        progress: TransferProgress | None = None,
+    ) -> UploadResult:
+        """Copy a host file or folder into the sandbox; see `AsyncSessionHandle.upload`."""
+        return self._call(self._async.upload, source, destination, gitignore=gitignore,
+                          max_bytes=max_bytes, max_files=max_files, progress=progress)
+
+    def download(
+        self,
+        path: str,
+        destination: str | os.PathLike[str],
+        *,
+        max_bytes: int = DOWNLOAD_MAX_BYTES,
+        max_files: int = DOWNLOAD_MAX_FILES,
+        progress: TransferProgress | None = None,
+    ) -> ArtifactDownload:
+        """Copy a sandbox file or folder to a host folder; see `AsyncSessionHandle.download`."""
+        return self._call(self._async.download, path, destination, max_bytes=max_bytes,
+                          max_files=max_files, progress=progress)
 
     def send(
         self,

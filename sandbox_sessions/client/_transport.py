@@ -28,6 +28,7 @@ from .._types import (
     ImportMessagesRequest,
     Message,
     Metrics,
+    PathEntries,
     PermissionAnswerRequest,
     QuestionAnswerRequest,
     RevertInfo,
@@ -108,6 +109,12 @@ class Transport(Protocol):
 
     async def artifact_entries(self, session_id: str) -> list[ArtifactEntry]:
         """Every entry under `/artifacts`, for a download: those it must skip say why."""
+        ...
+
+    async def path_entries(self, session_id: str, path: str) -> PathEntries:
+        """A sandbox path (relative ones from the workdir) for a download: a folder with every
+        entry below it, walked without following links (those it must skip say why), or a
+        regular file; `SandboxFileNotFound` when it is missing, a link or a special file."""
         ...
 
     def read_artifact(

@@ -30,6 +30,7 @@ from .._types import (
     ImportMessagesRequest,
     Message,
     Metrics,
+    PathEntries,
     PermissionAnswerRequest,
     QuestionAnswerRequest,
     RevertInfo,
@@ -224,6 +225,12 @@ def _sandbox_routes(app: FastAPI, bridge: Bridge) -> None:
     async def artifact_entries(session_id: str) -> list[ArtifactEntry]:
         """Every entry under `/artifacts`, for a download."""
         return await service.artifact_entries(session_id)
+
+    @app.get("/sessions/{session_id}/entries", tags=["sandbox"])
+    async def path_entries(session_id: str, path: Path) -> PathEntries:
+        """A folder and every entry below it (links not followed), or a regular file, for a
+        download."""
+        return await service.path_entries(session_id, path)
 
     @app.get("/sessions/{session_id}/artifacts/{key:path}", tags=["sandbox"],
              response_class=ByteStream, status_code=200, responses={200: STREAMED})

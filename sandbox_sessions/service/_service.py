@@ -20,6 +20,7 @@ from .._types import (
     ImportMessagesRequest,
     Message,
     Metrics,
+    PathEntries,
     PermissionAnswerRequest,
     QuestionAnswerRequest,
     RevertInfo,
@@ -173,6 +174,10 @@ class SessionService:
     async def artifact_entries(self, session_id: str) -> list[ArtifactEntry]:
         """See `Transport.artifact_entries`."""
         return await self._sessions.artifact_entries(session_id)
+
+    async def path_entries(self, session_id: str, path: str) -> PathEntries:
+        """See `Transport.path_entries`."""
+        return await self._sessions.path_entries(session_id, path)
 
     def read_artifact(
         self, session_id: str, key: str, *, max_bytes: int

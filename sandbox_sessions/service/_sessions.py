@@ -30,6 +30,7 @@ from .._types import (
     AgentConfig,
     ArtifactEntry,
     ArtifactInfo,
+    PathEntries,
     SandboxOptions,
     SandboxRestartedEvent,
     SessionInfo,
@@ -51,7 +52,7 @@ from .._validation import (
 from ..sandbox._archive import printable, unsafe_key_reason
 from ..sandbox.base import OutputCallback, RestartCallback, Sandbox, SandboxBackend, ShellRequest
 from ..store.base import Lease, Store
-from ._artifacts import ARTIFACTS, entries, listing
+from ._artifacts import ARTIFACTS, entries, listing, path_entries
 from ._eventlog import EventLog
 from ._leases import is_stale
 from ._turn_leases import TurnLeases
@@ -276,6 +277,11 @@ class Sessions:
     async def artifact_entries(self, session_id: str) -> list[ArtifactEntry]:
         """Every entry under `/artifacts`, unsafe names refused (and shown escaped)."""
         return entries(await (await self._sandbox(session_id)).walk(ARTIFACTS))
+
+    async def path_entries(self, session_id: str, path: str) -> PathEntries:
+        """`path` (relative from the workdir) and, for a folder, every entry below it."""
+        target = await self._absolute(session_id, path)
+        return await path_entries(await self._sandbox(session_id), target)
 
     async def read_artifact(
         self, session_id: str, key: str, *, max_bytes: int = DEFAULT_MAX_READ
