@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from sandbox_sessions import SandboxClient, SessionHandle, UserMessage
+from sandbox_sessions import AgentConfig, SandboxClient, SessionHandle, UserMessage
 
 pytestmark = pytest.mark.docker
 
@@ -197,19 +197,22 @@ def test_sessions_messages(cli: Cli, world: World) -> None:
     assert [m["role"] for m in messages] == ["user", "assistant"]
 
 
-def stored_events(handle: SessionHandle) -> list[dict[str, Any]]:
-    """The shared session's events, read from Python up to its last `session-status` idle."""
+def events_upto(handle: SessionHandle, seq: int) -> list[dict[str, Any]]:
+    """The session's events up to `seq`, read from Python."""
     events: list[dict[str, Any]] = []
     for event in handle.events():
         events.append(event.model_dump(mode="json"))
-        if event.type == "session-status" and event.status == "idle":
+        if event.seq >= seq:
             return events
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: the stream never ends by itself")
 
 
 def test_sessions_events(cli: Cli, world: World) -> None:
-    expected = stored_events(world.shared)
+    marker = f"echo newest-{time.monotonic_ns()}"
+    assert world.shared.shell(marker).exit_code == 0  # the newest event stored
     events = cli.json("sessions", "events", world.shared.id)
+    assert (events[-1]["type"], events[-1]["command"]) == ("shell-run", marker)
+    expected = events_upto(world.shared, events[-1]["seq"])
     assert events == expected
     assert "turn-end" in [event["type"] for event in events]
     middle = expected[len(expected) // 2]["seq"]
@@ -220,6 +223,7 @@ def test_sessions_events(cli: Cli, world: World) -> None:
     lines = plain.stdout.splitlines()
     assert [int(line.split()[0]) for line in lines] == [event["seq"] for event in expected]
     assert any("turn-end" in line and "completed" in line for line in lines)
+    assert f"exit 0: {marker}" in lines[-1]
     one_line_error(cli("sessions", "events", "ses_nosuchsession"), 3)
     one_line_error(cli("sessions", "events", world.shared.id, "--after", "-1"), 2)
 
@@ -362,9 +366,11 @@ def test_reply_and_answer_through_the_server(world: World, image: str, tmp_path:
     the command line, and the turn completes."""
     cli = Cli({**world.env, "SANDBOX_SESSIONS_TOKEN": world.server.token}, tmp_path,
               world.server.url)
-    session = world.remote.agent(
-        "build", model="scripted", image=image, script=ASKING_SCRIPT, tools=["bash", "question"],
-        permissions={"bash": {"*": "ask"}}).create_session(title="asks")
+    config = AgentConfig(  # timeouts: a reply that does not arrive fails the test, not hangs
+        model="scripted", script=ASKING_SCRIPT, tools=["bash", "question"],
+        permissions={"bash": {"*": "ask"}}, permission_timeout=WAIT, question_timeout=WAIT)
+    session = world.remote.agent("build", config=config, image=image).create_session(
+        title="asks")
     try:
         events = session.stream("go")
         asked = next(e for e in events if e.type == "permission-asked")
