@@ -357,7 +357,7 @@ class UploadResult(_Frozen):
     destination: str
     """The sandbox folder the source was unpacked in (absolute)."""
     files: list[str]
-    """The regular files sent, relative to `destination`."""
+    """The regular files sent, relative to `destination` (not-UTF-8 bytes shown escaped)."""
     bytes: int
     """Their bytes in all."""
     skipped: list[SkippedPath] = Field(default_factory=list)

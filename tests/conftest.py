@@ -79,7 +79,7 @@ CONFORMANCE = frozenset({
     "test_api_validation", "test_bad_input", "test_bounded_reads", "test_tool_links",
     "test_restarts", "test_deadlines", "test_commands",
     "test_session_records", "test_budgets", "test_questions", "test_export",
-    "test_compaction", "test_fork", "test_subtasks", "test_revert", "test_history",
+    "test_compaction", "test_fork", "test_subtasks", "test_revert", "test_history", "test_transfer",
 })
 """The session API suites: each of their tests runs once per transport, in-process and over
 HTTP against a real bridge on a loopback port (the `transport` fixture)."""

@@ -316,8 +316,9 @@ class AsyncSessionHandle:
 
         More than `max_files` files and folders (20,000) or `max_bytes` bytes of files
         (256 MiB) raises `InvalidArgument` before anything is sent, as does a `source` that
-        is missing or not a file or folder. `progress(bytes_sent, bytes_total)` follows the
-        archive as it is sent. `SandboxError` if `tar` cannot unpack it (`destination` is a
+        is missing or not a file or folder (over HTTP, the bridge also caps one archive at
+        its `max_upload`, 1 GiB). `progress(bytes_sent, bytes_total)` follows the archive as
+        it is sent. `SandboxError` if `tar` cannot unpack it (`destination` is a
         file, the disk is full); the temporary archive is removed in every case.
         """
         source_path = _host_path(source, "source")

@@ -105,7 +105,8 @@ def plan_upload(source: Path, *, gitignore: bool, max_bytes: int, max_files: int
                               f"{exc.strerror or exc}") from None
     plan, caps = _Plan(), _Caps(source, max_bytes, max_files)
     if stat.S_ISREG(st.st_mode):
-        _add(plan, caps, _item(Path(os.path.abspath(source)).name, source, st))
+        name = Path(os.path.abspath(source)).name  # the name it was given, not its target's
+        _add(plan, caps, _item(name, Path(os.path.realpath(source)), st))
     elif stat.S_ISDIR(st.st_mode):
         _walk(plan, caps, source, IgnoreRules() if gitignore else None)
     else:

@@ -13,7 +13,7 @@ import posixpath
 import shlex
 from collections.abc import Sequence
 
-from .._exceptions import SandboxError, SandboxFileNotFound, SandboxPermissionError
+from .._exceptions import OperationTimeout, SandboxFileNotFound, SandboxPermissionError
 from .._types import ArtifactEntry, ArtifactInfo, PathEntries
 from ..sandbox._archive import printable, unsafe_key_reason
 from ..sandbox.base import FileEntry, Sandbox, ShellRequest
@@ -70,12 +70,13 @@ async def _lstat(sandbox: Sandbox, path: str) -> tuple[str, int]:
     done = await sandbox.shell(ShellRequest(
         command=f"LC_ALL=C stat -c '%s %F' -- {shlex.quote(path)}", timeout=30.0, cwd="/",
         max_output=4096))
-    if done.exit_code != 0 or done.timed_out:
-        error = done.stderr.strip()[-300:]
-        if "No such file" in error or "Not a directory" in error:
-            raise SandboxFileNotFound(path)
+    if done.timed_out:
+        raise OperationTimeout(f"looking at {path} in the sandbox took over 30 s")
+    if done.exit_code != 0:
+        # stat says why: missing, not a folder on the way, a name too long, a link loop...
+        error = done.stderr.strip().rpartition(": ")[2][:200] or "cannot be looked at"
         if "Permission denied" in error:
             raise SandboxPermissionError(f"{path}: not readable by the sandbox user")
-        raise SandboxError(f"{path} could not be looked at: {error or 'stat timed out'}")
+        raise SandboxFileNotFound(path, error[:1].lower() + error[1:])
     size, _, kind = done.stdout.strip().partition(" ")
     return _KINDS.get(kind, "other"), int(size) if size.isdigit() else 0
