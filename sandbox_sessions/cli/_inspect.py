@@ -39,6 +39,7 @@ from .._types import (
     SessionInfo,
     SessionStatusEvent,
     ShellRunEvent,
+    StepFinishEvent,
     StepFinishPart,
     SubtaskPart,
     TextDeltaEvent,
@@ -214,6 +215,9 @@ def _event_detail(event: Event) -> str:
         return f"exit {event.exit_code}: {_trim(event.command, 120)}"
     if isinstance(event, ArtifactCreatedEvent):
         return f"{event.artifact.key} ({event.artifact.size} bytes)"
+    if isinstance(event, StepFinishEvent):
+        return (f"{event.part.reason}, {event.part.tokens.input} in / "
+                f"{event.part.tokens.output} out tokens")
     return ""
 
 
