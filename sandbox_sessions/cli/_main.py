@@ -7,7 +7,9 @@ import sys
 from types import ModuleType
 
 from .._exceptions import SandboxSessionsError
-from . import _basic, _run  # noqa: F401  (each registers its commands on the root group)
+
+# each registers its commands on the root group
+from . import _basic, _doctor, _inspect, _run, _transfer  # noqa: F401
 from ._app import CliError, ExitCode, Settings, cli, configure_logging, exit_code, report_error
 
 log: logging.Logger = logging.getLogger("sandbox_sessions.cli")

@@ -142,6 +142,17 @@ class Engine:
         with translate():
             self.api.ping()
 
+    def version(self) -> str:
+        """The engine's version (`27.3.1`); `SandboxUnavailable` unless it answers."""
+        with translate():
+            return str(self.api.version().get("Version", "unknown"))
+
+    def list_images(self) -> list[dict[str, Any]]:
+        """Every local image, as the engine lists them (`Id`, `RepoTags`, `Labels`, `Size`,
+        `Created`)."""
+        with translate():
+            return [dict(image) for image in self.api.images()]
+
     def _inspect_image(self, image: str) -> dict[str, Any] | None:
         try:
             with translate():
