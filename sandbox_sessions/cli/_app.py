@@ -120,11 +120,17 @@ def common(function: F) -> F:
     return function
 
 
+ORDER = ("run", "sessions", "shell", "cp", "artifacts", "command", "reply", "answer", "end",
+         "images", "gc", "doctor", "serve")
+"""How `--help` lists the commands: the CI job's first, the server's last."""
+
+
 class _Group(click.Group):
-    """Commands listed in the order they were added."""
+    """Commands listed in `ORDER`, then any other in the order they were added."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
+        known = [name for name in ORDER if name in self.commands]
+        return known + [name for name in self.commands if name not in ORDER]
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
