@@ -88,7 +88,8 @@ def bench_transfers(client: SandboxClient, root: Path, scratch: Path, rounds: in
 
         def ours_up(index: int) -> None:
             done = session.upload(root, f"/workspace/ours{index}")
-            assert done.ignored == 1 and not done.skipped, done
+            assert done.ignored == 1, done
+            assert not done.skipped, done
 
         def raw_up(index: int) -> None:
             data = raw_tar(root)
