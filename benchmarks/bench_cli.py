@@ -93,8 +93,8 @@ def bench_transfers(client: SandboxClient, root: Path, scratch: Path, rounds: in
 
         def raw_up(index: int) -> None:
             data = raw_tar(root)
-            engine.exec_start(engine.exec_create(container, ["mkdir", "-p",
-                                                             f"/workspace/raw{index}"]))
+            made = engine.exec_create(container, ["mkdir", "-p", f"/workspace/raw{index}"])
+            engine.exec_start(made["Id"])
             assert engine.put_archive(container, f"/workspace/raw{index}", data)
 
         def ours_down(index: int) -> None:
@@ -163,12 +163,12 @@ def report(results: dict[str, list[float]], project_bytes: int) -> dict[str, Any
     width = max(map(len, medians)) + 2
     for name, value in medians.items():
         print(f"{name:{width}}{value:10.1f} ms")
-    ratios = {}
+    ratios: dict[str, float] = {}
     for kind in ("upload", "download"):
         floor = medians.get(f"{kind}: raw floor")
         for peer in ("ours", "llm-sandbox"):
             value = medians.get(f"{kind}: {peer}")
-            if floor and value:
+            if floor is not None and value is not None:
                 ratios[f"{kind}: {peer} / raw floor"] = value / floor
     cli, api = (medians["one-prompt run: CLI process"],
                 medians["one-prompt run: Python API, in process"])
