@@ -167,9 +167,9 @@ def report(results: dict[str, list[float]], project_bytes: int) -> dict[str, Any
     for kind in ("upload", "download"):
         floor = medians.get(f"{kind}: raw floor")
         for peer in ("ours", "llm-sandbox"):
-            value = medians.get(f"{kind}: {peer}")
-            if floor is not None and value is not None:
-                ratios[f"{kind}: {peer} / raw floor"] = value / floor
+            measured = medians.get(f"{kind}: {peer}")
+            if floor is not None and measured is not None:
+                ratios[f"{kind}: {peer} / raw floor"] = measured / floor
     cli, api = (medians["one-prompt run: CLI process"],
                 medians["one-prompt run: Python API, in process"])
     ratios["one-prompt run: CLI / Python API"] = cli / api
