@@ -105,9 +105,10 @@ def test_the_page_and_its_assets_are_served_without_a_token_with_strict_headers(
         assert markup.handlers == [], path
         assert all(url.startswith("/viewer/") for url in markup.urls), markup.urls
     assert [script.get("src") for script in _scripts(http)] == ["/viewer/viewer.js"]
-    redirect = http.get("/viewer")
-    assert redirect.status_code == 308
-    assert redirect.headers["location"] == "/viewer/"
+    for short in ("/viewer", "/"):  # what a person types is sent to the page
+        redirect = http.get(short)
+        assert redirect.status_code == 308
+        assert redirect.headers["location"] == "/viewer/"
 
 
 def _scripts(http: httpx.Client) -> list[dict[str, str | None]]:

@@ -181,7 +181,7 @@ def serve(host: str, port: int | None, token_file: Path | None,
 
     def ready(_: object) -> None:  # "serving" last: a script waiting on it has seen it all
         out.log(f"token file {token_path}")
-        out.log(f"viewer http://{shown}:{bound}/viewer/ (log in with the token)")
+        out.log(f"viewer http://{shown}:{bound}/ (log in with the token in its file)")
         out.log(f"serving http://{shown}:{bound}")
 
     with sock:

@@ -34,10 +34,10 @@ LOGOUT: Final = "/viewer/logout"
 ASSETS: Final = {"viewer.js": "text/javascript; charset=utf-8",
                  "viewer.css": "text/css; charset=utf-8"}
 PUBLIC: Final = frozenset({
-    ("GET", "/viewer"), ("GET", PAGE), ("GET", LOGIN), ("POST", LOGIN), ("POST", LOGOUT),
+    ("GET", "/"), ("GET", "/viewer"), ("GET", PAGE), ("GET", LOGIN), ("POST", LOGIN), ("POST", LOGOUT),
     *(("GET", PAGE + name) for name in ASSETS)})
 """(method, path) served without a credential: the page's static shell, its login form and
-logout. Nothing in them comes from a session."""
+logout, and `/`, which sends a browser to the page. Nothing in them comes from a session."""
 
 CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
               "connect-src 'self'; form-action 'self'; base-uri 'none'; object-src 'none'; "
@@ -83,6 +83,7 @@ def viewer_routes(app: FastAPI, config: ServerConfig) -> None:
         return Response(status_code=303, headers={**HEADERS, "location": location,
                                                   "set-cookie": cookie})
 
+    @app.get("/", include_in_schema=False)
     @app.get("/viewer", include_in_schema=False)
     async def viewer_root() -> Response:
         return Response(status_code=308, headers={**HEADERS, "location": PAGE})
