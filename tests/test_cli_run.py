@@ -339,6 +339,16 @@ def test_an_engine_that_does_not_answer_exits_4(tmp_path: Path) -> None:
     one_line_error(done.stderr)
 
 
+def test_a_server_that_does_not_answer_exits_4(tmp_path: Path) -> None:
+    write_script(tmp_path, [{"text": "hi"}])
+    env = cli_env(tmp_path / "sessions.db", SANDBOX_SESSIONS_TOKEN="x" * 64)
+    done = cli(tmp_path, "run", "hi", "--script", "model.yaml", "--url", "http://127.0.0.1:9",
+               env=env)
+    assert done.returncode == 4, done.stderr
+    one_line_error(done.stderr)
+    assert not (tmp_path / "sessions.db").exists()  # nothing fell back to running embedded
+
+
 def test_ask_at_the_keyboard_on_a_terminal(tmp_path: Path, image: str) -> None:
     """On a terminal (a pty), a request is asked and answered at the keyboard."""
     import pty

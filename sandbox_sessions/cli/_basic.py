@@ -36,7 +36,8 @@ def images_build(tag: str, force: bool) -> None:
     from ..sandbox._images import build_image
 
     out = output()
-    build = build_image(Engine(), tag=tag, force=force, progress=out.log)
+    with out.status(f"building {tag}"):
+        build = build_image(Engine(), tag=tag, force=force, progress=out.log)
     state = "built" if build.built else "up to date"
     out.result(build, f"{build.tag} {state} ({build.image_id[:19]}, {build.seconds:.1f} s)")
 
