@@ -2,12 +2,15 @@
 
 stdout carries results only: with `--json` one JSON object per line and nothing else; on a
 terminal, rich text; otherwise plain lines a script can read. Progress and logs go to stderr
-(a bar on a terminal, a line per step otherwise).
+(a bar on a terminal, a line per step otherwise). Text written here may come from the model
+or the container: every control character in it but newline and tab is made visible
+(`clean`), so none reaches the terminal.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,7 +29,15 @@ from rich.progress import (
 
 from ._app import settings
 
-__all__ = ["Output", "output", "to_json"]
+__all__ = ["Output", "clean", "output", "to_json"]
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: str) -> str:
+    """`text` with control and bidi-override characters made visible (`\\x1b`)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", text)
 
 
 def to_json(value: Any) -> Any:
@@ -66,9 +77,11 @@ class Output:
             self.line(line)
 
     def line(self, text: str, *, style: str | None = None) -> None:
-        """A line of text on stdout (styled on a terminal); nothing with `--json`."""
+        """A line of text on stdout (styled on a terminal, control characters made visible);
+        nothing with `--json`."""
         if self.json:
             return
+        text = clean(text)
         if self.rich:
             self.out.print(text, style=style, markup=False)
         else:
@@ -79,6 +92,7 @@ class Output:
         """Text as it streams (no newline added); nothing with `--json`."""
         if self.json or not text:
             return
+        text = clean(text)
         if self.rich:
             self.out.print(text, style=style, markup=False, end="")
         else:
@@ -86,8 +100,8 @@ class Output:
             sys.stdout.flush()
 
     def log(self, text: str) -> None:
-        """A line for the person watching: stderr."""
-        self.err.print(f"sandbox-sessions: {text}", markup=False, highlight=False)
+        """A line for the person watching: stderr (control characters made visible)."""
+        self.err.print(f"sandbox-sessions: {clean(text)}", markup=False, highlight=False)
 
     @contextmanager
     def progress(self, what: str, *, total: float | None = None, unit: str = "items"

@@ -9,24 +9,16 @@ line, bells) is shown as a visible `\\xNN` escape, never sent to the terminal as
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from .._types import Event, PermissionRequest, QuestionRequest, ToolPart
-from ._output import Output
+from ._output import Output, clean
 
-__all__ = ["Renderer", "clean", "describe_permission"]
+__all__ = ["Renderer", "describe_permission"]
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 OUTPUT_LINES = 8
 """Lines of a tool's output shown under it (the rest is counted)."""
 LINE_WIDTH = 200
-
-
-def clean(text: str) -> str:
-    """`text` with control and bidi-override characters made visible (`\\x1b`)."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                        else f"\\u{ord(m.group()):04x}", text)
 
 
 def _short(text: str, width: int = LINE_WIDTH) -> str:

@@ -47,8 +47,8 @@ from .._types import (
 from ..client import AsyncSandboxClient
 from ..client._session import AsyncSessionHandle
 from ._app import ExitCode, exit_code
-from ._output import Output
-from ._render import Renderer, clean, describe_permission
+from ._output import Output, clean
+from ._render import Renderer, describe_permission
 
 __all__ = ["Plan", "Runner", "StepFailed", "glob_regex"]
 

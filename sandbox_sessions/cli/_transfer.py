@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from ._app import ExitCode, cli, common, fail, open_client
-from ._output import output
+from ._output import clean, output
 
 __all__ = ["split_remote"]
 
@@ -80,7 +80,7 @@ def _download(session_id: str, path: str, destination: Path) -> None:
             result = handle.download(path, destination,
                                      progress=lambda done, total: update(done, total))
     for skip in result.skipped:
-        out.log(f"skipped {skip.key}: {skip.reason}")
+        out.log(f"skipped {clean(skip.key)}: {clean(skip.reason)}")
     out.result(result, f"{len(result.files)} files, {result.bytes} bytes downloaded "
                        f"to {destination}")
 

@@ -34,7 +34,8 @@ LOGOUT: Final = "/viewer/logout"
 ASSETS: Final = {"viewer.js": "text/javascript; charset=utf-8",
                  "viewer.css": "text/css; charset=utf-8"}
 PUBLIC: Final = frozenset({
-    ("GET", "/"), ("GET", "/viewer"), ("GET", PAGE), ("GET", LOGIN), ("POST", LOGIN), ("POST", LOGOUT),
+    ("GET", "/"), ("GET", "/viewer"), ("GET", PAGE), ("GET", LOGIN), ("POST", LOGIN),
+    ("POST", LOGOUT),
     *(("GET", PAGE + name) for name in ASSETS)})
 """(method, path) served without a credential: the page's static shell, its login form and
 logout, and `/`, which sends a browser to the page. Nothing in them comes from a session."""
