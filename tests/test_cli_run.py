@@ -181,13 +181,22 @@ def test_what_the_container_prints_reaches_the_terminal_without_control_characte
     script = write_script(tmp_path, [
         bash(r"printf 'evil\033]0;owned\007\033[2J\rline\n'", "Look \x1b[31mred"),
         {"text": "Done."}])
-    done = cli(tmp_path, "run", "Print", "--script", str(script))
+    done = cli(tmp_path, "run", "Print", "--script", str(script), "--keep")
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stdout
     assert "\x07" not in done.stdout
     assert "\r" not in done.stdout
     assert r"evil\x1b]0;owned\x07\x1b[2J" in done.stdout  # a \r only breaks the line
     assert r"Look \x1b[31mred" in done.stdout
+    session_id = done.stdout.rsplit("(session ", 1)[1].split(")")[0]
+    for command in ("messages", "events"):  # the same text, read back later
+        shown = cli(tmp_path, "sessions", command, session_id)
+        assert shown.returncode == 0, shown.stderr
+        assert "\x1b" not in shown.stdout + shown.stderr
+        if command == "messages":
+            assert r"evil\x1b]0;owned\x07" in shown.stdout
+            assert r"Look \x1b[31mred" in shown.stdout
+    assert cli(tmp_path, "end", session_id).returncode == 0
 
 
 def test_run_over_the_bridge_gives_the_same_run(tmp_path: Path, image: str) -> None:
