@@ -16,7 +16,7 @@ from .._exceptions import InvalidArgument
 from .._tokens import default_token_path, load_token
 from .._types import DEFAULT_IMAGE, SessionInfo
 from ._app import ExitCode, cli, common, fail, open_client, settings
-from ._output import clean, output
+from ._output import clean, count, output
 
 log: logging.Logger = logging.getLogger("sandbox_sessions.cli")
 
@@ -124,7 +124,7 @@ def artifacts(session_id: str, destination: Path) -> None:
                 destination, progress=lambda _key, done, total: update(done, total))
     for skip in download.skipped:
         out.log(f"skipped {clean(skip.key)}: {clean(skip.reason)}")
-    out.result(download, f"{len(download.files)} files, {download.bytes} bytes "
+    out.result(download, f"{count(len(download.files), 'file')}, {count(download.bytes, 'byte')} "
                          f"in {destination}")
 
 

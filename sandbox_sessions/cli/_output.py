@@ -29,7 +29,7 @@ from rich.progress import (
 
 from ._app import settings
 
-__all__ = ["Output", "clean", "output", "to_json"]
+__all__ = ["Output", "clean", "count", "output", "to_json"]
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
@@ -38,6 +38,11 @@ def clean(text: str) -> str:
     """`text` with control and bidi-override characters made visible (`\\x1b`)."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
                         else f"\\u{ord(m.group()):04x}", text)
+
+
+def count(number: int, noun: str) -> str:
+    """`1 file`, `2 files`."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def to_json(value: Any) -> Any:

@@ -47,7 +47,7 @@ from .._types import (
 from ..client import AsyncSandboxClient
 from ..client._session import AsyncSessionHandle
 from ._app import ExitCode, exit_code
-from ._output import Output, clean
+from ._output import Output, clean, count
 from ._render import Renderer, describe_permission
 
 __all__ = ["Plan", "Runner", "StepFailed", "glob_regex"]
@@ -178,8 +178,8 @@ class Runner:
             for skip in result.skipped:
                 self.out.log(f"upload skipped {clean(skip.path)}: {skip.reason}")
             ignored = f", {result.ignored} ignored" if result.ignored else ""
-            self.out.log(f"uploaded {len(result.files)} files ({result.bytes} bytes{ignored}) "
-                         f"to {result.destination}")
+            sent = f"{count(len(result.files), 'file')} ({count(result.bytes, 'byte')}{ignored})"
+            self.out.log(f"uploaded {sent} to {result.destination}")
 
     async def _step(self, session: AsyncSessionHandle, position: int, step: StepBase) -> None:
         name = step.name or step.describe(position)
@@ -387,8 +387,8 @@ class Runner:
             return
         for skip in download.skipped:
             self.out.log(f"artifact skipped {clean(skip.key)}: {skip.reason}")
-        self.out.log(f"{len(download.files)} artifacts ({download.bytes} bytes) in "
-                     f"{destination}")
+        got = f"{count(len(download.files), 'artifact')} ({count(download.bytes, 'byte')})"
+        self.out.log(f"{got} in {destination}")
         self.state.results.append({"artifacts": download.model_dump(mode="json")})
 
     def _report(self, code: ExitCode, message: str) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from ._app import ExitCode, cli, common, fail, open_client
-from ._output import clean, output
+from ._output import clean, count, output
 
 __all__ = ["split_remote"]
 
@@ -68,8 +68,8 @@ def _upload(source: Path, session_id: str, path: str, *, gitignore: bool) -> Non
     for skip in result.skipped:
         out.log(f"skipped {skip.path}: {skip.reason}")
     ignored = f", {result.ignored} ignored" if result.ignored else ""
-    out.result(result, f"{len(result.files)} files, {result.bytes} bytes uploaded to "
-                       f"{session_id}:{result.destination}{ignored}")
+    sent = f"{count(len(result.files), 'file')}, {count(result.bytes, 'byte')}"
+    out.result(result, f"{sent} uploaded to {session_id}:{result.destination}{ignored}")
 
 
 def _download(session_id: str, path: str, destination: Path) -> None:
@@ -81,6 +81,6 @@ def _download(session_id: str, path: str, destination: Path) -> None:
                                      progress=lambda done, total: update(done, total))
     for skip in result.skipped:
         out.log(f"skipped {clean(skip.key)}: {clean(skip.reason)}")
-    out.result(result, f"{len(result.files)} files, {result.bytes} bytes downloaded "
-                       f"to {destination}")
+    got = f"{count(len(result.files), 'file')}, {count(result.bytes, 'byte')}"
+    out.result(result, f"{got} downloaded to {destination}")
 
