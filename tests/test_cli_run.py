@@ -4,6 +4,7 @@ files end to end with their artifacts, and what a hostile container prints."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from cli_support import REPO, cli, cli_env, json_lines, one_line_error, popen_cli, served
+from servers import Canned, CannedServer, sse
 
 from sandbox_sessions import SandboxClient
 
@@ -396,3 +398,62 @@ def test_ask_at_the_keyboard_on_a_terminal(tmp_path: Path, image: str) -> None:
         kept = client.session(session_id)
         assert kept.shell("test -e /workspace/made").exit_code == 0
         kept.end()
+
+
+# --- a real provider's wire format, served on loopback --------------------------------------
+
+
+def _anthropic_turn(*blocks: tuple[dict[str, Any], list[dict[str, Any]]], stop: str
+                    ) -> list[bytes | str]:
+    """An Anthropic Messages stream: each block's start, its deltas, its stop."""
+    message = {"id": "msg_cli", "type": "message", "role": "assistant", "content": [],
+               "model": "claude-sonnet-4-5", "stop_reason": None, "stop_sequence": None,
+               "usage": {"input_tokens": 30, "output_tokens": 1}}
+    events: list[tuple[str | None, Any]] = [
+        ("message_start", {"type": "message_start", "message": message})]
+    for index, (start, deltas) in enumerate(blocks):
+        events.append(("content_block_start", {"type": "content_block_start", "index": index,
+                                               "content_block": start}))
+        events.extend(("content_block_delta", {"type": "content_block_delta", "index": index,
+                                               "delta": body}) for body in deltas)
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events.append(("message_delta", {"type": "message_delta", "usage": {"output_tokens": 9},
+                                     "delta": {"stop_reason": stop, "stop_sequence": None}}))
+    events.append(("message_stop", {"type": "message_stop"}))
+    return sse(*events)
+
+
+def test_run_drives_a_real_provider_wire_format_and_the_key_stays_on_the_host(
+        tmp_path: Path, image: str, http_server: CannedServer) -> None:
+    """`--model anthropic/...` against a loopback server speaking Anthropic's Messages API:
+    the tool call runs in the container, its output goes back to the model, and the key,
+    sent to the provider, is nowhere in the container's environment."""
+    key = "sk-ant-test-" + "k" * 24
+    call = {"command": "env; echo from-the-box"}
+    http_server.enqueue(
+        Canned(chunks=_anthropic_turn(
+            ({"type": "text", "text": ""}, [{"type": "text_delta", "text": "Looking."}]),
+            ({"type": "tool_use", "id": "toolu_1", "name": "bash", "input": {}},
+             [{"type": "input_json_delta", "partial_json": json.dumps(call)}]),
+            stop="tool_use")),
+        Canned(chunks=_anthropic_turn(
+            ({"type": "text", "text": ""}, [{"type": "text_delta", "text": "All done."}]),
+            stop="end_turn")))
+    env = cli_env(tmp_path / "sessions.db", ANTHROPIC_BASE_URL=http_server.url,
+                  ANTHROPIC_API_KEY=key)
+    done = cli(tmp_path, "--json", "run", "Look around", "--model",
+               "anthropic/claude-sonnet-4-5", "--agent", "build", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = json_lines(done.stdout)
+    ends = [line for line in lines if line["type"] == "tool-end"]
+    output = ends[0]["part"]["state"]["output"]
+    assert "from-the-box" in output
+    assert key not in output
+    assert "ANTHROPIC" not in output
+    assert [r.path for r in http_server.requests] == ["/v1/messages", "/v1/messages"]
+    assert all(r.headers["x-api-key"] == key for r in http_server.requests)
+    sent = http_server.requests[1].json["messages"]
+    results = [block for message in sent for block in message["content"]
+               if isinstance(block, dict) and block.get("type") == "tool_result"]
+    assert "from-the-box" in json.dumps(results)
+    assert result_line(done.stdout)["exit_code"] == 0
