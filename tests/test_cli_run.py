@@ -406,9 +406,10 @@ def test_ask_at_the_keyboard_on_a_terminal(tmp_path: Path, image: str) -> None:
 def _anthropic_turn(*blocks: tuple[dict[str, Any], list[dict[str, Any]]], stop: str
                     ) -> list[bytes | str]:
     """An Anthropic Messages stream: each block's start, its deltas, its stop."""
-    message: dict[str, Any] = {"id": "msg_cli", "type": "message", "role": "assistant", "content": [],
-               "model": "claude-sonnet-4-5", "stop_reason": None, "stop_sequence": None,
-               "usage": {"input_tokens": 30, "output_tokens": 1}}
+    message: dict[str, Any] = {
+        "id": "msg_cli", "type": "message", "role": "assistant", "content": [],
+        "model": "claude-sonnet-4-5", "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 30, "output_tokens": 1}}
     events: list[tuple[str | None, Any]] = [
         ("message_start", {"type": "message_start", "message": message})]
     for index, (start, deltas) in enumerate(blocks):
