@@ -1,7 +1,8 @@
 """What every provider promises (the `Provider.stream` contract), checked on each of them.
 
 Each provider plays the same answer, some text then a tool call, in its own wire format: the
-OpenAI and Anthropic ones from a loopback server, the scripted one from its script.
+OpenAI (Chat Completions and Responses) and Anthropic ones from a loopback server, the scripted
+one from its script.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 from servers import Canned, CannedServer
 from test_providers_anthropic import TOOL_STREAM
 from test_providers_openai import WEATHER_CALL_STREAM
+from test_providers_responses import WEATHER_CALL_STREAM as RESPONSES_CALL_STREAM
 
 from sandbox_sessions import InvalidArgument
 from sandbox_sessions.providers import (
@@ -24,6 +26,7 @@ from sandbox_sessions.providers import (
     OpenAIProvider,
     Provider,
     ReasoningDelta,
+    ResponsesProvider,
     ScriptedProvider,
     TextContent,
     TextDelta,
@@ -50,6 +53,11 @@ def openai(server: CannedServer) -> Provider:
     return OpenAIProvider(api_key="k", base_url=server.url)
 
 
+def openai_responses(server: CannedServer) -> Provider:
+    server.enqueue(Canned(chunks=RESPONSES_CALL_STREAM))
+    return ResponsesProvider(api_key="k", base_url=server.url)
+
+
 def anthropic(server: CannedServer) -> Provider:
     server.enqueue(Canned(chunks=TOOL_STREAM))
     return AnthropicProvider(api_key="k", base_url=server.url)
@@ -59,7 +67,7 @@ def scripted(server: CannedServer) -> Provider:
     return ScriptedProvider(SCRIPT)
 
 
-PROVIDERS = pytest.mark.parametrize("factory", [openai, anthropic, scripted])
+PROVIDERS = pytest.mark.parametrize("factory", [openai, openai_responses, anthropic, scripted])
 
 
 async def collect(provider: Provider, request: ModelRequest = REQUEST) -> list[ModelEvent]:
@@ -106,7 +114,8 @@ async def test_every_event_is_a_model_event(
     assert all(isinstance(event, kinds) for event in await collect(factory(http_server)))
 
 
-@pytest.mark.parametrize("factory", [openai, anthropic])  # the scripted one reads no history
+# The scripted one reads no history.
+@pytest.mark.parametrize("factory", [openai, openai_responses, anthropic])
 async def test_a_history_with_parts_in_the_wrong_role_is_refused(
     http_server: CannedServer, factory: Factory
 ) -> None:

@@ -89,6 +89,7 @@ def test_anthropic_needs_a_key_even_with_a_base_url() -> None:
         ("/gpt-4.1", "must be named 'provider/model'"),
         ("", "must be named 'provider/model'"),
         ("gemini/gemini-2.5-pro", "unknown provider 'gemini'"),
+        ("openai-chat/gpt-4.1", "unknown provider 'openai-chat'"),
     ],
 )
 def test_bad_names_are_refused(model: str, expected: str) -> None:
@@ -139,6 +140,7 @@ def test_the_package_exports_the_protocol_types_and_providers() -> None:
     assert set(providers_base.__all__) <= set(names)
     for name in names:
         assert getattr(providers, name) is not None, name
-    assert {"OpenAIProvider", "AnthropicProvider", "ScriptedProvider", "resolve_provider"} <= set(
-        names
-    )
+    assert {
+        "OpenAIProvider", "ResponsesProvider", "AnthropicProvider", "ScriptedProvider",
+        "resolve_provider",
+    } <= set(names)

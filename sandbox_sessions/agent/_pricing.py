@@ -35,13 +35,28 @@ DEFAULT_PRICES: Mapping[str, Price] = {
 """List prices as published when this table was written; override what you pay."""
 
 
+_SAME_PRICES = {"openai-responses/": "openai/"}
+"""Prefixes that name the same models through another API: `openai-responses/gpt-4.1` costs
+what `openai/gpt-4.1` costs, unless the table names it itself."""
+
+
+def _price(model: str, prices: Mapping[str, Price]) -> Price | None:
+    price = prices.get(model)
+    for prefix, same in _SAME_PRICES.items():
+        if price is None and model.startswith(prefix):
+            price = prices.get(same + model.removeprefix(prefix))
+    return price
+
+
 def cost_of(model: str, tokens: Tokens, prices: Mapping[str, Price]) -> float:
     """What `tokens` cost on `model` (`provider/model`); 0 for a model not in the table.
+
+    An `openai-responses/<name>` model not in the table is priced as `openai/<name>`.
 
     `tokens.output` includes reasoning tokens (both APIs count them in their output);
     `tokens.reasoning` is the part of it spent thinking, shown, not billed twice.
     """
-    price = prices.get(model)
+    price = _price(model, prices)
     if price is None:
         return 0.0
     return (tokens.input * price.input + tokens.output * price.output

@@ -10,6 +10,7 @@ import httpx
 from .._exceptions import InvalidArgument
 from ._anthropic import AnthropicProvider
 from ._openai import OpenAIProvider
+from ._responses import ResponsesProvider
 from ._scripted import Script, ScriptedProvider
 from .base import Provider
 
@@ -17,7 +18,9 @@ __all__ = ["resolve_provider"]
 
 _KEY_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 _URL_VARS = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
-_KNOWN = ("openai", "anthropic", "scripted")
+_KNOWN = ("openai", "openai-responses", "anthropic", "scripted")
+_FAMILY = {"openai-responses": "openai"}
+"""Providers that share another's key and base URL (their names, variables and settings)."""
 
 
 def _split(model: str) -> tuple[str, str]:
@@ -38,7 +41,9 @@ def _split(model: str) -> tuple[str, str]:
 
 
 def _setting(provider: str, given: Mapping[str, str] | None, env: Mapping[str, str]) -> str | None:
-    return (given or {}).get(provider) or os.environ.get(env[provider]) or None
+    family = _FAMILY.get(provider, provider)
+    given = given or {}
+    return given.get(provider) or given.get(family) or os.environ.get(env[family]) or None
 
 
 def resolve_provider(
@@ -51,27 +56,32 @@ def resolve_provider(
 ) -> tuple[Provider, str]:
     """The provider for `model` (`provider/model`) and the model's bare name at the provider.
 
-    `openai/<name>` and `anthropic/<name>` take their API key from `api_keys` (keyed by
-    provider name) or else `$OPENAI_API_KEY` / `$ANTHROPIC_API_KEY`, and their base URL from
-    `base_urls` or else `$OPENAI_BASE_URL` / `$ANTHROPIC_BASE_URL`. The name after the first
-    slash is kept whole (`openai/Qwen/Qwen3-8B` for vLLM). `scripted` or `scripted/<anything>`
-    plays `script` (its bare name is `scripted` or `<anything>`). `http_client` is shared by
-    the HTTP providers; its owner closes it.
+    `openai/<name>` (Chat Completions) and `anthropic/<name>` take their API key from
+    `api_keys` (keyed by provider name) or else `$OPENAI_API_KEY` / `$ANTHROPIC_API_KEY`, and
+    their base URL from `base_urls` or else `$OPENAI_BASE_URL` / `$ANTHROPIC_BASE_URL`.
+    `openai-responses/<name>` (the Responses API) follows the `openai` rules: `api_keys` and
+    `base_urls` under `openai-responses`, else under `openai`, else the `OPENAI_` variables.
+    The name after the first slash is kept whole (`openai/Qwen/Qwen3-8B` for vLLM).
+    `scripted` or `scripted/<anything>` plays `script` (its bare name is `scripted` or
+    `<anything>`). `http_client` is shared by the HTTP providers; its owner closes it.
 
     Raises `InvalidArgument` for a name without a slash, an unknown provider, a missing
-    script, or a missing API key, except for `openai` with a base URL (a local server).
+    script, or a missing API key, except for the OpenAI ones with a base URL (a local server).
     """
     provider, name = _split(model)
     if provider == "scripted":
         if script is None:
             raise InvalidArgument(f"model {model!r} needs a script (a list or a file path)")
         return ScriptedProvider(script), name
+    family = _FAMILY.get(provider, provider)
     api_key = _setting(provider, api_keys, _KEY_VARS)
     base_url = _setting(provider, base_urls, _URL_VARS)
-    if api_key is None and not (provider == "openai" and base_url):
+    if api_key is None and not (family == "openai" and base_url):
         raise InvalidArgument(
-            f"no API key for {provider!r}: set {_KEY_VARS[provider]} or pass api_keys"
+            f"no API key for {provider!r}: set {_KEY_VARS[family]} or pass api_keys"
         )
+    if provider == "openai-responses":
+        return ResponsesProvider(api_key=api_key, base_url=base_url, client=http_client), name
     if provider == "openai":
         return OpenAIProvider(api_key=api_key, base_url=base_url, client=http_client), name
     return AnthropicProvider(api_key=api_key, base_url=base_url, client=http_client), name
