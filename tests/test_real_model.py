@@ -247,3 +247,30 @@ async def test_provider_raises_provider_error_on_http_404(model_server: ModelSer
             pass
     assert caught.value.status == 404
     assert not caught.value.retryable
+
+
+@pytest.mark.anyio
+async def test_responses_provider_streams_a_text_turn(model_server: ModelServer) -> None:
+    """`openai-responses/` against llama.cpp's `/v1/responses`: it streams the same events as
+    OpenAI (`response.output_text.delta`, `response.completed` with `usage`), without
+    `sequence_number`, `output_index` or `output_tokens_details`; and an answer cut by
+    `max_output_tokens` still ends `response.completed`, not `response.incomplete`."""
+    from sandbox_sessions.providers import resolve_provider
+
+    provider, name = resolve_provider(
+        f"openai-responses/{MODEL_ALIAS}",
+        base_urls={"openai-responses": model_server.openai_base_url},
+    )
+    request = ModelRequest(
+        model=name,
+        system="You are a helpful assistant.",
+        messages=(
+            user("My name is Ada."),
+            ModelMessage(role="assistant", content=(TextContent("Hello Ada!"),)),
+            user("Say hello."),
+        ),
+        max_tokens=MAX_TOKENS,
+    )
+    events = [event async for event in provider.stream(request)]
+
+    check_event_order(events, MAX_TOKENS)
