@@ -393,6 +393,21 @@ async def test_a_message_sent_whole_without_deltas_is_still_read(
     assert await collect(provider) == [TextDelta("All at once."), Finish("stop")]
 
 
+async def test_deltas_without_item_ids_are_not_repeated_by_the_finished_item(
+    http_server: CannedServer, provider: ResponsesProvider
+) -> None:
+    item = {"id": "msg_4", "type": "message", "role": "assistant",
+            "content": [{"type": "output_text", "text": "Hi!"}]}
+    stream = events(*opening(),
+                    {"type": "response.output_text.delta", "delta": "Hi"},
+                    {"type": "response.output_text.delta", "delta": "!"},
+                    {"type": "response.output_item.done", "item": item},
+                    completed([item], None))
+    http_server.enqueue(Canned(chunks=stream))
+
+    assert await collect(provider) == [TextDelta("Hi"), TextDelta("!"), Finish("stop")]
+
+
 async def test_an_incomplete_response_finishes_with_its_reason(
     http_server: CannedServer, provider: ResponsesProvider
 ) -> None:

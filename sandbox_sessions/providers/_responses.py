@@ -288,7 +288,9 @@ class ResponseEventParser:
             call.take(item)
             self._made_calls = True
             return [call.complete()]
-        if item.get("type") == "message" and str(item.get("id") or "") not in self._streamed:
+        # A delta without an item id could be this item's: then it is taken as streamed.
+        streamed = self._streamed & {str(item.get("id") or ""), ""}
+        if item.get("type") == "message" and not streamed:
             texts = [part.get("text") or part.get("refusal") for part in item.get("content") or []
                      if isinstance(part, Mapping)]
             return [TextDelta(text) for text in texts if isinstance(text, str) and text]
@@ -324,7 +326,7 @@ class ResponseEventParser:
 
     def _reason(self) -> str:
         if self._terminal_type == "response.incomplete":
-            details = _mapping(_mapping(self._terminal).get("incomplete_details"))
+            details = _mapping((self._terminal or {}).get("incomplete_details"))
             return _INCOMPLETE_REASONS.get(str(details.get("reason")), "other")
         return "tool_calls" if self._made_calls else "stop"
 
