@@ -160,7 +160,19 @@ def cli(request: pytest.FixtureRequest, world: World, tmp_path: Path) -> Cli:
     return Cli(env, tmp_path, world.server.url)
 
 
-# --- sessions show / messages / events -------------------------------------------------------
+# --- sessions list / show / messages / events ------------------------------------------------
+
+
+def test_sessions_list(cli: Cli, world: World) -> None:
+    rows = cli.json("sessions", "list")
+    assert world.shared.id in [row["id"] for row in rows]
+    assert all(row["status"] != "ended" for row in rows)
+    for args in (("sessions",), ("sessions", "list")):  # alone, `sessions` lists
+        done = cli(*args)
+        assert done.returncode == 0, done.stderr
+        [line] = [line for line in done.stdout.splitlines() if line.startswith(world.shared.id)]
+        assert line.split()[1] == "idle"
+        assert line.endswith("shared")
 
 
 def test_sessions_show(cli: Cli, world: World) -> None:

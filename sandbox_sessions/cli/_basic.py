@@ -52,9 +52,12 @@ def gc() -> None:
     out.result(removed, "\n".join(cid[:12] for cid in removed) or "no orphans")
 
 
-@cli.group(cls=click.Group)
-def sessions() -> None:
-    """List and inspect sessions."""
+@cli.group(cls=click.Group, invoke_without_command=True)
+@click.pass_context
+def sessions(ctx: click.Context) -> None:
+    """List and inspect sessions (alone: `sessions list`)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(sessions_list, include_all=False, agent=None)
 
 
 def session_line(info: SessionInfo) -> str:

@@ -7,13 +7,10 @@ read by `EventParser` (events in, neutral events out); `AnthropicProvider` wires
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
-
-import httpx
 
 from .._exceptions import InvalidArgument
 from . import _http
@@ -282,7 +279,7 @@ class EventParser:
 # --- the provider ----------------------------------------------------------------------------
 
 
-class AnthropicProvider:
+class AnthropicProvider(_http.HTTPProvider):
     """A Claude model behind the Anthropic Messages API, streamed.
 
     `base_url` defaults to `$ANTHROPIC_BASE_URL`, else Anthropic's public API; requests go to
@@ -292,25 +289,10 @@ class AnthropicProvider:
     example `anthropic-beta`).
     """
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None,
-        base_url: str | None = None,
-        client: httpx.AsyncClient | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        base = base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_ANTHROPIC_BASE_URL
-        self.base_url: str = base.rstrip("/")
-        """Where requests go: `{base_url}/v1/messages`."""
-        self._api_key = api_key
-        self._client = client
-        self._timeout = timeout
-        self._headers = dict(headers or {})
-
-    def __repr__(self) -> str:
-        return f"AnthropicProvider(base_url={self.base_url!r})"
+    label = _LABEL
+    env_url = "ANTHROPIC_BASE_URL"
+    default_url = DEFAULT_ANTHROPIC_BASE_URL
+    path = "/v1/messages"
 
     def _request_headers(self) -> dict[str, str]:
         headers = {
@@ -333,14 +315,7 @@ class AnthropicProvider:
         answers that cannot be read. Closing the iterator early closes the HTTP response.
         """
         parser = EventParser()
-        events = _http.stream_sse(
-            _LABEL,
-            f"{self.base_url}/v1/messages",
-            headers=self._request_headers(),
-            body=build_body(request),
-            client=self._client,
-            timeout=self._timeout,
-        )
+        events = self.events(build_body(request))
         async with aclosing(events):
             async for event in events:
                 if parser.finished:

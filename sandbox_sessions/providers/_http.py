@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import httpx
 
@@ -257,3 +258,49 @@ async def stream_sse(
     last = decoder.flush()
     if last is not None:
         yield last
+
+
+class HTTPProvider:
+    """What the HTTP providers share: where requests go (`base_url`, else the environment
+    variable `env_url`, else `default_url`), the key, an optional shared `httpx.AsyncClient`
+    (its owner closes it), a timeout for each call, and extra headers; and their event
+    stream (`events()`: a POST of a JSON body to `{base_url}{path}`, read as SSE)."""
+
+    label: ClassVar[str]
+    """The API's name in error messages."""
+    env_url: ClassVar[str]
+    default_url: ClassVar[str]
+    path: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        base = base_url or os.environ.get(self.env_url) or self.default_url
+        self.base_url: str = base.rstrip("/")
+        """Where requests go: `{base_url}{path}`."""
+        self._api_key = api_key
+        self._client = client
+        self._timeout = timeout
+        self._headers = dict(headers or {})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
+
+    def _request_headers(self) -> dict[str, str]:
+        """SSE, the extra headers, and the key as a bearer token (where there is one)."""
+        headers = {"accept": "text/event-stream", **self._headers}
+        if self._api_key:
+            headers["authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    def events(self, body: Mapping[str, Any]) -> AsyncGenerator[SSEEvent, None]:
+        """The SSE events of one call with `body`."""
+        return stream_sse(self.label, f"{self.base_url}{self.path}",
+                          headers=self._request_headers(), body=body, client=self._client,
+                          timeout=self._timeout)

@@ -8,7 +8,6 @@ read by `ChunkParser` (chunks in, neutral events out); `OpenAIProvider` only wir
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
@@ -286,7 +285,7 @@ def _default_max_tokens_param(base_url: str) -> MaxTokensParam:
     return "max_completion_tokens" if host.endswith("openai.com") else "max_tokens"
 
 
-class OpenAIProvider:
+class OpenAIProvider(_http.HTTPProvider):
     """A model behind an OpenAI-compatible Chat Completions API, streamed.
 
     `base_url` defaults to `$OPENAI_BASE_URL`, else OpenAI's public API; point it at vLLM,
@@ -298,6 +297,11 @@ class OpenAIProvider:
     are added to each request.
     """
 
+    label = _LABEL
+    env_url = "OPENAI_BASE_URL"
+    default_url = DEFAULT_OPENAI_BASE_URL
+    path = "/chat/completions"
+
     def __init__(
         self,
         *,
@@ -308,23 +312,9 @@ class OpenAIProvider:
         max_tokens_param: MaxTokensParam | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL
-        self.base_url: str = base.rstrip("/")
-        """Where requests go: `{base_url}/chat/completions`."""
-        self._api_key = api_key
-        self._client = client
-        self._timeout = timeout
+        super().__init__(api_key=api_key, base_url=base_url, client=client, timeout=timeout,
+                         headers=headers)
         self._max_tokens_param = max_tokens_param or _default_max_tokens_param(self.base_url)
-        self._headers = dict(headers or {})
-
-    def __repr__(self) -> str:
-        return f"OpenAIProvider(base_url={self.base_url!r})"
-
-    def _request_headers(self) -> dict[str, str]:
-        headers = {"accept": "text/event-stream", **self._headers}
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
-        return headers
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         """Call the model and yield its events in order, ending with one `Finish`.
@@ -337,14 +327,7 @@ class OpenAIProvider:
         body = build_body(request, max_tokens_param=self._max_tokens_param)
         parser = ChunkParser()
         done = False
-        events = _http.stream_sse(
-            _LABEL,
-            f"{self.base_url}/chat/completions",
-            headers=self._request_headers(),
-            body=body,
-            client=self._client,
-            timeout=self._timeout,
-        )
+        events = self.events(body)
         async with aclosing(events):
             async for event in events:
                 # After [DONE] the body is read to its end, so the connection can be reused.

@@ -14,14 +14,11 @@ stateless (`store: false`): the whole history is sent each time, as for Chat Com
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
-
-import httpx
 
 from .._exceptions import InvalidArgument
 from . import _http
@@ -334,7 +331,7 @@ class ResponseEventParser:
 # --- the provider ----------------------------------------------------------------------------
 
 
-class ResponsesProvider:
+class ResponsesProvider(_http.HTTPProvider):
     """A model behind OpenAI's Responses API (`POST {base_url}/responses`), streamed.
 
     `base_url` defaults to `$OPENAI_BASE_URL`, else OpenAI's public API; any server speaking
@@ -344,31 +341,10 @@ class ResponsesProvider:
     each call. `headers` are added to each request.
     """
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None,
-        base_url: str | None = None,
-        client: httpx.AsyncClient | None = None,
-        timeout: float | httpx.Timeout | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        base = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL
-        self.base_url: str = base.rstrip("/")
-        """Where requests go: `{base_url}/responses`."""
-        self._api_key = api_key
-        self._client = client
-        self._timeout = timeout
-        self._headers = dict(headers or {})
-
-    def __repr__(self) -> str:
-        return f"ResponsesProvider(base_url={self.base_url!r})"
-
-    def _request_headers(self) -> dict[str, str]:
-        headers = {"accept": "text/event-stream", **self._headers}
-        if self._api_key:
-            headers["authorization"] = f"Bearer {self._api_key}"
-        return headers
+    label = _LABEL
+    env_url = "OPENAI_BASE_URL"
+    default_url = DEFAULT_OPENAI_BASE_URL
+    path = "/responses"
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[ModelEvent]:
         """Call the model and yield its events in order, ending with one `Finish`.
@@ -381,14 +357,7 @@ class ResponsesProvider:
         """
         body = build_body(request)
         parser = ResponseEventParser()
-        events = _http.stream_sse(
-            _LABEL,
-            f"{self.base_url}/responses",
-            headers=self._request_headers(),
-            body=body,
-            client=self._client,
-            timeout=self._timeout,
-        )
+        events = self.events(body)
         async with aclosing(events):
             async for event in events:
                 data = event.data.strip()
