@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import provider_support as support
 import pytest
+from provider_support import collect, drain, fail, user
 from servers import (
     HTTPX_UNDER_TRIO,
     Canned,
@@ -147,36 +149,13 @@ THINKING_STREAM = sse(
 )
 
 
-def user(value: str) -> ModelMessage:
-    return ModelMessage(role="user", content=(TextContent(value),))
-
-
 def request(*messages: ModelMessage, **fields: Any) -> ModelRequest:
-    return ModelRequest(
-        model=MODEL, system=fields.pop("system", None), messages=messages or (user("Hi"),),
-        **fields,
-    )
+    return support.request(*messages, model=MODEL, **fields)
 
 
 @pytest.fixture
 def provider(http_server: CannedServer) -> AnthropicProvider:
     return AnthropicProvider(api_key="sk-ant-test", base_url=http_server.url)
-
-
-async def collect(provider: AnthropicProvider, req: ModelRequest | None = None) -> list[ModelEvent]:
-    return [event async for event in provider.stream(req or request())]
-
-
-async def drain(provider: AnthropicProvider, seen: list[ModelEvent]) -> None:
-    """Collect events into `seen` until the stream ends or fails."""
-    async for event in provider.stream(request()):
-        seen.append(event)
-
-
-async def fail(provider: AnthropicProvider) -> ProviderError:
-    with pytest.raises(ProviderError) as caught:
-        await collect(provider)
-    return caught.value
 
 
 # --- the request -----------------------------------------------------------------------------

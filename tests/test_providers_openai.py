@@ -13,7 +13,9 @@ import socket
 from typing import Any
 
 import httpx
+import provider_support as support
 import pytest
+from provider_support import collect, drain, fail, user
 from servers import (
     HTTPX_UNDER_TRIO,
     Canned,
@@ -125,36 +127,13 @@ WEATHER_CALL_STREAM = sse_data(
 )
 
 
-def user(text: str) -> ModelMessage:
-    return ModelMessage(role="user", content=(TextContent(text),))
-
-
 def request(*messages: ModelMessage, **fields: Any) -> ModelRequest:
-    return ModelRequest(
-        model="gpt-4.1-nano", system=fields.pop("system", None),
-        messages=messages or (user("Hi"),), **fields,
-    )
+    return support.request(*messages, model="gpt-4.1-nano", **fields)
 
 
 @pytest.fixture
 def provider(http_server: CannedServer) -> OpenAIProvider:
     return OpenAIProvider(api_key="sk-test", base_url=f"{http_server.url}/v1")
-
-
-async def collect(provider: OpenAIProvider, req: ModelRequest | None = None) -> list[ModelEvent]:
-    return [event async for event in provider.stream(req or request())]
-
-
-async def drain(provider: OpenAIProvider, seen: list[ModelEvent]) -> None:
-    """Collect events into `seen` until the stream ends or fails."""
-    async for event in provider.stream(request()):
-        seen.append(event)
-
-
-async def fail(provider: OpenAIProvider, req: ModelRequest | None = None) -> ProviderError:
-    with pytest.raises(ProviderError) as caught:
-        await collect(provider, req)
-    return caught.value
 
 
 # --- the request -----------------------------------------------------------------------------

@@ -17,7 +17,9 @@ import json
 from typing import Any
 
 import httpx
+import provider_support as support
 import pytest
+from provider_support import collect, fail, user
 from servers import (
     HTTPX_UNDER_TRIO,
     Canned,
@@ -33,8 +35,6 @@ from sandbox_sessions.providers import (
     ModelEvent,
     ModelMessage,
     ModelRequest,
-    Provider,
-    ProviderError,
     ReasoningDelta,
     ResponsesProvider,
     TextContent,
@@ -161,37 +161,13 @@ _CALL_OPEN, _CALL_CLOSE = call_events(
 WEATHER_CALL_STREAM = events(*opening(), *_CALL_OPEN, *_CALL_CLOSE, completed([], usage(291, 23)))
 
 
-def user(text: str) -> ModelMessage:
-    return ModelMessage(role="user", content=(TextContent(text),))
-
-
 def request(*messages: ModelMessage, **fields: Any) -> ModelRequest:
-    return ModelRequest(
-        model="gpt-4.1", system=fields.pop("system", None),
-        messages=messages or (user("Hi"),), **fields,
-    )
+    return support.request(*messages, model="gpt-4.1", **fields)
 
 
 @pytest.fixture
 def provider(http_server: CannedServer) -> ResponsesProvider:
     return ResponsesProvider(api_key="sk-test", base_url=f"{http_server.url}/v1")
-
-
-async def collect(provider: Provider, req: ModelRequest | None = None) -> list[ModelEvent]:
-    return [event async for event in provider.stream(req or request())]
-
-
-async def drain(provider: ResponsesProvider, seen: list[ModelEvent]) -> None:
-    """Collect events into `seen` until the stream ends or fails."""
-    async for event in provider.stream(request()):
-        seen.append(event)
-
-
-async def fail(provider: ResponsesProvider, seen: list[ModelEvent] | None = None) -> ProviderError:
-    """The error the stream raises; the events before it go into `seen`."""
-    with pytest.raises(ProviderError) as caught:
-        await drain(provider, [] if seen is None else seen)
-    return caught.value
 
 
 # --- the request -----------------------------------------------------------------------------
