@@ -458,3 +458,61 @@ def test_run_drives_a_real_provider_wire_format_and_the_key_stays_on_the_host(
                if isinstance(block, dict) and block.get("type") == "tool_result"]
     assert "from-the-box" in json.dumps(results)
     assert result_line(done.stdout)["exit_code"] == 0
+
+
+# --- answers from another process -------------------------------------------------------------
+
+
+def test_reply_and_answer_from_another_process_reach_an_embedded_run(
+        tmp_path: Path, image: str) -> None:
+    """`run --ask wait` leaves its requests to others: `sandbox-sessions reply` and `answer`,
+    embedded in processes of their own on the same store, answer them, and the run goes on."""
+    script = write_script(tmp_path, [
+        bash("echo ran > /workspace/ran.txt"),
+        {"tool_calls": [{"name": "question", "input": {
+            "question": "Which colour?", "options": ["green", "red"], "allow_custom": False}}]},
+        {"text": "finished"}])
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(ASK))
+    process = popen_cli(tmp_path, "--json", "run", "go", "--script", str(script),
+                        "--permissions", "rules.yaml", "--tools", "bash,question",
+                        "--ask", "wait", "--keep", "--timeout", "2m")
+    assert process.stdout is not None
+    lines: list[dict[str, Any]] = []
+
+    def until(kind: str) -> dict[str, Any]:
+        assert process.stdout is not None
+        while line := process.stdout.readline():
+            lines.append(json.loads(line))
+            if lines[-1]["type"] == kind:
+                return lines[-1]
+        raise AssertionError(f"the run ended before a {kind}: {lines}")
+
+    try:
+        asked = until("permission-asked")
+        session_id, request_id = asked["session_id"], asked["request"]["id"]
+        assert one_line_error(cli(tmp_path, "reply", session_id, "per_nosuch", "once").stderr)
+        done = cli(tmp_path, "reply", session_id, request_id, "once")
+        assert done.returncode == 0, done.stderr
+        replied = until("permission-replied")
+        assert replied["request_id"] == request_id
+        assert replied["reply"] == "once"
+        question = until("question-asked")["request"]["id"]
+        refused = cli(tmp_path, "answer", session_id, question, "blue")  # not an option
+        assert refused.returncode == 2, refused.stderr
+        assert "must be one of the options" in one_line_error(refused.stderr)
+        done = cli(tmp_path, "answer", session_id, question, "green")
+        assert done.returncode == 0, done.stderr
+        result = until("run-result")
+        assert process.wait(60) == 0
+    finally:
+        process.kill()
+        process.communicate()
+    assert result["exit_code"] == 0
+    answered = [line for line in lines if line["type"] == "question-replied"]
+    assert [line["answer"] for line in answered] == ["green"]
+    late = cli(tmp_path, "reply", session_id, request_id, "once")  # answered, turn over
+    assert late.returncode == 3
+    with SandboxClient(store=tmp_path / "sessions.db", reap_orphans=False) as client:
+        kept = client.session(session_id)
+        assert kept.get_file("/workspace/ran.txt") == "ran\n"
+        kept.end()

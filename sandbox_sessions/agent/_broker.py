@@ -2,16 +2,25 @@
 
 `ask` emits `permission-asked` (stored before anyone can see it), then waits for `reply`, or
 for the timeout. `reject` answers the request and every other pending request of the session.
+
+A request waits in the process that runs its turn. Another process on the same store (a
+`sandbox-sessions reply` beside an embedded run) leaves its answer in the store
+(`Store.post_reply`), and the waiting process takes it from there (`wait_for_answer` looks
+every `MAILBOX_POLL` seconds) and applies it as its own `reply`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 
 import anyio
 
-from .._exceptions import InvalidArgument, PermissionNotFound
+from .._exceptions import InvalidArgument, PermissionNotFound, StoreError
 from .._types import (
     AgentConfig,
     PermissionAskedEvent,
@@ -21,9 +30,27 @@ from .._types import (
 )
 from ..service._eventlog import EventLog
 
-__all__ = ["Answer", "PermissionBroker"]
+__all__ = ["MAILBOX_POLL", "Answer", "PermissionBroker", "wait_for_answer"]
+
+log: logging.Logger = logging.getLogger("sandbox_sessions.agent")
 
 REPLIES = ("once", "always", "reject")
+MAILBOX_POLL = 0.25
+"""Seconds between two looks at the store for answers left by other processes."""
+
+
+async def wait_for_answer(answered: anyio.Event, collect: Callable[[], Awaitable[None]]
+                          ) -> None:
+    """Wait until `answered` is set, calling `collect` (which takes the answers other
+    processes left in the store, and may set it) every `MAILBOX_POLL` seconds meanwhile."""
+    while not answered.is_set():
+        with anyio.move_on_after(MAILBOX_POLL):
+            await answered.wait()
+        if not answered.is_set():
+            try:
+                await collect()
+            except StoreError as exc:  # a locked store: look again next time
+                log.debug("answers left in the store not read: %s", exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +83,8 @@ class PermissionBroker:
             self._events.emit(request.session_id, PermissionAskedEvent, request=request)
             await self._events.flush()
             with anyio.move_on_after(config.permission_timeout):
-                await pending.answered.wait()
+                await wait_for_answer(pending.answered,
+                                      lambda: self._collect(request.session_id))
             if pending.answer is None:
                 reply: PermissionReply = "once" if config.on_timeout == "allow" else "reject"
                 pending.answer = Answer(reply, "no reply before the permission timeout",
@@ -83,6 +111,13 @@ class PermissionBroker:
             for other in list(self._pending.values()):
                 if other.request.session_id == session_id and other.answer is None:
                     self._answer(other, Answer("reject", message))
+
+    async def _collect(self, session_id: str) -> None:
+        """Apply the answers other processes left for the session's requests."""
+        for request_id, body in await self._events.store.take_replies(session_id, "permission"):
+            with suppress(PermissionNotFound, InvalidArgument, ValueError, KeyError, TypeError):
+                data = json.loads(body)
+                self.reply(session_id, request_id, data["reply"], data.get("message"))
 
     def _answer(self, pending: _Pending, answer: Answer) -> None:
         pending.answer = answer

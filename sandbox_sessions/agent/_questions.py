@@ -3,10 +3,14 @@
 `ask` emits `question-asked` (stored before anyone can see it), then waits for `reply`, or
 for the session's `question_timeout`, after which `on_question_timeout` decides: the call
 fails (`error`) or the first option is the answer (`first`). Like permission requests, the
-pending questions live in the process that runs the turn (the server, over HTTP).
+pending questions live in the process that runs the turn (the server, over HTTP), and an
+answer another process left in the store is taken from there (see `_broker.py`).
 """
 
 from __future__ import annotations
+
+import json
+from contextlib import suppress
 
 import anyio
 
@@ -14,11 +18,23 @@ from .._exceptions import InvalidArgument, QuestionNotFound
 from .._types import AgentConfig, QuestionAskedEvent, QuestionRepliedEvent, QuestionRequest
 from .._validation import check_text
 from ..service._eventlog import EventLog
+from ._broker import wait_for_answer
 
-__all__ = ["MAX_ANSWER", "QuestionBroker"]
+__all__ = ["MAX_ANSWER", "QuestionBroker", "check_answer"]
 
 MAX_ANSWER = 64 * 1024
 """Longest answer taken, in characters."""
+
+
+def check_answer(request: QuestionRequest, answer: str) -> None:
+    """`InvalidArgument` for an empty or too long answer, or one not among the options of a
+    question that takes no other."""
+    check_text(answer, "answer", empty=False)
+    if len(answer) > MAX_ANSWER:
+        raise InvalidArgument(f"an answer is at most {MAX_ANSWER} characters")
+    if request.options and not request.allow_custom and answer not in request.options:
+        raise InvalidArgument(f"the answer must be one of the options: "
+                              f"{', '.join(repr(o) for o in request.options)}")
 
 
 class _Pending:
@@ -43,7 +59,8 @@ class QuestionBroker:
             self._events.emit(request.session_id, QuestionAskedEvent, request=request)
             await self._events.flush()
             with anyio.move_on_after(config.question_timeout):
-                await pending.answered.wait()
+                await wait_for_answer(pending.answered,
+                                      lambda: self._collect(request.session_id))
             if pending.answer is None:
                 first = config.on_question_timeout == "first" and request.options
                 pending.answer = request.options[0] if first else None
@@ -53,6 +70,12 @@ class QuestionBroker:
         finally:
             self._pending.pop(request.id, None)
 
+    async def _collect(self, session_id: str) -> None:
+        """Apply the answers other processes left for the session's questions."""
+        for request_id, body in await self._events.store.take_replies(session_id, "question"):
+            with suppress(QuestionNotFound, InvalidArgument, ValueError, KeyError, TypeError):
+                self.reply(session_id, request_id, str(json.loads(body)["answer"]))
+
     def reply(self, session_id: str, request_id: str, answer: str) -> None:
         """Answer a pending question. `QuestionNotFound` if it is not pending in this
         session; `InvalidArgument` (and the question stays pending) for an empty or too long
@@ -61,13 +84,7 @@ class QuestionBroker:
         if pending is None or pending.request.session_id != session_id \
                 or pending.answered.is_set():
             raise QuestionNotFound(request_id)
-        check_text(answer, "answer", empty=False)
-        if len(answer) > MAX_ANSWER:
-            raise InvalidArgument(f"an answer is at most {MAX_ANSWER} characters")
-        request = pending.request
-        if request.options and not request.allow_custom and answer not in request.options:
-            raise InvalidArgument(f"the answer must be one of the options: "
-                                  f"{', '.join(repr(o) for o in request.options)}")
+        check_answer(pending.request, answer)
         pending.answer = answer
         self._events.emit(session_id, QuestionRepliedEvent, request_id=request_id,
                           answer=answer)

@@ -91,9 +91,10 @@ _AGENT_OPTIONS = ("agent_name", "model", "script", "system", "tools", "image", "
               default=None, help="Download /artifacts here at the end.")
 @click.option("--permissions", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="YAML of permission rules, as agent(permissions=...) takes them.")
-@click.option("--ask", type=click.Choice(["reject", "once", "fail"]), default=None,
+@click.option("--ask", type=click.Choice(["reject", "once", "fail", "wait"]), default=None,
               help="How a permission request is answered when stdin is not a terminal "
-                   "(default: reject).")
+                   "(default: reject); `wait`: leave it to `sandbox-sessions reply` or the "
+                   "viewer.")
 @click.option("--timeout", default=None, metavar="DURATION",
               help="The whole run's limit (90s, 20m, 1h): past it the turn is aborted, "
                    "exit 7.")

@@ -72,7 +72,8 @@ class Plan:
     artifacts: Path | None
     timeout: float | None
     ask: str
-    """How a request is answered without a person: `reject`, `once` or `fail`."""
+    """How a request is answered without a person: `reject`, `once` or `fail`; or `wait`
+    for an answer from elsewhere (`sandbox-sessions reply`, the viewer)."""
     interactive: bool
     """Whether requests are asked at the keyboard (stdin is a terminal, no `--ask`)."""
     keep: bool
@@ -201,16 +202,17 @@ class Runner:
 
     async def _do(self, session: AsyncSessionHandle, step: StepBase) -> dict[str, Any]:
         if isinstance(step, PromptStep):
+            waits = self.plan.ask == "wait"  # answered from elsewhere: `reply`, the viewer
             result = await session.send(step.prompt, on_event=self._on_event,
-                                        on_permission=self._on_permission,
-                                        on_question=self._on_question)
+                                        on_permission=None if waits else self._on_permission,
+                                        on_question=None if waits else self._on_question)
             return self._turn_outcome(result.reason, result.error, result)
         if isinstance(step, CommandStep):
             self.state.ended = None
             try:
                 text = await session.run_command(
                     step.command.name, step.command.arguments, on_event=self._on_event,
-                    on_permission=self._on_permission)
+                    on_permission=None if self.plan.ask == "wait" else self._on_permission)
             except CommandFailed as failed:
                 ended = self.state.ended
                 if ended is None:  # no turn began: a `!cmd` of the template failed
@@ -303,6 +305,11 @@ class Runner:
         if event.type == "turn-end":
             self.state.ended = event
         self.render.event(event)
+        if self.plan.ask == "wait" and event.type in ("permission-asked", "question-asked"):
+            how = ("once|always|reject" if event.type == "permission-asked" else "ANSWER")
+            verb = "reply" if event.type == "permission-asked" else "answer"
+            self.out.log(f"waiting for: sandbox-sessions {verb} {event.session_id} "
+                         f"{event.request.id} {how}")
 
     async def _on_permission(self, request: PermissionRequest
                              ) -> PermissionReply | tuple[PermissionReply, str]:

@@ -26,6 +26,8 @@ import httpx
 from .._exceptions import (
     ContainerGone,
     InvalidArgument,
+    PermissionNotFound,
+    QuestionNotFound,
     SandboxUnavailable,
     SessionBusy,
     StoreError,
@@ -44,6 +46,7 @@ from .._types import (
     PermissionAnswerRequest,
     PermissionRules,
     QuestionAnswerRequest,
+    QuestionRequest,
     RetryPart,
     SessionInfo,
     SessionStatusEvent,
@@ -73,7 +76,7 @@ from ..agent._history import new_id, to_model_messages
 from ..agent._loop import Outcome, Turn, run_turn
 from ..agent._permissions import validate_rules
 from ..agent._pricing import Price
-from ..agent._questions import QuestionBroker
+from ..agent._questions import QuestionBroker, check_answer
 from ..agent._snapshots import Snapshots
 from ..agent._tools import TaskTool, check_rule_keys, resolve_tools
 from ..agent.base import Tool, ToolError
@@ -81,6 +84,7 @@ from ..providers import resolve_provider
 from ..providers._scripted import ScriptedProvider
 from ..providers.base import ModelMessage, Provider, TextContent
 from ._eventlog import EventLog
+from ._mailbox import leave_answer, open_request
 from ._projection import final_text, metrics
 from ._sessions import Sessions, check_usable
 from ._turn_leases import Hold
@@ -439,7 +443,14 @@ class Turns:
         if answer.message is not None:
             check_text(answer.message, "message")
         await self.sessions.get_info(session_id)
-        self.broker.reply(session_id, request_id, answer.reply, answer.message)
+        try:
+            self.broker.reply(session_id, request_id, answer.reply, answer.message)
+        except PermissionNotFound:  # it may wait in another process: leave it the answer
+            if await open_request(self.sessions.turns, self.events, session_id, "permission",
+                                  request_id) is None:
+                raise
+            await leave_answer(self.events, session_id, "permission", request_id,
+                               {"reply": answer.reply, "message": answer.message})
 
     @contextlib.asynccontextmanager
     async def exclusive(self, session_id: str) -> AsyncIterator[None]:
@@ -471,7 +482,16 @@ class Turns:
         """Answer a pending question (see `QuestionBroker.reply`)."""
         check_text(request_id, "request id")
         await self.sessions.get_info(session_id)
-        self.questions.reply(session_id, request_id, answer.answer)
+        try:
+            self.questions.reply(session_id, request_id, answer.answer)
+        except QuestionNotFound:  # it may wait in another process: leave it the answer
+            request = await open_request(self.sessions.turns, self.events, session_id,
+                                         "question", request_id)
+            if not isinstance(request, QuestionRequest):
+                raise
+            check_answer(request, answer.answer)
+            await leave_answer(self.events, session_id, "question", request_id,
+                               {"answer": answer.answer})
 
     async def subscribe(
         self, session_id: str, *, after: int = 0, strict: bool = False

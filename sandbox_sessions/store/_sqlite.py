@@ -60,9 +60,18 @@ CREATE TABLE IF NOT EXISTS folds (
     PRIMARY KEY (session_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS folded (session_id TEXT PRIMARY KEY, upto INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS replies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS replies_by_session ON replies (session_id, kind);
 """
 """Folded deltas: each folded event with the first seq of the run it stands for, and per
-session the last seq of the chunks folded so far (made on open, in stores older than them)."""
+session the last seq of the chunks folded so far (made on open, in stores older than them).
+Replies: answers left by one process for a request that waits in another (`post_reply`)."""
 FOLD_CHUNKS = 64
 """Chunks folded in one transaction at most (a long unfolded log is folded a part at a time,
 so no write holds the store for long)."""
@@ -327,12 +336,38 @@ class SQLiteStore:
 
         await self._run(add)
 
+    async def post_reply(self, session_id: str, kind: str, request_id: str, body: str) -> None:
+        """See `Store.post_reply`."""
+        def post(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("INSERT INTO replies (session_id, kind, request_id, body) "
+                           "VALUES (?, ?, ?, ?)", (session_id, kind, request_id, body))
+
+        await self._run(post)
+
+    async def take_replies(self, session_id: str, kind: str) -> list[tuple[str, str]]:
+        """See `Store.take_replies`."""
+        def take(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            if db.execute("SELECT 1 FROM replies WHERE session_id=? AND kind=? LIMIT 1",
+                          (session_id, kind)).fetchone() is None:
+                return []  # the usual case, without a write transaction
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                rows = db.execute("SELECT id, request_id, body FROM replies WHERE "
+                                  "session_id=? AND kind=? ORDER BY id",
+                                  (session_id, kind)).fetchall()
+                db.executemany("DELETE FROM replies WHERE id=?", [(row[0],) for row in rows])
+            return [(str(row[1]), str(row[2])) for row in rows]
+
+        return await self._run(take)
+
     async def delete_session(self, session_id: str) -> None:
         """See `Store.delete_session`."""
         def delete(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("DELETE FROM sessions WHERE id=?", (session_id,))
                 db.execute("DELETE FROM leases WHERE session_id=?", (session_id,))
+                db.execute("DELETE FROM replies WHERE session_id=?", (session_id,))
 
         await self._run(delete)
 

@@ -181,6 +181,16 @@ class Store(Protocol):
         the run was folded; None when `seq` is no folded event."""
         ...
 
+    async def post_reply(self, session_id: str, kind: str, request_id: str, body: str) -> None:
+        """Leave an answer (`body`, JSON) to the request `request_id` of `kind`
+        (`permission` or `question`), which waits in another process."""
+        ...
+
+    async def take_replies(self, session_id: str, kind: str) -> list[tuple[str, str]]:
+        """Remove and return the answers left for the session's requests of `kind`, as
+        `(request_id, body)` pairs in the order they were left."""
+        ...
+
     async def aclose(self) -> None:
         """Release the store's resources; pending writes are already durable."""
         ...
