@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -423,3 +424,51 @@ def test_sync_permission_callback_and_stream_reply(sync_session: SessionHandle) 
     assert part.state.status == "error"
     assert "keep it" in (part.state.error or "")
     assert one == "one\n"  # the workspace survived the rejected `rm -rf`
+
+
+# --- answers from another client of the store ---------------------------------------------------
+
+
+@anyio_test
+async def test_answers_from_another_client_of_the_store_reach_the_turn(
+    client: AsyncSandboxClient, image: str, store_path: Path
+) -> None:
+    """A turn runs in one client (embedded, or behind a server); a second, embedded client on
+    the same store answers its permission request and its question: the answers go through
+    the store to the broker that waits, which applies them as its own."""
+    script = [bash("echo a > a.txt"),
+              {"tool_calls": [{"name": "question", "input": {"question": "Colour?"}}]},
+              {"text": "done"}]
+    results: list[SendResult] = []
+    async with opened(client, image, script, permissions=ASK,
+                      tools=["bash", "question"]) as session, \
+            AsyncSandboxClient(store=store_path) as other:
+        elsewhere = other.session(session.id)
+
+        async def asked(kind: str, after: int) -> Any:
+            async for event in session.events(after=after):
+                if event.type == kind:
+                    return event
+            raise AssertionError("the log ended")
+
+        async with anyio.create_task_group() as group:
+            async def run() -> None:
+                results.append(await session.send("go"))
+
+            group.start_soon(run)
+            permission = await asked("permission-asked", 0)
+            with pytest.raises(PermissionNotFound):  # open nowhere
+                await elsewhere.reply_to_permission("per_nosuchrequest", "once")
+            await elsewhere.reply_to_permission(permission.request.id, "always")
+            question = await asked("question-asked", permission.seq)
+            await elsewhere.reply_to_question(question.request.id, "green")
+        rules = (await session.get_info()).config.permissions
+        written = await exists(session, "a.txt")
+        with pytest.raises(PermissionNotFound):  # answered, and the turn is over
+            await elsewhere.reply_to_permission(permission.request.id, "once")
+
+    [result] = results
+    assert result.reason == "completed"
+    assert written
+    assert rules["bash"] == {"*": "ask", "echo *": "allow"}  # the always pattern
+    assert "green" in (tools(result)[1].state.output or "")
