@@ -31,7 +31,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from sandbox_sessions._exceptions import ImageBuildError, ImageNotFound, InvalidArgument
-from sandbox_sessions._types import DEFAULT_IMAGE
+from sandbox_sessions._types import AGENTS_IMAGE, DEFAULT_IMAGE
 from sandbox_sessions.sandbox._engine import Engine
 from sandbox_sessions.sandbox._images import (
     BASE_ID_LABEL,
@@ -53,8 +53,6 @@ __all__ = [
     "parse_agents",
 ]
 
-AGENTS_IMAGE = "sandbox-sessions/agents:latest"
-"""The image that `build_agent_image` builds by default: the sandbox image plus agent CLIs."""
 AGENTS_LABEL = "sandbox-sessions.agents"
 """Label holding the image's agents as JSON: `[{name, package, version, command, sha256}]`."""
 AGENTS_ROOT = "/opt/sandbox-sessions/agents"
