@@ -15,7 +15,7 @@ import pytest
 from cli_support import cli, cli_env, json_lines
 
 from sandbox_sessions import DEFAULT_IMAGE, SandboxClient, SandboxOptions
-from sandbox_sessions._exceptions import InvalidArgument
+from sandbox_sessions._exceptions import ImageBuildError, InvalidArgument
 from sandbox_sessions.sandbox._agent_images import (
     AGENT_CLIS,
     AGENTS_LABEL,
@@ -207,6 +207,27 @@ def test_unknown_agent_is_refused_by_name(engine: Engine, tmp_path: Path) -> Non
         build_agent_image(engine, agents=["codex", "aider"], tag=SMALL, cache_dir=tmp_path)
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_npm_raises_with_its_output_and_leaves_no_cache_entry(
+    engine: Engine, image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Port 9 (discard) on loopback refuses at once: npm fails fast, as with no registry.
+    monkeypatch.setenv("npm_config_registry", "http://127.0.0.1:9/")
+    monkeypatch.setenv("npm_config_cache", str(tmp_path / "npm-cache"))
+    monkeypatch.setenv("npm_config_fetch_retries", "0")
+    cache = tmp_path / "cache"
+    stale = cache / "opencode" / AGENT_CLIS["opencode"].version
+    stale.mkdir(parents=True)  # an entry without its program: not to be trusted
+    lines: list[str] = []
+
+    with pytest.raises(ImageBuildError, match=r"npm install opencode-ai@.* failed") as caught:
+        build_agent_image(engine, agents=["opencode"], tag=SMALL, base=image, force=True,
+                          cache_dir=cache, progress=lines.append)
+
+    assert lines
+    assert lines[-1] in str(caught.value)
+    assert list((cache / "opencode").iterdir()) == []
 
 
 def test_cli_refuses_an_unknown_agent_with_exit_2(tmp_path: Path) -> None:

@@ -245,6 +245,8 @@ def _install(cli: AgentCLI, cache: Path, progress: Callable[[str], None]) -> Pat
     if (native / cli.program).is_file():
         progress(f"{cli.package}@{cli.version} is in the cache ({prefix})")
         return native
+    if prefix.exists():  # incomplete: its program was removed since
+        shutil.rmtree(prefix, ignore_errors=True)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     # Into a fresh folder, renamed when complete: an interrupted or concurrent install
     # never leaves a half-filled cache entry that a later build would trust.
@@ -258,9 +260,9 @@ def _install(cli: AgentCLI, cache: Path, progress: Callable[[str], None]) -> Pat
                 f"({cli.native}/{cli.program}); is the optional dependency omitted?")
         try:
             staging.rename(prefix)
-        except OSError:
+        except OSError as exc:
             if not (native / cli.program).is_file():  # else another build got there first
-                raise
+                raise ImageBuildError(f"cannot keep {cli.package} in {prefix}: {exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return native
