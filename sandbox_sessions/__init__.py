@@ -44,6 +44,7 @@ from ._exceptions import (
     UnsafeArchive,
 )
 from ._types import (
+    AGENTS_IMAGE,
     DEFAULT_DISK,
     DEFAULT_IMAGE,
     DEFAULT_MAX_OUTPUT,
@@ -116,6 +117,7 @@ from .sandbox._archive import Caps
 __version__ = "0.1.0"
 
 __all__ = [
+    "AGENTS_IMAGE",
     "DEFAULT_DISK",
     "DEFAULT_IMAGE",
     "DEFAULT_MAX_OUTPUT",

@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkabl
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "AGENTS_IMAGE",
     "DEFAULT_DISK",
     "DEFAULT_IMAGE",
     "DEFAULT_MAX_OUTPUT",
@@ -51,6 +52,8 @@ __all__ = [
 
 DEFAULT_IMAGE = "sandbox-sessions/sandbox:latest"
 """The image that `sandbox-sessions images build` builds and sessions use by default."""
+AGENTS_IMAGE = "sandbox-sessions/agents:latest"
+"""The sandbox image plus agent CLIs, that `sandbox-sessions images build --with` builds."""
 
 FileContent = str | bytes | bytearray | memoryview
 """What `put_file` takes: text (written as UTF-8) or bytes-like content."""

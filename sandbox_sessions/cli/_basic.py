@@ -14,7 +14,7 @@ import click
 
 from .._exceptions import InvalidArgument
 from .._tokens import default_token_path, load_token
-from .._types import DEFAULT_IMAGE, SessionInfo
+from .._types import AGENTS_IMAGE, DEFAULT_IMAGE, SessionInfo
 from ._app import ExitCode, cli, common, fail, open_client, settings
 from ._output import clean, count, output
 
@@ -30,16 +30,41 @@ def images() -> None:
 @common
 @click.option("--tag", default=DEFAULT_IMAGE, show_default=True, help="The image's tag.")
 @click.option("--force", is_flag=True, help="Build even when up to date.")
-def images_build(tag: str, force: bool) -> None:
-    """Build the sandbox image, offline (a Debian base bootstrapped the first time)."""
+@click.option("--with", "with_agents", default=None, metavar="AGENT,...",
+              help="Then build the agents image: the sandbox image plus these agent CLIs "
+                   "(claude-code, codex, opencode), installed with npm on this machine.")
+@click.option("--agents-tag", default=AGENTS_IMAGE, show_default=True,
+              help="The agents image's tag (with --with).")
+def images_build(tag: str, force: bool, with_agents: str | None, agents_tag: str) -> None:
+    """Build the sandbox image, offline (a Debian base bootstrapped the first time).
+
+    With `--with`, then build the agents image from it: each agent CLI is installed from npm
+    on this machine (cached), and its native program copied into the image, built offline.
+    """
+    from ..sandbox._agent_images import build_agent_image, parse_agents
     from ..sandbox._engine import Engine
     from ..sandbox._images import build_image
 
+    agents = parse_agents(with_agents) if with_agents is not None else []
     out = output()
+    engine = Engine()
     with out.status(f"building {tag}"):
-        build = build_image(Engine(), tag=tag, force=force, progress=out.log)
-    state = "built" if build.built else "up to date"
-    out.result(build, f"{build.tag} {state} ({build.image_id[:19]}, {build.seconds:.1f} s)")
+        build = build_image(engine, tag=tag, force=force, progress=out.log)
+    if not agents:
+        out.result(build, f"{build.tag} {_state(build.built)} ({build.image_id[:19]}, "
+                          f"{build.seconds:.1f} s)")
+        return
+    out.line(f"{build.tag} {_state(build.built)} ({build.image_id[:19]})")
+    with out.status(f"building {agents_tag}"):
+        derived = build_agent_image(engine, agents=agents, tag=agents_tag, base=tag,
+                                    force=force, progress=out.log)
+    names = ", ".join(f"{agent.command} {agent.version}" for agent in derived.agents)
+    out.result(derived, f"{derived.tag} {_state(derived.built)} ({derived.image_id[:19]}, "
+                        f"{derived.seconds:.1f} s): {names}")
+
+
+def _state(built: bool) -> str:
+    return "built" if built else "up to date"
 
 
 @cli.command()
