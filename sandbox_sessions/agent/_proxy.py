@@ -51,7 +51,8 @@ MAX_RESPONSE = 64 << 20
 MAX_HEAD = 64 << 10
 """Bytes of a request's line and headers."""
 IDLE_TIMEOUT = 300.0
-"""Seconds a connection may wait for its next request before it is closed."""
+"""Seconds a connection may take to send its next request's head, and then its body, before
+it is closed."""
 DROPPED_REQUEST_HEADERS = frozenset({
     "authorization", "x-api-key", "api-key", "proxy-authorization", "cookie", "host",
     "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
@@ -232,7 +233,8 @@ class _Connection:
     async def _serve(self, request: h11.Request) -> bool:
         """Forward one request and stream its answer back; False to close the connection."""
         path, query = self._check(request)
-        body = await self._body(request)
+        with anyio.fail_after(IDLE_TIMEOUT):  # a body trickling in holds no task for ever
+            body = await self._body(request)
         proxy = self._proxy
         url = httpx.URL(proxy.upstream + _upstream_path(proxy.provider, path))
         if query:
