@@ -31,15 +31,25 @@ CLIENT_PATH = "/tmp/proxy_client.py"
 CLIENT = r'''
 import http.client, json, socket, sys
 
-def request(port, spec):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+def request(port, spec, conn=None):
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     body = b"x" * spec["size"] if "size" in spec else spec.get("body", "").encode()
-    conn.request(spec.get("method", "POST"), spec["path"], body=body or None,
-                 headers=spec.get("headers", {}))
+    headers = dict(spec.get("headers", {}))
+    if "pad" in spec:
+        headers["x-pad"] = "a" * spec["pad"]
+    conn.request(spec.get("method", "POST"), spec["path"], body=body or None, headers=headers)
     resp = conn.getresponse()
     data = resp.read()
     return {"status": resp.status, "body": data.decode("utf-8", "replace"),
+            "local": conn.sock.getsockname()[1] if conn.sock else None,
             "headers": {k.lower(): v for k, v in resp.getheaders()}}
+
+def several(port, spec):
+    # Each request on the same kept-alive connection.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    return {"answers": [request(port, dict(spec, method=method, path=path,
+                                           body=spec["body"] if method == "POST" else ""), conn)
+                        for method, path in spec["paths"]]}
 
 def read_all(sock):
     parts = []
@@ -266,6 +276,43 @@ async def test_an_oversized_answer_is_a_502(
                                             "headers": ANTHROPIC_HEADERS, "body": "{}"})
     assert answer["status"] == 502
     assert json.loads(answer["body"])["error"]["type"] == "response_too_large"
+
+
+async def test_plain_answers_and_errors_pass_through_on_one_kept_alive_connection(
+    session: AsyncSessionHandle, sandbox: DockerSandbox, http_server: CannedServer
+) -> None:
+    usage: list[Tokens] = []
+    message = {"type": "message", "content": [{"type": "text", "text": "ok"}],
+               "usage": {"input_tokens": 9, "output_tokens": 2,
+                         "cache_creation_input_tokens": 5}}
+    http_server.enqueue(
+        Canned(body=json.dumps(message)),
+        Canned(status=429, headers={"retry-after": "7", "set-cookie": "a=b",
+                                    "x-upstream-secret": "internal"},
+               body=b'{"type": "error", "error": {"type": "rate_limit_error"}}'),
+        Canned(body=b'{"data": []}'))
+    async with ModelProxy(sandbox, provider="anthropic", api_key=KEY, base_url=http_server.url,
+                          on_usage=usage.append) as proxy:
+        answer = await run_client(session, {
+            "do": "several", "port": proxy.port, "headers": ANTHROPIC_HEADERS, "body": "{}",
+            "paths": [["POST", "/v1/messages"], ["POST", "/v1/messages"], ["GET", "/v1/models"]]})
+        too_big = await run_client(session, {"do": "request", "port": proxy.port,
+                                             "path": "/v1/messages", "pad": 70000,
+                                             "headers": ANTHROPIC_HEADERS, "body": "{}"})
+    ok, limited, models = answer["answers"]
+    assert (ok["status"], json.loads(ok["body"])) == (200, message)
+    assert limited["status"] == 429
+    assert limited["headers"]["retry-after"] == "7"
+    assert "set-cookie" not in limited["headers"]
+    assert "x-upstream-secret" not in limited["headers"]
+    assert (models["status"], models["body"]) == (200, '{"data": []}')
+    assert http_server.requests[2].method == "GET"
+    # One connection from the client: the proxy kept it open between the requests.
+    assert ok["local"] is not None
+    assert ok["local"] == limited["local"] == models["local"]
+    assert len(http_server.requests) == 3
+    assert usage == [Tokens(input=9, output=2, cache_write=5)]
+    assert too_big["status"] == 431
 
 
 async def test_two_connections_at_once_are_both_served(
