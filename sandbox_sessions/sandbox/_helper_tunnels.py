@@ -66,7 +66,6 @@ class Tunnel(object):
         self.alive = 2
 
     def start(self):
-        tunnels[self.sid] = self
         for target in (self.read_loop, self.write_loop):
             threading.Thread(target=self.guard, args=(target,), daemon=True).start()
 
@@ -178,6 +177,7 @@ class Listener(object):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tunnel = Tunnel(new_stream_id(), conn, self)
             self.connections.add(tunnel)
+            tunnels[tunnel.sid] = tunnel  # before the host hears of it and may send to it
             send(ACCEPT, self.rid, U32.pack(tunnel.sid))
             try:
                 tunnel.start()
