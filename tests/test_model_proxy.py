@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -39,8 +40,11 @@ def request(port, spec, conn=None):
         headers["x-pad"] = "a" * spec["pad"]
     conn.request(spec.get("method", "POST"), spec["path"], body=body or None, headers=headers)
     resp = conn.getresponse()
-    data = resp.read()
-    return {"status": resp.status, "body": data.decode("utf-8", "replace"),
+    try:
+        data, cut = resp.read(), False
+    except http.client.IncompleteRead as exc:
+        data, cut = exc.partial, True
+    return {"status": resp.status, "body": data.decode("utf-8", "replace"), "cut": cut,
             "local": conn.sock.getsockname()[1] if conn.sock else None,
             "headers": {k.lower(): v for k, v in resp.getheaders()}}
 
@@ -313,6 +317,29 @@ async def test_plain_answers_and_errors_pass_through_on_one_kept_alive_connectio
     assert len(http_server.requests) == 3
     assert usage == [Tokens(input=9, output=2, cache_write=5)]
     assert too_big["status"] == 431
+
+
+async def test_an_upstream_that_is_down_is_a_502_and_one_that_breaks_off_is_cut_short(
+    session: AsyncSessionHandle, sandbox: DockerSandbox, http_server: CannedServer
+) -> None:
+    with socket.socket() as unused:  # a port that nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{unused.getsockname()[1]}"
+        async with ModelProxy(sandbox, provider="anthropic", api_key=KEY,
+                              base_url=down) as proxy:
+            refused = await run_client(session, {"do": "request", "port": proxy.port,
+                                                 "path": "/v1/messages",
+                                                 "headers": ANTHROPIC_HEADERS, "body": "{}"})
+    assert refused["status"] == 502
+    assert json.loads(refused["body"])["error"]["type"] == "upstream_error"
+    http_server.enqueue(Canned(chunks=anthropic_stream(), drop_after=2))
+    async with ModelProxy(sandbox, provider="anthropic", api_key=KEY,
+                          base_url=http_server.url) as proxy:
+        cut = await run_client(session, {"do": "request", "port": proxy.port,
+                                         "path": "/v1/messages", "headers": ANTHROPIC_HEADERS,
+                                         "body": MESSAGES_BODY})
+    assert (cut["status"], cut["cut"]) == (200, True)
+    assert cut["body"] == joined(anthropic_stream()[:2])
 
 
 async def test_two_connections_at_once_are_both_served(

@@ -310,7 +310,17 @@ class _Connection:
                    if name in KEPT_RESPONSE_HEADERS or name.startswith(KEPT_RESPONSE_PREFIXES)]
         reader = UsageReader(response.headers.get("content-type", ""))
         size, started = 0, False
-        async for chunk in response.aiter_bytes():
+        chunks = response.aiter_bytes()
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except httpx.HTTPError as exc:  # the model API broke off its answer
+                if not started:
+                    raise _Refused(502, "upstream_error", "the model API broke off its answer "
+                                   f"({type(exc).__name__})") from None
+                return False  # the client sees its answer cut short
             size += len(chunk)
             if size > cap:
                 if not started:
