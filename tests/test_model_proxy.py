@@ -18,10 +18,12 @@ import anyio
 import pytest
 from servers import Canned, CannedServer, sse, sse_data
 
-from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle
+from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, SandboxError
 from sandbox_sessions._types import Tokens
 from sandbox_sessions.agent._proxy import PLACEHOLDER_KEY, ModelProxy
+from sandbox_sessions.sandbox._channel import ACK_IN, CANCEL, DATA_IN, END_IN, STREAM_BIT
 from sandbox_sessions.sandbox._container import DockerSandbox
+from sandbox_sessions.sandbox._runtime import HelperRuntime
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -386,6 +388,8 @@ async def test_the_key_is_nowhere_in_the_container(
             f"grep -rlI -e '{control[:-1]}[{control[-1]}]' / --exclude-dir=proc "
             "--exclude-dir=sys --exclude-dir=dev 2>/dev/null", timeout=90)
     assert http_server.requests[0].headers["x-api-key"] == KEY
+    interfaces = await session.shell("ls /sys/class/net", timeout=30)
+    assert interfaces.stdout.split() == ["lo"]  # network `none`: the tunnel is the only way out
     assert "python3" in procs.stdout  # the listing did see the container's processes
     assert KEY not in procs.stdout
     assert files.stdout == "searched\n", files.stdout
@@ -407,3 +411,27 @@ async def test_closing_the_proxy_closes_the_listener_in_the_container(
                           base_url=http_server.url) as again:
         assert (await run_client(session, {"do": "refused", "port": again.port})) == {
             "refused": False}
+
+
+async def test_a_taken_port_is_an_error_and_stray_tunnel_frames_change_nothing(
+    session: AsyncSessionHandle, sandbox: DockerSandbox, http_server: CannedServer
+) -> None:
+    http_server.enqueue(Canned(chunks=anthropic_stream()))
+    async with ModelProxy(sandbox, provider="anthropic", api_key=KEY,
+                          base_url=http_server.url) as proxy:
+        with pytest.raises(SandboxError, match="cannot listen"):
+            async with ModelProxy(sandbox, provider="anthropic", api_key=KEY,
+                                  base_url=http_server.url, port=proxy.port):
+                pass
+        # Frames for streams that do not exist, on the helper that serves the proxy, and
+        # garbage acknowledgements: all ignored (no connection was made yet).
+        runtime = sandbox._runtime
+        assert isinstance(runtime, HelperRuntime)
+        for kind, payload in ((DATA_IN, b"GET / HTTP/1.1\r\n\r\n"), (ACK_IN, b"x"),
+                              (ACK_IN, b"99999999999"), (END_IN, b""), (CANCEL, b"")):
+            for sid in (STREAM_BIT | 1, STREAM_BIT | 0x7FFFFFFF, 0xFFFFFFFF):
+                await runtime.channel.send_frame(kind, sid, payload)
+        answer = await run_client(session, {"do": "request", "port": proxy.port,
+                                            "path": "/v1/messages",
+                                            "headers": ANTHROPIC_HEADERS, "body": MESSAGES_BODY})
+    assert (answer["status"], answer["body"]) == (200, joined(anthropic_stream()))
