@@ -213,8 +213,9 @@ class _Connection:
                 return event
             self._h11.receive_data(await self._stream.receive())
 
-    async def _send(self, event: h11.Event) -> None:
-        data = self._h11.send(event)
+    async def _send(self, *events: h11.Event) -> None:
+        """Send the events in one write: a head and its first bytes travel as one frame."""
+        data = b"".join(self._h11.send(event) or b"" for event in events)
         if data:
             await self._stream.send(data)
 
@@ -226,9 +227,7 @@ class _Connection:
             "message": f"sandbox-sessions model proxy: {refused}"}}).encode()
         await self._send(h11.Response(status_code=refused.status, headers=[
             ("content-type", "application/json"), ("content-length", str(len(body))),
-            ("connection", "close")]))
-        await self._send(h11.Data(data=body))
-        await self._send(h11.EndOfMessage())
+            ("connection", "close")]), h11.Data(data=body), h11.EndOfMessage())
 
     async def _serve(self, request: h11.Request) -> bool:
         """Forward one request and stream its answer back; False to close the connection."""
@@ -328,11 +327,11 @@ class _Connection:
                                    f"the model's answer is over {cap} bytes")
                 log.warning("a model answer went over %d bytes: connection cut", cap)
                 return False
-            if not started:
-                await self._send(h11.Response(status_code=response.status_code, headers=headers))
-                started = True
             reader.feed(chunk)
-            await self._send(h11.Data(data=chunk))
+            head = () if started else (h11.Response(status_code=response.status_code,
+                                                    headers=headers),)
+            started = True
+            await self._send(*head, h11.Data(data=chunk))
         if not started:
             await self._send(h11.Response(status_code=response.status_code, headers=headers))
         await self._send(h11.EndOfMessage())
