@@ -12,11 +12,12 @@ import json
 import secrets
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from servers import Canned, CannedServer, sse, sse_data
+from servers import HTTPX_UNDER_TRIO, Canned, CannedServer, sse, sse_data
 
 from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, SandboxError
 from sandbox_sessions._types import Tokens
@@ -435,3 +436,26 @@ async def test_a_taken_port_is_an_error_and_stray_tunnel_frames_change_nothing(
                                             "path": "/v1/messages",
                                             "headers": ANTHROPIC_HEADERS, "body": MESSAGES_BODY})
     assert (answer["status"], answer["body"]) == (200, joined(anthropic_stream()))
+
+
+@HTTPX_UNDER_TRIO
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_trio_smoke(store_path: Path, image: str, http_server: CannedServer,
+                          anyio_backend: str) -> None:
+    usage: list[Tokens] = []
+    http_server.enqueue(Canned(chunks=anthropic_stream()))
+    async with AsyncSandboxClient(store=store_path) as client:
+        session = await client.agent("proxy", image=image).create_session()
+        await session.put_file(CLIENT_PATH, CLIENT)
+        sandbox = await client.service.sandbox(session.id)
+        assert isinstance(sandbox, DockerSandbox)
+        async with ModelProxy(sandbox, provider="anthropic", api_key=KEY,
+                              base_url=http_server.url, on_usage=usage.append) as proxy:
+            answer = await run_client(session, {
+                "do": "request", "port": proxy.port, "path": "/v1/messages",
+                "headers": ANTHROPIC_HEADERS, "body": MESSAGES_BODY})
+        await session.end()
+    assert anyio_backend == "trio"
+    assert (answer["status"], answer["body"]) == (200, joined(anthropic_stream()))
+    assert http_server.requests[0].headers["x-api-key"] == KEY
+    assert usage == [Tokens(input=12, output=34, cache_read=3)]
