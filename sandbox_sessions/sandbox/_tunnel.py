@@ -53,6 +53,7 @@ class TunnelStream:
         self._call = call
         self._pending: deque[bytes] = deque()
         self._credit = WINDOW
+        self._taken = 0  # DATA_OUT frames taken and not yet acknowledged
         self._eof = False
         self.closed = False
         """The helper closed the socket (or the channel ended)."""
@@ -84,8 +85,13 @@ class TunnelStream:
             except ChannelClosed:
                 return b""
         data = self._pending.popleft()
-        # Acknowledged once taken, not once arrived: that is what bounds the buffering.
-        await self._call.send(ACK_IN, b"1")
+        # Acknowledged once taken, not once arrived: that is what bounds the buffering. Half
+        # a window at a time: a short request costs no acknowledgement, and the helper,
+        # stopping only with a whole window unacknowledged, never waits on one held here.
+        self._taken += 1
+        if self._taken >= WINDOW // 2:
+            await self._call.send(ACK_IN, str(self._taken).encode())
+            self._taken = 0
         return data
 
     async def send(self, data: bytes) -> None:
