@@ -459,3 +459,18 @@ async def test_trio_smoke(store_path: Path, image: str, http_server: CannedServe
     assert (answer["status"], answer["body"]) == (200, joined(anthropic_stream()))
     assert http_server.requests[0].headers["x-api-key"] == KEY
     assert usage == [Tokens(input=12, output=34, cache_read=3)]
+
+
+async def test_a_proxy_whose_session_ended_closes_without_error(
+    session: AsyncSessionHandle, sandbox: DockerSandbox, http_server: CannedServer
+) -> None:
+    proxy = ModelProxy(sandbox, provider="anthropic", api_key=KEY, base_url=http_server.url)
+    async with proxy:
+        assert (await run_client(session, {"do": "refused", "port": proxy.port})) == {
+            "refused": False}
+        await session.end()  # the container is removed under the open proxy
+    with pytest.raises(SandboxError):
+        async with ModelProxy(sandbox, provider="anthropic", api_key=KEY,
+                              base_url=http_server.url):
+            pass
+    assert http_server.requests == []
