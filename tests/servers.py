@@ -51,6 +51,8 @@ class RecordedRequest:
     body: bytes
     client_port: int
     """The client's side of the connection: equal ports mean a reused connection."""
+    header_list: list[tuple[str, str]] = field(default_factory=list)
+    """Every header as sent, repeats included, names in lower case."""
 
     @property
     def json(self) -> Any:
@@ -95,7 +97,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         headers = {name.lower(): value for name, value in self.headers.items()}
         port = self.client_address[1]
-        self.server.owner.record(RecordedRequest(self.command, self.path, headers, body, port))
+        every = [(name.lower(), value) for name, value in self.headers.items()]
+        self.server.owner.record(
+            RecordedRequest(self.command, self.path, headers, body, port, every))
         canned = self.server.owner.next_answer()
         try:
             if canned.chunks is None:

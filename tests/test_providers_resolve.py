@@ -18,6 +18,7 @@ from sandbox_sessions.providers import (
     resolve_provider,
 )
 from sandbox_sessions.providers import base as providers_base
+from sandbox_sessions.providers._resolve import resolve_endpoint
 
 ENV_VARS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL")
 
@@ -144,3 +145,19 @@ def test_the_package_exports_the_protocol_types_and_providers() -> None:
         "OpenAIProvider", "ResponsesProvider", "AnthropicProvider", "ScriptedProvider",
         "resolve_provider",
     } <= set(names)
+
+
+def test_the_model_proxy_s_key_and_base_url_are_chosen_as_the_providers_choose_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-env")
+    assert resolve_endpoint("anthropic") == ("sk-ant-env", "https://api.anthropic.com")
+    assert resolve_endpoint("anthropic", api_key="given", base_url="http://127.0.0.1:9/") == (
+        "given", "http://127.0.0.1:9")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8/v1")
+    assert resolve_endpoint("openai") == (None, "http://127.0.0.1:8/v1")  # a local server
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    with pytest.raises(InvalidArgument, match="OPENAI_API_KEY"):
+        resolve_endpoint("openai")
+    with pytest.raises(InvalidArgument, match="unknown provider"):
+        resolve_endpoint("scripted")

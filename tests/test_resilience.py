@@ -66,6 +66,10 @@ MALFORMED: list[tuple[str, bytes]] = [
     ("mode huge", b'{"op": "write", "path": "/workspace/m", "mode": 1e400}'),
     ("path not text", b'{"op": "write", "path": 5}'),
     ("path empty", b'{"op": "write", "path": ""}'),
+    ("port text", b'{"op": "listen", "port": "80"}'),
+    ("port bool", b'{"op": "listen", "port": true}'),
+    ("port too large", b'{"op": "listen", "port": 70000}'),
+    ("port negative", b'{"op": "listen", "port": -1}'),
 ]
 
 

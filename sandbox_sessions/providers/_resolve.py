@@ -8,19 +8,20 @@ from collections.abc import Mapping
 import httpx
 
 from .._exceptions import InvalidArgument
-from ._anthropic import AnthropicProvider
-from ._openai import OpenAIProvider
+from ._anthropic import DEFAULT_ANTHROPIC_BASE_URL, AnthropicProvider
+from ._openai import DEFAULT_OPENAI_BASE_URL, OpenAIProvider
 from ._responses import ResponsesProvider
 from ._scripted import Script, ScriptedProvider
 from .base import Provider
 
-__all__ = ["resolve_provider"]
+__all__ = ["resolve_endpoint", "resolve_provider"]
 
 _KEY_VARS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 _URL_VARS = {"openai": "OPENAI_BASE_URL", "anthropic": "ANTHROPIC_BASE_URL"}
 _KNOWN = ("openai", "openai-responses", "anthropic", "scripted")
 _FAMILY = {"openai-responses": "openai"}
 """Providers that share another's key and base URL (their names, variables and settings)."""
+_DEFAULT_URLS = {"openai": DEFAULT_OPENAI_BASE_URL, "anthropic": DEFAULT_ANTHROPIC_BASE_URL}
 
 
 def _split(model: str) -> tuple[str, str]:
@@ -85,3 +86,20 @@ def resolve_provider(
     if provider == "openai":
         return OpenAIProvider(api_key=api_key, base_url=base_url, client=http_client), name
     return AnthropicProvider(api_key=api_key, base_url=base_url, client=http_client), name
+
+
+def resolve_endpoint(
+    provider: str, *, api_key: str | None = None, base_url: str | None = None
+) -> tuple[str | None, str]:
+    """The API key and base URL (no trailing slash) of `openai` or `anthropic`, chosen as
+    `resolve_provider` chooses them: the given value, else `$..._API_KEY` / `$..._BASE_URL`,
+    else the provider's public API. Raises `InvalidArgument` for a missing key, except for
+    `openai` with a base URL (a local server)."""
+    if provider not in _KEY_VARS:
+        raise InvalidArgument(f"unknown provider {provider!r}: use openai or anthropic")
+    key = _setting(provider, {provider: api_key} if api_key else None, _KEY_VARS)
+    url = _setting(provider, {provider: base_url} if base_url else None, _URL_VARS)
+    if key is None and not (provider == "openai" and url):
+        raise InvalidArgument(
+            f"no API key for {provider!r}: set {_KEY_VARS[provider]} or pass api_key")
+    return key, (url or _DEFAULT_URLS[provider]).rstrip("/")

@@ -25,8 +25,13 @@ log: logging.Logger = logging.getLogger("sandbox_sessions.helper")
 
 HEADER = struct.Struct(">BII")
 DOCKER_HEADER = struct.Struct(">BxxxI")
-REQ, DATA_IN, END_IN, CANCEL = 1, 2, 3, 4
+REQ, DATA_IN, END_IN, CANCEL, ACK_IN = 1, 2, 3, 4, 5
 OUT, ERR, DATA_OUT, DONE, FAIL, HELLO, ACK = 10, 11, 12, 13, 14, 15, 16
+LISTENING, ACCEPT, END_OUT = 17, 18, 19
+STREAM_BIT = 0x80000000
+"""Set in the ids of streams the helper opens (a tunnelled connection, `_helper_tunnels`);
+the host's request ids count up from 1 and never reach it."""
+U32 = struct.Struct(">I")
 TERMINAL = (DONE, FAIL)
 CANCEL_WAIT = 1.0
 """Seconds that leaving an unfinished call may spend telling the helper to cancel it."""
@@ -80,6 +85,7 @@ class HelperChannel:
         self._stream = stream
         self._send_lock = anyio.Lock()
         self._inboxes: dict[int, MemoryObjectSendStream[Frame]] = {}
+        self._adopted: dict[int, MemoryObjectReceiveStream[Frame]] = {}
         self._next_rid = 1
         self._hello = anyio.Event()
         self.closed: bool = False
@@ -97,6 +103,9 @@ class HelperChannel:
             for inbox in self._inboxes.values():
                 inbox.close()
             self._inboxes.clear()
+            for receive in self._adopted.values():
+                receive.close()
+            self._adopted.clear()
 
     async def wait_ready(self) -> dict[str, Any]:
         """Wait for the helper's greeting; raises `ChannelClosed` if it never comes."""
@@ -152,10 +161,51 @@ class HelperChannel:
         inbox = self._inboxes.get(rid)
         if inbox is None:
             return  # a call that was abandoned; its late frames are dropped
+        if kind == ACCEPT and not self._adopt(payload):
+            return
         inbox.send_nowait((kind, payload))
         if kind in TERMINAL:
             inbox.close()
             del self._inboxes[rid]
+            unclaimed = self._adopted.pop(rid, None)  # a stream no one took up: it is over
+            if unclaimed is not None:
+                unclaimed.close()
+
+    def _adopt(self, payload: bytes) -> bool:
+        """Open the inbox of a stream the helper announced (ACCEPT), before any frame of it
+        can arrive; `stream()` takes it up."""
+        if len(payload) != U32.size:
+            return False
+        (sid,) = U32.unpack(payload)
+        if not sid & STREAM_BIT or sid in self._inboxes or sid in self._adopted:
+            return False
+        send, receive = anyio.create_memory_object_stream[Frame](math.inf)
+        self._inboxes[sid] = send
+        self._adopted[sid] = receive
+        return True
+
+    @asynccontextmanager
+    async def stream(self, sid: int) -> AsyncIterator[Call]:
+        """The `Call` of a stream the helper opened (its id came in an ACCEPT frame).
+
+        Its frames are buffered from the ACCEPT on; leaving the block before the helper's
+        DONE sends CANCEL (within `CANCEL_WAIT`). The caller bounds what it buffers: the
+        helper sends no more than its window ahead of the caller's acknowledgements.
+        """
+        receive = self._adopted.pop(sid, None)
+        if receive is None:
+            raise ChannelClosed() if self.closed else ProtocolError(f"no stream {sid:#x}")
+        call = Call(self, sid, receive)
+        try:
+            yield call
+        finally:
+            if not call.finished and not self.closed:
+                with anyio.CancelScope(shield=True):
+                    await self._cancel(call, 0.0)
+            inbox = self._inboxes.pop(sid, None)
+            if inbox is not None:
+                inbox.close()
+            receive.close()
 
     async def send_frame(self, kind: int, rid: int, payload: bytes | memoryview) -> None:
         """Write one frame; frames of concurrent calls never interleave."""

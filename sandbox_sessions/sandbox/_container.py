@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import socket
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from functools import partial
 from importlib import resources
 from typing import Any, Protocol
@@ -42,6 +42,7 @@ from ._channel import CANCEL_WAIT, ChannelClosed, HelperChannel
 from ._engine import Engine
 from ._exec_runtime import ExecRuntime
 from ._runtime import CANCEL_SETTLE, DONE_WAIT, CommandStalled, HelperRuntime
+from ._tunnel import Listener
 from .base import FileEntry, RestartCallback, ShellRequest
 
 __all__ = ["DockerSandbox", "death_of", "open_channel", "start_attached"]
@@ -49,7 +50,7 @@ __all__ = ["DockerSandbox", "death_of", "open_channel", "start_attached"]
 log: logging.Logger = logging.getLogger("sandbox_sessions.docker")
 
 HELPER_MODULES = ("_helper_frames", "_helper_commands", "_helper_reads", "_helper_uploads",
-                  "_helper")
+                  "_helper_tunnels", "_helper")
 """The helper's modules, in the order they load: each imports only those before it, and the
 last, `_helper`, runs the main loop."""
 
@@ -327,6 +328,19 @@ class DockerSandbox:
         """See `Sandbox.walk`."""
         async with self._guard() as runtime:
             return await runtime.walk(root)
+
+    @asynccontextmanager
+    async def listen(self, port: int = 0) -> AsyncIterator[Listener]:
+        """Listen on 127.0.0.1:`port` inside the container (0: any free port) for the block;
+        each connection made there reaches the host through the helper (`_tunnel`). Leaving
+        closes the listener and its connections. Needs the helper (python3 in the image)."""
+        async with AsyncExitStack() as stack:
+            async with self._guard() as runtime:
+                if not isinstance(runtime, HelperRuntime):
+                    raise SandboxError("a loopback listener needs the sandbox helper, which "
+                                       "needs python3 in the image")
+                listener = await stack.enter_async_context(runtime.listen(port))
+            yield listener
 
     async def _close_runtime(self) -> None:
         runtime, self._runtime = self._runtime, None

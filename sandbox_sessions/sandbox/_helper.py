@@ -3,9 +3,10 @@
 # image, as the container's main process, and speaks to it on its stdin and stdout. It is never
 # imported on the host. It must run on any python3 from 3.6 on, with the standard library only.
 #
-# It is five modules, loaded in order as one program (`_container.helper_source`):
+# It is six modules, loaded in order as one program (`_container.helper_source`):
 # `_helper_frames` (the frame format, answers, request threads), `_helper_commands` (commands
-# and the reaper), `_helper_reads`, `_helper_uploads`, and this one.
+# and the reaper), `_helper_reads`, `_helper_uploads`, `_helper_tunnels` (loopback listeners
+# tunnelled to the host), and this one.
 #
 # Requests are served concurrently, one thread each, so a long command never blocks a file
 # read, and the main loop only reads frames and hands them on: no request's I/O ever blocks
@@ -39,17 +40,28 @@ from _helper_frames import (
     start_thread,
 )
 from _helper_reads import run_read, run_walk
+from _helper_tunnels import (
+    ACK_IN,
+    STREAM_BIT,
+    cancel_tunnel,
+    finish_tunnel,
+    listeners,
+    on_tunnel_ack,
+    on_tunnel_data,
+    run_listen,
+)
 from _helper_uploads import cancel_upload, finish_upload, on_data, start_upload, uploads
 
 
 def cancel(rid):
     cancel_upload(rid)
     cancel_command(rid)
+    cancel_tunnel(rid)
 
 
 # --- requests ------------------------------------------------------------------------------
 
-HANDLERS = {"exec": run_exec, "read": run_read, "walk": run_walk,
+HANDLERS = {"exec": run_exec, "read": run_read, "walk": run_walk, "listen": run_listen,
             "ping": lambda rid, req: send_json(DONE, rid, {})}
 
 
@@ -76,6 +88,15 @@ def on_request(rid, payload):
 def on_frame(kind, rid, payload):
     if kind == REQ:
         on_request(rid, payload)
+    elif rid & STREAM_BIT:  # a tunnelled connection (`_helper_tunnels`)
+        if kind == DATA_IN:
+            on_tunnel_data(rid, payload)
+        elif kind == ACK_IN:
+            on_tunnel_ack(rid, payload)
+        elif kind == END_IN:
+            finish_tunnel(rid)
+        elif kind == CANCEL:
+            cancel_tunnel(rid)
     elif kind == DATA_IN:
         on_data(rid, payload)
     elif kind == END_IN:
@@ -150,7 +171,7 @@ def main():
         serve()
     finally:
         # The host is gone: leave nothing of ours running.
-        for rid in list(running) + list(uploads):
+        for rid in list(running) + list(uploads) + list(listeners):
             cancel(rid)
     if "main" in sys.argv:
         # We are the container's main process: stay (and reap), so the container and its

@@ -13,7 +13,7 @@ import codecs
 import logging
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -40,6 +40,7 @@ from ._channel import (
     HelperChannel,
     decode_json,
 )
+from ._tunnel import Listener, listen
 from .base import FileEntry, OutputCallback, ShellRequest
 
 log: logging.Logger = logging.getLogger("sandbox_sessions")
@@ -247,6 +248,11 @@ class HelperRuntime:
             log.warning("%s holds more entries than listed: only the first %d are used",
                         root, len(entries))
         return entries
+
+    def listen(self, port: int = 0) -> AbstractAsyncContextManager[Listener]:
+        """See `Listening.listen`; leaving waits up to `CANCEL_SETTLE` for the listener and its
+        connections to be closed in the container."""
+        return listen(self.channel, port, CANCEL_SETTLE)
 
     async def aclose(self) -> None:
         await self.channel.aclose()
