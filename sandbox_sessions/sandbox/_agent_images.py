@@ -15,12 +15,10 @@ thread in async code.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -30,15 +28,16 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from sandbox_sessions._exceptions import ImageBuildError, ImageNotFound, InvalidArgument
-from sandbox_sessions._types import AGENTS_IMAGE, DEFAULT_IMAGE
-from sandbox_sessions.sandbox._engine import Engine
-from sandbox_sessions.sandbox._images import (
+from .._exceptions import ImageBuildError, ImageNotFound, InvalidArgument
+from .._types import AGENTS_IMAGE, DEFAULT_IMAGE
+from ._engine import Engine
+from ._images import (
     BASE_ID_LABEL,
     CONTENT_HASH_LABEL,
     IMAGE_LABEL,
     _forward,
     content_hash,
+    run_streamed,
 )
 
 __all__ = [
@@ -57,9 +56,6 @@ AGENTS_LABEL = "sandbox-sessions.agents"
 """Label holding the image's agents as JSON: `[{name, package, version, command, sha256}]`."""
 AGENTS_ROOT = "/opt/sandbox-sessions/agents"
 """Where each agent's files go in the image, one folder per agent, owned by root."""
-
-_TAIL_LINES = 30
-"""Lines of a failed `npm install`'s output that its `ImageBuildError` carries."""
 
 
 @dataclass(frozen=True)
@@ -277,27 +273,7 @@ def _npm_install(cli: AgentCLI, prefix: Path, progress: Callable[[str], None]) -
             "--ignore-scripts", "--no-save", "--no-package-lock", "--loglevel=http",
             # the image's platform, whatever the host's: the native package it needs
             "--os=linux", "--cpu=x64", "--libc=glibc", f"{cli.package}@{cli.version}"]
-    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-    try:
-        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, errors="replace")
-    except OSError as exc:
-        raise ImageBuildError(f"cannot run npm: {exc}") from exc
-    with process:
-        try:
-            assert process.stdout is not None
-            for raw in process.stdout:
-                line = raw.rstrip()
-                tail.append(line)
-                progress(line)
-        except BaseException:
-            process.kill()
-            raise
-        code = process.wait()
-    if code != 0:
-        last = "\n".join(tail)
-        raise ImageBuildError(f"npm install {cli.package}@{cli.version} failed "
-                              f"with exit code {code}:\n{last}")
+    run_streamed(argv, progress, what=f"npm install {cli.package}@{cli.version}")
 
 
 def _build(engine: Engine, clis: list[AgentCLI], installs: list[Path], *, tag: str,

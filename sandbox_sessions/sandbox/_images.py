@@ -178,19 +178,26 @@ def _ensure_base(engine: Engine, base: str, script: Path, progress: Callable[[st
 
 def _run_bootstrap(script: Path, base: str, progress: Callable[[str], None]) -> None:
     """Run the bootstrap script, streaming its merged output to `progress` line by line."""
+    run_streamed(["bash", str(script), "--tag", base], progress, what=script.name)
+
+
+def run_streamed(argv: list[str], progress: Callable[[str], None], *, what: str) -> None:
+    """Run `argv` in a process group of its own, passing its merged output to `progress`
+    line by line; `ImageBuildError` naming `what`, with the last lines, when it fails. If
+    `progress` raises or we are interrupted, the whole group is stopped (TERM, then KILL)."""
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     try:
         process = subprocess.Popen(
-            ["bash", str(script), "--tag", base],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             errors="replace",
-            start_new_session=True,  # its own process group, so `_stop` reaches debootstrap
+            start_new_session=True,  # its own process group, so `_stop` reaches its children
         )
     except OSError as exc:
-        raise ImageBuildError(f"cannot run {script}: {exc}") from exc
+        raise ImageBuildError(f"cannot run {what}: {exc}") from exc
     with process:
         try:
             assert process.stdout is not None
@@ -199,17 +206,16 @@ def _run_bootstrap(script: Path, base: str, progress: Callable[[str], None]) -> 
                 tail.append(line)
                 progress(line)
         except BaseException:
-            # `progress` raised, or we were interrupted: do not leave a debootstrap behind.
             _stop(process)
             raise
         code = process.wait()
     if code != 0:
         last = "\n".join(tail)
-        raise ImageBuildError(f"{script.name} failed with exit code {code}:\n{last}")
+        raise ImageBuildError(f"{what} failed with exit code {code}:\n{last}")
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
-    """End the bootstrap's process group: TERM, so the script cleans up, then KILL."""
+    """End the process group: TERM, so a script cleans up, then KILL."""
     for sig, grace in ((signal.SIGTERM, _STOP_GRACE), (signal.SIGKILL, None)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, sig)
