@@ -27,7 +27,11 @@ waiting=(tests/test_concurrency.py tests/test_deadlines.py tests/test_real_model
 mkdir -p .state
 log=.state/pytest-waiting.log
 echo "test: pytest, in two processes: ${waiting[*]} (output in $log, shown at the end), and the rest" >&2
-.venv/bin/pytest --durations=10 --basetemp=.state/pytest-waiting "${waiting[@]}" > "$log" 2>&1 &
+# A job started with `&` in a script ignores SIGINT, and its children inherit that; the CLI's
+# tests send SIGINT to the CLI as Ctrl-C does, so the job gets the default disposition back.
+.venv/bin/python -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execv(sys.argv[1], sys.argv[1:])' \
+  .venv/bin/pytest --durations=10 --basetemp=.state/pytest-waiting "${waiting[@]}" > "$log" 2>&1 &
 waiting_pid=$!
 rest_status=0
 .venv/bin/pytest --durations=25 --basetemp=.state/pytest-rest \
