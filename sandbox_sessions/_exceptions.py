@@ -13,7 +13,8 @@ if tried again unchanged. Each class also subclasses the nearest builtin, so
     │   ├── SessionBusy            (RuntimeError)      session_busy          retryable
     │   ├── PermissionNotFound     (LookupError)       permission_not_found
     │   ├── QuestionNotFound       (LookupError)       question_not_found
-    │   └── MessageNotFound        (LookupError)       message_not_found
+    │   ├── MessageNotFound        (LookupError)       message_not_found
+    │   └── NotSupported           (RuntimeError)      not_supported
     ├── SandboxError                                   sandbox_error
     │   ├── SandboxUnavailable     (ConnectionError)   sandbox_unavailable   retryable
     │   ├── ContainerGone          (RuntimeError)      container_gone
@@ -72,6 +73,7 @@ __all__ = [
     "ImageNotFound",
     "InvalidArgument",
     "MessageNotFound",
+    "NotSupported",
     "OperationTimeout",
     "PermissionNotFound",
     "ProtocolError",
@@ -215,6 +217,13 @@ class MessageNotFound(SessionError, LookupError):
         super().__init__(f"session {session_id!r} has no message {message_id[:80]!r}")
         self.session_id = session_id
         self.message_id = message_id
+
+
+class NotSupported(SessionError, RuntimeError):
+    """The session's agent cannot do that: a harness (an agent CLI in the sandbox) cannot
+    revert, summarize or fork, for its CLI keeps its own history. Nothing was changed."""
+
+    code = "not_supported"
 
 
 class ProviderError(SandboxSessionsError, RuntimeError):
@@ -397,7 +406,7 @@ HTTP_STATUS: dict[str, int] = {
     "question_not_found": 404, "message_not_found": 404, "file_not_found": 404,
     "image_not_found": 404, "command_not_found": 404,
     "command_failed": 422, "snapshot_failed": 422, "session_ended": 409,
-    "session_busy": 409,
+    "session_busy": 409, "not_supported": 409,
     "container_gone": 410, "container_died": 410, "file_too_large": 413,
     "request_too_large": 413, "sandbox_unavailable": 503, "store_error": 503,
     "bridge_unavailable": 503, "provider_error": 502, "operation_timeout": 504,

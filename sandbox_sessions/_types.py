@@ -28,6 +28,7 @@ __all__ = [
     "CommandTemplate",
     "CreateSessionRequest",
     "FileContent",
+    "HarnessName",
     "Metadata",
     "PathEntries",
     "PermissionAnswerRequest",
@@ -157,11 +158,18 @@ PermissionRules = dict[str, PermissionAction | dict[str, PermissionAction]]
 """Per tool (`"*"` for all): an action, or glob patterns to actions. The last match wins."""
 
 
+HarnessName = Literal["builtin", "claude-code", "codex", "opencode"]
+"""What runs an agent's turns: our loop, or an agent CLI inside the sandbox."""
+
+
 class AgentConfig(_Frozen):
     """How a session's agent behaves; stored with the session, so it resumes unchanged."""
 
     model: str | None = None
     """`provider/model`: `openai/gpt-4.1`, `anthropic/claude-sonnet-4-5`, or `scripted`."""
+    harness: HarnessName = "builtin"
+    """What runs the turns: our loop on the host (`builtin`), or that agent CLI inside the
+    sandbox, its model reached through the proxy with the key kept on the host."""
     system: str | None = None
     tools: list[str] = Field(
         default_factory=lambda: ["bash", "read", "write", "edit", "list", "glob", "grep",
@@ -624,6 +632,9 @@ class AssistantMessage(_Frozen):
     summary: bool = False
     """A compaction's summary (`summarize()`): later turns send it instead of the history
     before it, once it holds a `compaction` part."""
+    conversation_id: str | None = None
+    """For a harness: the CLI's own conversation (Claude Code's session, Codex's thread,
+    opencode's session) this turn ran in, which the next turn continues."""
 
 
 Message = Annotated[UserMessage | AssistantMessage, Field(discriminator="role")]

@@ -68,7 +68,7 @@ from ._questions import QuestionBroker
 from ._snapshots import Snapshots
 from .base import PreparedCall, Tool, ToolContext, ToolError, ToolOutput
 
-__all__ = ["Outcome", "Turn", "run_turn"]
+__all__ = ["Outcome", "Rejected", "Turn", "permit", "run_turn"]
 
 log: logging.Logger = logging.getLogger("sandbox_sessions.agent")
 
@@ -89,7 +89,8 @@ class Turn:
     model: str
     model_name: str
     config: AgentConfig
-    provider: Provider
+    provider: Provider | None
+    """None for a harness: the agent CLI in the sandbox calls its model itself."""
     tools: Mapping[str, Tool]
     sandbox: Sandbox
     workdir: str
@@ -115,6 +116,10 @@ class Turn:
     """The user message whose snapshot the turn takes first (None: a compaction)."""
     snapshot_taken: anyio.Event = field(default_factory=anyio.Event)
     """Set once the prompt's snapshot is taken (or failed): tools wait for it."""
+    prompt: str = ""
+    """The user's prompt (a harness sends it to its CLI)."""
+    conversation: str | None = None
+    """A harness's conversation id, as the session's last turn left it."""
 
 
 @dataclass
@@ -126,6 +131,8 @@ class Outcome:
     cost: float = 0.0
     text: str = ""
     """The final step's text (a summary's, for a compaction)."""
+    conversation: str | None = None
+    """A harness's own conversation id, which the session's next turn continues."""
 
 
 @dataclass
@@ -139,7 +146,7 @@ class _StepResult:
     started: bool = False
 
 
-class _Rejected(Exception):
+class Rejected(Exception):
     """A reject without a message: the turn ends with reason `rejected`."""
 
 
@@ -211,7 +218,7 @@ async def _steps(turn: Turn, history: list[ModelMessage], outcome: Outcome) -> O
             return outcome
         try:
             results = await _run_calls(turn, step.calls)
-        except _Rejected:
+        except Rejected:
             outcome.reason = "rejected"
             await _patch(turn)
             return outcome
@@ -266,6 +273,7 @@ async def _call_model(turn: Turn, history: list[ModelMessage]) -> _StepResult:
 
 
 async def _stream_into(turn: Turn, request: ModelRequest, step: _StepResult) -> None:
+    assert turn.provider is not None, "a harness's turn has no provider"
     text_id = reasoning_id = ""
     text: list[str] = []
     reasoning: list[str] = []
@@ -301,7 +309,7 @@ async def _run_calls(turn: Turn, calls: list[ToolCall]) -> list[ToolResultConten
     for index, call in enumerate(calls):
         try:
             results.append(await _run_call(turn, call))
-        except _Rejected:
+        except Rejected:
             for skipped in calls[index + 1:]:
                 part = _pending_part(turn, skipped)
                 _end(turn, part, error="not run: the user rejected an earlier call")
@@ -374,8 +382,8 @@ async def _run_call(turn: Turn, call: ToolCall) -> ToolResultContent:
     if isinstance(prepared, ToolResultContent):
         return prepared
     try:
-        refusal = await _permit(turn, part, tool, prepared.patterns)
-    except _Rejected:
+        refusal = await permit(turn, part, tool.name, prepared.patterns)
+    except Rejected:
         _end(turn, part, error="rejected by the user")
         raise
     except anyio.get_cancelled_exc_class():
@@ -404,35 +412,38 @@ async def _ask_user(turn: Turn, call_id: str, question: str, options: Sequence[s
     return await turn.questions.ask(request, turn.config)
 
 
-def _verdict(turn: Turn, tool: Tool, patterns: Sequence[str]) -> tuple[PermissionAction, str]:
+def _verdict(turn: Turn, tool: str, patterns: Sequence[str]) -> tuple[PermissionAction, str]:
     """The strictest action over `patterns`, and the first pattern that drew it."""
-    verdicts = [(evaluate(turn.rules, tool.name, pattern), pattern) for pattern in patterns]
+    verdicts = [(evaluate(turn.rules, tool, pattern), pattern) for pattern in patterns]
     return max(verdicts, key=lambda verdict: _STRICTNESS.index(verdict[0]))
 
 
-async def _permit(turn: Turn, part: ToolPart, tool: Tool, patterns: Sequence[str]) -> str | None:
-    """None when the call may run; else the error the call ends with. Raises `_Rejected`.
+async def permit(turn: Turn, part: ToolPart, tool: str, patterns: Sequence[str],
+                 metadata: Mapping[str, Any] | None = None) -> str | None:
+    """None when the call of `tool` may run; else the error the call ends with. Raises
+    `Rejected` for a reject without a message.
 
     Every pattern is judged (a file tool's path as written and resolved) and the strictest
-    verdict wins; an `always` reply allows each of them from then on.
+    verdict wins; an `always` reply allows each of them from then on. `metadata` is added to
+    the request's (which holds the call's input).
     """
     action, pattern = _verdict(turn, tool, patterns)
     if action == "allow":
         return None
     if action == "deny":
-        return f"denied by the session's permission rules ({tool.name}: {pattern})"
+        return f"denied by the session's permission rules ({tool}: {pattern})"
     always = list(dict.fromkeys(
-        allowed for each in patterns for allowed in always_patterns(tool.name, each)))
+        allowed for each in patterns for allowed in always_patterns(tool, each)))
     request = PermissionRequest(
         id=new_id("per"), session_id=turn.session_id, message_id=turn.message_id,
-        call_id=part.call_id, tool=tool.name, patterns=list(patterns), always=always,
-        metadata={"input": part.state.input}, time=now())
+        call_id=part.call_id, tool=tool, patterns=list(patterns), always=always,
+        metadata={"input": part.state.input, **(metadata or {})}, time=now())
     answer = await turn.broker.ask(request, turn.config)
     if answer.reply == "always":
-        turn.rules = merge_always(turn.rules, tool.name, always)
+        turn.rules = merge_always(turn.rules, tool, always)
         await turn.save_rules(turn.rules)
     if answer.reply != "reject":
         return None
     if answer.message is None:
-        raise _Rejected()
+        raise Rejected()
     return f"the user rejected this call: {answer.message}"

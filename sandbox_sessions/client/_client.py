@@ -20,9 +20,11 @@ from pydantic import ValidationError
 from .._exceptions import InvalidArgument, SandboxSessionsError
 from .._tokens import default_token_path, load_token
 from .._types import (
+    AGENTS_IMAGE,
     AgentConfig,
     CommandTemplate,
     Event,
+    HarnessName,
     PermissionRules,
     SandboxOptions,
     SessionInfo,
@@ -192,6 +194,7 @@ class AsyncSandboxClient:
         self,
         name: str,
         *,
+        harness: HarnessName | None = None,
         model: str | None = None,
         system: str | None = None,
         tools: Sequence[str | Tool] | None = None,
@@ -204,7 +207,10 @@ class AsyncSandboxClient:
         sandbox: SandboxOptions | None = None,
         **options: Unpack[SandboxKwargs],
     ) -> AsyncAgent:
-        """An agent named `name`: its model (`provider/model`), system prompt, tools (names of
+        """An agent named `name`: what runs its turns (`harness`: `builtin`, our loop, by
+        default; or `claude-code`, `codex`, `opencode`, that CLI inside the sandbox, whose
+        image is then `AGENTS_IMAGE` unless one is given), its model (`provider/model`),
+        system prompt, tools (names of
         built-in tools, or `Tool` objects), permission rules, for `scripted` its script, and
         its budgets: `max_steps` model calls per turn, `token_budget` tokens for the session
         (a turn that reaches either ends with reason `limit`). `subagents` are the agents its
@@ -225,7 +231,7 @@ class AsyncSandboxClient:
         if custom and not isinstance(transport, SessionService):
             raise InvalidArgument("custom Tool objects run in this process: they need the "
                                   "embedded client, not a server")
-        overrides = {"model": model, "system": system, "tools": names,
+        overrides = {"harness": harness, "model": model, "system": system, "tools": names,
                      "permissions": permissions, "script": script, "max_steps": max_steps,
                      "token_budget": token_budget,
                      "subagents": None if subagents is None else {
@@ -237,6 +243,17 @@ class AsyncSandboxClient:
             check_rule_keys(agent_config.permissions, agent_config.tools)
         if agent_config.script is not None:
             ScriptedProvider(agent_config.script)  # a malformed script fails here, not later
+        if agent_config.harness != "builtin":
+            if custom:
+                raise InvalidArgument("custom Tool objects run in our loop: a "
+                                      f"{agent_config.harness} agent cannot use them")
+            if agent_config.model is not None:
+                from ..agent.harness import harness as bridge  # the service imports it first
+
+                bridge(agent_config.harness).check_model(agent_config.model)
+            if "image" not in options and (sandbox is None or "image" not in
+                                           sandbox.model_fields_set):
+                options = {**options, "image": AGENTS_IMAGE}
         options_checked = sandbox_options(sandbox, options)
         if isinstance(transport, SessionService):
             transport.register_tools(custom)

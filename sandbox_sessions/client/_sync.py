@@ -27,6 +27,7 @@ from .._types import (
     Event,
     FileContent,
     FileDiff,
+    HarnessName,
     Message,
     Metrics,
     PermissionReply,
@@ -387,6 +388,7 @@ class SandboxClient:
         self,
         name: str,
         *,
+        harness: HarnessName | None = None,
         model: str | None = None,
         system: str | None = None,
         tools: Sequence[str | Tool] | None = None,
@@ -400,7 +402,8 @@ class SandboxClient:
         **options: Unpack[SandboxKwargs],
     ) -> Agent:
         """An agent configuration; see `AsyncSandboxClient.agent`."""
-        agent = self._async.agent(name, model=model, system=system, tools=tools,
+        agent = self._async.agent(name, harness=harness, model=model, system=system,
+                                  tools=tools,
                                   permissions=permissions, script=script, max_steps=max_steps,
                                   token_budget=token_budget,
                                   subagents=subagents, config=config, sandbox=sandbox, **options)

@@ -42,7 +42,7 @@ from ._channel import CANCEL_WAIT, ChannelClosed, HelperChannel
 from ._engine import Engine
 from ._exec_runtime import ExecRuntime
 from ._runtime import CANCEL_SETTLE, DONE_WAIT, CommandStalled, HelperRuntime
-from ._tunnel import Listener
+from ._tunnel import Listener, TunnelStream
 from .base import FileEntry, RestartCallback, ShellRequest
 
 __all__ = ["DockerSandbox", "death_of", "open_channel", "start_attached"]
@@ -341,6 +341,18 @@ class DockerSandbox:
                                        "needs python3 in the image")
                 listener = await stack.enter_async_context(runtime.listen(port))
             yield listener
+
+    @asynccontextmanager
+    async def connect(self, port: int) -> AsyncIterator[TunnelStream]:
+        """A connection to a server listening on 127.0.0.1:`port` inside the container, for
+        the block, tunnelled through the helper (`_tunnel.connect`)."""
+        async with AsyncExitStack() as stack:
+            async with self._guard() as runtime:
+                if not isinstance(runtime, HelperRuntime):
+                    raise SandboxError("a loopback connection needs the sandbox helper, which "
+                                       "needs python3 in the image")
+                stream = await stack.enter_async_context(runtime.connect(port))
+            yield stream
 
     async def _close_runtime(self) -> None:
         runtime, self._runtime = self._runtime, None

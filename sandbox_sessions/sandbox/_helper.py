@@ -48,6 +48,7 @@ from _helper_tunnels import (
     listeners,
     on_tunnel_ack,
     on_tunnel_data,
+    run_connect,
     run_listen,
 )
 from _helper_uploads import cancel_upload, finish_upload, on_data, start_upload, uploads
@@ -62,6 +63,7 @@ def cancel(rid):
 # --- requests ------------------------------------------------------------------------------
 
 HANDLERS = {"exec": run_exec, "read": run_read, "walk": run_walk, "listen": run_listen,
+            "connect": run_connect,
             "ping": lambda rid, req: send_json(DONE, rid, {})}
 
 

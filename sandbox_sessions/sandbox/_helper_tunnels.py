@@ -13,6 +13,10 @@
 # Both directions are windowed (WINDOW frames unacknowledged), so neither side buffers more
 # than WINDOW * CHUNK bytes of a connection, whoever stops reading. CANCEL on L closes the
 # listener and every connection it accepted, then answers DONE on L.
+#
+# A `connect` request (id C) is the other way round: the helper connects to 127.0.0.1:<port>
+# inside the container (a server there, such as `opencode serve`), announces the connection's
+# stream S by an ACCEPT frame on C, then answers DONE on C. S then works as above.
 import queue
 import select
 import socket
@@ -86,7 +90,8 @@ class Tunnel(object):
                 self.sock.close()
             finally:
                 tunnels.pop(self.sid, None)
-                self.listener.connections.discard(self)
+                if self.listener is not None:
+                    self.listener.connections.discard(self)
                 send_json(DONE, self.sid, {})
 
     def abort(self):
@@ -218,6 +223,33 @@ def run_listen(rid, req):
         listener.close()
         sock.close()
         send_json(DONE, rid, {})
+
+
+CONNECT_TIMEOUT = 10.0
+
+
+def run_connect(rid, req):
+    port = field(req, "port", (int,), 0)
+    if not 1 <= port <= 65535:
+        raise BadRequest("port must be within 1 and 65535, not %r" % port)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=CONNECT_TIMEOUT)
+    except OSError as exc:
+        fail(rid, "os_error", "cannot connect to 127.0.0.1:%d: %s"
+             % (port, getattr(exc, "strerror", None) or exc))
+        return
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    tunnel = Tunnel(new_stream_id(), sock, None)
+    tunnels[tunnel.sid] = tunnel  # before the host hears of it and may send to it
+    send(ACCEPT, rid, U32.pack(tunnel.sid))
+    try:
+        tunnel.start()
+    except RuntimeError:  # no thread left
+        tunnels.pop(tunnel.sid, None)
+        sock.close()
+        send_json(DONE, tunnel.sid, {})
+    send_json(DONE, rid, {})
 
 
 def on_tunnel_data(sid, payload):

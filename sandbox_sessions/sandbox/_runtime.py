@@ -40,7 +40,7 @@ from ._channel import (
     HelperChannel,
     decode_json,
 )
-from ._tunnel import Listener, listen
+from ._tunnel import Listener, TunnelStream, connect, listen
 from .base import FileEntry, OutputCallback, ShellRequest
 
 log: logging.Logger = logging.getLogger("sandbox_sessions")
@@ -253,6 +253,10 @@ class HelperRuntime:
         """See `Listening.listen`; leaving waits up to `CANCEL_SETTLE` for the listener and its
         connections to be closed in the container."""
         return listen(self.channel, port, CANCEL_SETTLE)
+
+    def connect(self, port: int) -> AbstractAsyncContextManager[TunnelStream]:
+        """See `Connecting.connect`."""
+        return connect(self.channel, port, CANCEL_SETTLE)
 
     async def aclose(self) -> None:
         await self.channel.aclose()

@@ -10,7 +10,7 @@ connection, whichever side stops reading.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Protocol
 
@@ -35,7 +35,7 @@ from ._channel import (
     decode_json,
 )
 
-__all__ = ["Listener", "Listening", "TunnelStream"]
+__all__ = ["Connecting", "Listener", "Listening", "TunnelStream", "connect"]
 
 WINDOW = 8
 """Frames either side may send ahead of the other's acknowledgements (as in the helper)."""
@@ -47,7 +47,8 @@ CLOSE_WAIT = 5.0
 class TunnelStream:
     """One connection made to a listener in the container, as bytes both ways.
 
-    Not safe for concurrent use: one task reads and writes it (an HTTP server's loop)."""
+    One task may read while another writes (a CLI's stdio: answers go in while its output
+    is read); frames are taken from the channel by one of them at a time."""
 
     def __init__(self, call: Call) -> None:
         self._call = call
@@ -57,8 +58,16 @@ class TunnelStream:
         self._eof = False
         self.closed = False
         """The helper closed the socket (or the channel ended)."""
+        self._lock = anyio.Lock()
 
-    async def _next(self) -> None:
+    async def _next(self, satisfied: Callable[[], bool]) -> None:
+        """Take the next frame of the connection, unless `satisfied()` already holds once
+        the other task (if any) has taken its own."""
+        async with self._lock:
+            if not satisfied():
+                await self._take()
+
+    async def _take(self) -> None:
         if self.closed:
             raise ChannelClosed()
         try:
@@ -81,7 +90,7 @@ class TunnelStream:
             if self._eof:
                 return b""
             try:
-                await self._next()
+                await self._next(lambda: bool(self._pending) or self._eof)
             except ChannelClosed:
                 return b""
         data = self._pending.popleft()
@@ -100,7 +109,9 @@ class TunnelStream:
         view = memoryview(data)
         for start in range(0, len(view), CHUNK):
             while self._credit <= 0:
-                await self._next()
+                if self.closed:
+                    raise ChannelClosed()
+                await self._next(lambda: self._credit > 0 or self.closed)
             if self.closed:
                 raise ChannelClosed()
             self._credit -= 1
@@ -114,7 +125,7 @@ class TunnelStream:
             await self._call.send(END_IN)
             with anyio.move_on_after(CLOSE_WAIT):
                 while not self.closed:
-                    await self._next()
+                    await self._next(lambda: self.closed)
         except ChannelClosed:
             self.closed = True
 
@@ -164,6 +175,31 @@ async def listen(channel: HelperChannel, port: int, settle: float) -> AsyncItera
         if kind != LISTENING or not isinstance(body.get("port"), int):
             raise ProtocolError(f"helper: unexpected answer {kind} to a listen request")
         yield Listener(channel, call, int(body["port"]))
+
+
+@asynccontextmanager
+async def connect(channel: HelperChannel, port: int, settle: float
+                  ) -> AsyncIterator[TunnelStream]:
+    """A connection to 127.0.0.1:`port` inside the container, for the block: the helper
+    connects there and tunnels it like an accepted one. `SandboxError` when nothing listens."""
+    async with channel.call({"op": "connect", "port": port}, settle=settle) as call:
+        kind, payload = await call.receive()
+        if kind == FAIL:
+            body = decode_json(payload)
+            raise SandboxError(f"the sandbox cannot connect: {body.get('message')}")
+        if kind != ACCEPT or len(payload) != U32.size:
+            raise ProtocolError(f"helper: unexpected answer {kind} to a connect request")
+        sid = int(U32.unpack(payload)[0])
+    async with channel.stream(sid) as stream:
+        yield TunnelStream(stream)
+
+
+class Connecting(Protocol):
+    """A sandbox whose loopback servers the host can reach."""
+
+    def connect(self, port: int) -> AbstractAsyncContextManager[TunnelStream]:
+        """A connection to 127.0.0.1:`port` inside the sandbox, for the block."""
+        ...
 
 
 class Listening(Protocol):

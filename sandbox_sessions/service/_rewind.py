@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .._exceptions import InvalidArgument, MessageNotFound, SnapshotError
+from .._exceptions import InvalidArgument, MessageNotFound, NotSupported, SnapshotError
 from .._types import (
     AssistantMessage,
     FileDiff,
@@ -59,10 +59,19 @@ class Rewind:
             await self._turns.events.flush()
         return len(renamed)
 
+    async def _check_builtin(self, session_id: str, what: str) -> None:
+        """`NotSupported` for a harness's session: its CLI keeps a history of its own, which
+        a revert would not change."""
+        info = await self._turns.sessions.get_info(session_id)
+        if info.config.harness != "builtin":
+            raise NotSupported(f"a {info.config.harness} session cannot {what}: its CLI keeps "
+                               "its own history in the sandbox, which we cannot rewind")
+
     async def revert(self, session_id: str, message_id: str) -> RevertInfo:
         """Put the workspace back as it was when the user message `message_id` was sent and
         hide that message and every later one (a `reverted` event; the log keeps them)."""
         check_text(message_id, "message id", empty=False)
+        await self._check_builtin(session_id, "revert")
         async with self._turns.exclusive(session_id):
             await self._turns.events.flush()
             view = await self._turns.views.current(session_id)
@@ -90,6 +99,7 @@ class Rewind:
         """Undo the pending revert: its messages are shown again and the workspace is put
         back as it was before it. `InvalidArgument` when none is pending (a message sent
         after a revert makes it final)."""
+        await self._check_builtin(session_id, "unrevert")
         async with self._turns.exclusive(session_id):
             await self._turns.events.flush()
             pending = (await self._turns.views.current(session_id)).pending_revert()
@@ -151,6 +161,8 @@ def _renamed(session_id: str, messages: Sequence[Message]
                 raise InvalidArgument(f"assistant message {message.id[:80]!r} answers no user "
                                       "message given before it")
             changes["parent_id"] = parent
+            # a harness's conversation lives in the source's container, not this one
+            changes["conversation_id"] = None
         else:
             users.add(ids[message.id])
             # its snapshot is a tree of another container's shadow repository

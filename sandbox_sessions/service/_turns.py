@@ -26,6 +26,7 @@ import httpx
 from .._exceptions import (
     ContainerGone,
     InvalidArgument,
+    NotSupported,
     PermissionNotFound,
     QuestionNotFound,
     SandboxUnavailable,
@@ -80,6 +81,7 @@ from ..agent._questions import QuestionBroker, check_answer
 from ..agent._snapshots import Snapshots
 from ..agent._tools import TaskTool, check_rule_keys, resolve_tools
 from ..agent.base import Tool, ToolError
+from ..agent.harness import run_harness
 from ..providers import resolve_provider
 from ..providers._scripted import ScriptedProvider
 from ..providers.base import ModelMessage, Provider, TextContent
@@ -180,7 +182,8 @@ class Turns:
         `agent/_compaction.py`); a compaction that fails leaves the history whole."""
         info = await self.sessions.get_info(session_id)
         await self._closed(session_id)  # its answer's usage decides
-        if info.config.model is None or session_id in self._running:
+        if info.config.model is None or session_id in self._running \
+                or info.config.harness != "builtin":  # a CLI compacts its own context
             return
         limit = context_limit(info.config, info.config.model.split("/", 1)[-1])
         if limit is None:
@@ -282,7 +285,19 @@ class Turns:
             history = to_model_messages([*messages, user], limit=config.max_tool_output)
         snapshots = None if summarize or not config.snapshots else Snapshots(
             sandbox, info.sandbox.workdir, max_file=config.snapshot_max_file)
-        provider, model_name = await self._provider(info)
+        conversation = None
+        if config.harness != "builtin":
+            if summarize:
+                raise NotSupported(f"a {config.harness} session cannot summarize: its CLI "
+                                   "keeps its own context")
+            provider: Provider | None = None
+            model_name = info.config.model.split("/", 1)[-1]
+            snapshots = None
+            conversation = next((m.conversation_id for m in reversed(messages)
+                                 if isinstance(m, AssistantMessage) and m.conversation_id),
+                                None)
+        else:
+            provider, model_name = await self._provider(info)
         if "task" in tools:  # this session's subagents, named in the tool's description
             tools["task"] = TaskTool({name: agent.description
                                       for name, agent in config.subagents.items()})
@@ -299,7 +314,9 @@ class Turns:
                     tokens_left=None if config.token_budget is None
                     else config.token_budget - info.tokens.total, summarize=summarize,
                     subtasks=self._subtask, snapshots=snapshots,
-                    prompt_id=None if user is None else user.id)
+                    prompt_id=None if user is None else user.id,
+                    prompt="" if user is None else final_text(user),
+                    conversation=conversation)
         return turn, history, last_user
 
     async def snapshots(self, info: SessionInfo) -> Snapshots:
@@ -333,6 +350,9 @@ class Turns:
                 try:
                     if running.delegate is not None:
                         outcome = await self._delegate(turn, running.delegate, outcome)
+                    elif turn.config.harness != "builtin":
+                        outcome = await run_harness(turn, outcome, api_keys=self._api_keys,
+                                                    http=self._http)
                     else:
                         outcome = await run_turn(turn, history, outcome)
                 except (ContainerGone, SandboxUnavailable) as exc:
@@ -405,7 +425,8 @@ class Turns:
                 outcome.reason, outcome.error = "error", "the model gave no summary"
         done = message.model_copy(update={
             "time_completed": now(), "tokens": outcome.tokens, "cost": outcome.cost,
-            "finish_reason": outcome.finish, "error": outcome.error})
+            "finish_reason": outcome.finish, "error": outcome.error,
+            "conversation_id": outcome.conversation})
         self.events.emit(turn.session_id, MessageUpdatedEvent, message=done)
         self.events.emit(turn.session_id, TurnEndEvent, message_id=message.id,
                          reason=outcome.reason, error=outcome.error)
