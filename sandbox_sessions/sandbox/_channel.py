@@ -25,7 +25,7 @@ log: logging.Logger = logging.getLogger("sandbox_sessions.helper")
 
 HEADER = struct.Struct(">BII")
 DOCKER_HEADER = struct.Struct(">BxxxI")
-REQ, DATA_IN, END_IN, CANCEL, ACK_IN = 1, 2, 3, 4, 5
+REQ, DATA_IN, END_IN, CANCEL, ACK_IN, SHUT_IN = 1, 2, 3, 4, 5, 6
 OUT, ERR, DATA_OUT, DONE, FAIL, HELLO, ACK = 10, 11, 12, 13, 14, 15, 16
 LISTENING, ACCEPT, END_OUT = 17, 18, 19
 STREAM_BIT = 0x80000000

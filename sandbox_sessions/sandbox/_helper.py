@@ -42,6 +42,7 @@ from _helper_frames import (
 from _helper_reads import run_read, run_walk
 from _helper_tunnels import (
     ACK_IN,
+    SHUT_IN,
     STREAM_BIT,
     cancel_tunnel,
     finish_tunnel,
@@ -50,6 +51,7 @@ from _helper_tunnels import (
     on_tunnel_data,
     run_connect,
     run_listen,
+    shut_tunnel,
 )
 from _helper_uploads import cancel_upload, finish_upload, on_data, start_upload, uploads
 
@@ -97,6 +99,8 @@ def on_frame(kind, rid, payload):
             on_tunnel_ack(rid, payload)
         elif kind == END_IN:
             finish_tunnel(rid)
+        elif kind == SHUT_IN:
+            shut_tunnel(rid)
         elif kind == CANCEL:
             cancel_tunnel(rid)
     elif kind == DATA_IN:

@@ -9,7 +9,9 @@
 #   helper -> host: DATA_OUT (bytes the client sent), END_OUT (the client sent its last byte),
 #                   ACK (n DATA_IN frames written to the client), DONE (the socket is closed).
 #   host -> helper: DATA_IN (bytes for the client), ACK_IN (n DATA_OUT frames consumed),
-#                   END_IN (close once what is queued is written), CANCEL (close now).
+#                   END_IN (close once what is queued is written), SHUT_IN (shut the socket's
+#                   writing side once what is queued is written, and go on relaying what the
+#                   client sends: a CLI's stdin ends, its stdout goes on), CANCEL (close now).
 # Both directions are windowed (WINDOW frames unacknowledged), so neither side buffers more
 # than WINDOW * CHUNK bytes of a connection, whoever stops reading. CANCEL on L closes the
 # listener and every connection it accepted, then answers DONE on L.
@@ -36,7 +38,8 @@ from _helper_frames import (
 )
 
 LISTENING, ACCEPT, END_OUT = 17, 18, 19  # helper -> host
-ACK_IN = 5  # host -> helper
+ACK_IN, SHUT_IN = 5, 6  # host -> helper
+HALF_CLOSE = object()  # queued by SHUT_IN
 WINDOW = 8  # frames a side may send ahead of the other's acknowledgements
 TUNNEL_CHUNK = 64 * 1024
 MAX_CONNECTIONS = 32  # per listener; more are accepted and closed at once
@@ -141,7 +144,13 @@ class Tunnel(object):
     def write_loop(self):
         while True:
             chunk = self.chunks.get()
-            if chunk is None or self.cancelled:
+            if chunk is HALF_CLOSE and not self.cancelled:
+                try:
+                    self.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                return  # the read loop relays the client's bytes until it ends
+            if chunk is None or chunk is HALF_CLOSE or self.cancelled:
                 break
             try:
                 self.sock.sendall(chunk)
@@ -268,6 +277,12 @@ def finish_tunnel(sid):
     tunnel = tunnels.get(sid)
     if tunnel is not None:
         tunnel.chunks.put(None)
+
+
+def shut_tunnel(sid):
+    tunnel = tunnels.get(sid)
+    if tunnel is not None:
+        tunnel.chunks.put(HALF_CLOSE)
 
 
 def cancel_tunnel(rid):

@@ -28,6 +28,7 @@ from ._channel import (
     END_OUT,
     FAIL,
     LISTENING,
+    SHUT_IN,
     U32,
     Call,
     ChannelClosed,
@@ -116,6 +117,12 @@ class TunnelStream:
                 raise ChannelClosed()
             self._credit -= 1
             await self._call.send(DATA_IN, view[start : start + CHUNK])
+
+    async def shutdown_write(self) -> None:
+        """Shut the writing side once what was sent is written (the client reads its end),
+        and go on receiving what it sends until it closes."""
+        if not self.closed:
+            await self._call.send(SHUT_IN)
 
     async def aclose(self) -> None:
         """Close once the client took what was sent (within `CLOSE_WAIT`), then for good."""

@@ -266,6 +266,9 @@ class Turns:
         prompt included), and the session's last user message's id before it."""
         summarize = user is None
         config = info.config
+        if summarize and config.harness != "builtin":
+            raise NotSupported(f"a {config.harness} session cannot summarize: its CLI "
+                               "keeps and compacts its own context")
         assert info.config.model is not None
         chosen = [self._extra_tools.get(name, name) for name in config.tools]
         tools = {tool.name: tool for tool in resolve_tools(chosen)}
@@ -287,9 +290,6 @@ class Turns:
             sandbox, info.sandbox.workdir, max_file=config.snapshot_max_file)
         conversation = None
         if config.harness != "builtin":
-            if summarize:
-                raise NotSupported(f"a {config.harness} session cannot summarize: its CLI "
-                                   "keeps its own context")
             provider: Provider | None = None
             model_name = info.config.model.split("/", 1)[-1]
             snapshots = None

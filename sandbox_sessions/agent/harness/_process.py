@@ -41,9 +41,14 @@ MAX_LINE = 32 << 20
 START_TIMEOUT = 60.0
 """Seconds the launcher may take to connect back."""
 MAX_STDERR = 64 << 10
+EXIT_GRACE = 2.0
+"""Seconds the launcher's connection is still waited for once the command has ended."""
 LAUNCHER = """
-import os, socket, sys
+import os, shutil, socket, sys
 port, token, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+if shutil.which(argv[0]) is None:
+    sys.stderr.write("%s: command not found\\n" % argv[0])
+    sys.exit(127)
 sock = socket.create_connection(("127.0.0.1", port))
 sock.sendall(token.encode() + b"\\n")
 os.dup2(sock.fileno(), 0)
@@ -131,8 +136,10 @@ class CliProcess:
             await self._stream.send(data)
 
     async def close_stdin(self) -> None:
-        """End the CLI's stdin (it reads end of file) once what was sent is written."""
-        await self._stream.aclose()
+        """End the CLI's stdin (it reads end of file) once what was sent is written; its
+        output goes on until it closes it."""
+        async with self._write_lock:
+            await self._stream.shutdown_write()
 
 
 async def kill_marked(sandbox: Sandbox, token: str) -> None:
@@ -173,6 +180,9 @@ async def launch(
         finally:
             ended.set()
 
+    # What the block raised is raised again outside the task group, as it was: a bridge's
+    # `Rejected` or `ContainerGone` must not come out wrapped in an exception group.
+    failure: BaseException | None = None
     async with sandbox.listen(0) as listener, anyio.create_task_group() as group:
         group.start_soon(run, listener.port)
         try:
@@ -181,9 +191,11 @@ async def launch(
 
                 async def watch() -> None:
                     await ended.wait()
-                    waiting.cancel()
+                    # a CLI that exits at once may have connected: its stream is read first
+                    waiting.deadline = min(waiting.deadline, anyio.current_time() + EXIT_GRACE)
 
                 group.start_soon(watch)
+                found = None
                 with waiting:
                     found = await _connected(listener, stack, token)
                 if found is None:
@@ -196,10 +208,14 @@ async def launch(
                 finally:
                     process.stderr_tail = _tail(stderr)
                     process.result = holder.get("result")
+        except BaseException as exc:
+            failure = exc
         finally:
             group.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await kill_marked(sandbox, token)
+    if failure is not None:
+        raise failure
 
 
 def _tail(stderr: bytearray) -> str:
