@@ -95,6 +95,8 @@ class CliProcess:
         self.result: ShellResult | None = None
         """How the command ended, once it has."""
         self.stderr_tail = ""
+        self.ended = False
+        """Its stdout ended (it exited, or closed it)."""
         self._write_lock = anyio.Lock()
 
     async def lines(self) -> AsyncIterator[bytes]:
@@ -110,6 +112,7 @@ class CliProcess:
                 raise ProtocolError(f"{self.name} wrote a line of over {MAX_LINE} bytes")
             chunk = await self._stream.receive()
             if not chunk:
+                self.ended = True
                 if self._buffer.strip():
                     yield bytes(self._buffer)
                 self._buffer.clear()
@@ -206,6 +209,9 @@ async def launch(
                 try:
                     yield process
                 finally:
+                    if process.ended:  # it is exiting: its status and stderr are near
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_GRACE):
+                            await ended.wait()
                     process.stderr_tail = _tail(stderr)
                     process.result = holder.get("result")
         except BaseException as exc:
