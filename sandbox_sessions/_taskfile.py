@@ -1,6 +1,6 @@
 """The task file: a CI job's agent task in YAML, parsed and validated before anything runs.
 
-`sandbox-sessions run --task task.yaml` (not built yet) will run one: a session with the
+`sandbox-sessions run --task task.yaml` runs one: a session with the
 file's agent, its uploads copied in, then each step in order; the first step that fails stops
 the run with a message naming it. This module only reads and checks the file (`load_task`);
 the runner is the CLI's. A file in full (`agent`, with a `model` or a `script`, and `steps`
@@ -8,12 +8,13 @@ are required):
 
     agent:
       name: build                    # default "task"
+      harness: builtin               # or claude-code, codex, opencode (a CLI in the box)
       model: scripted                # provider/model; "scripted" when a script is given
       script: model.yaml             # or the entries inline; only for "scripted"
       system: You build Python packages.
       tools: [bash, read, write, edit, list, glob, grep, artifact]
       permissions: {"*": allow, bash: {"rm -rf *": deny}}
-      image: sandbox-sessions/sandbox:latest
+      image: sandbox-sessions/sandbox:latest   # default; a harness: sandbox-sessions/agents
       max_steps: 20                  # model calls per turn
       token_budget: 200000           # tokens for the whole session
       timeout: 20m                   # the whole run: seconds, or 90s, 20m, 1h30m
@@ -68,7 +69,7 @@ from ._taskfile_steps import (
     check_kind,
     parse_duration,
 )
-from ._types import DEFAULT_IMAGE, PermissionRules
+from ._types import HarnessName, PermissionRules
 from ._yaml_source import ProblemAt, compose, describe_error, explain, read_text_file
 from .agent._permissions import validate_rules
 from .agent._tools import BUILTIN_TOOLS, check_rule_keys
@@ -119,6 +120,9 @@ class TaskAgent(Strict):
     """The task's agent: what `client.agent(...)` is called with, and the run's limits."""
 
     name: Text = "task"
+    harness: HarnessName = "builtin"
+    """What runs the turns: our loop, or an agent CLI in the sandbox (`claude-code`,
+    `codex`, `opencode`)."""
     model: Text
     """`provider/model`, or `scripted` (the default when a `script` is given)."""
     script: list[ScriptEntry] | Path | None = None
@@ -127,7 +131,8 @@ class TaskAgent(Strict):
     tools: list[str] | None = None
     """Built-in tool names; None: the default tools."""
     permissions: PermissionRules = Field(default_factory=dict)
-    image: Text = DEFAULT_IMAGE
+    image: Text | None = None
+    """None: the sandbox image, or for a harness the agents image (`AGENTS_IMAGE`)."""
     max_steps: int = Field(default=50, gt=0)
     token_budget: int | None = Field(default=None, gt=0)
     timeout: Duration | None = None

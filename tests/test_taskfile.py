@@ -139,8 +139,17 @@ def test_defaults_of_a_minimal_file(tmp_path: Path) -> None:
     assert task.agent.model == "scripted"  # given a script, the model is the scripted one
     assert (task.agent.tools, task.agent.permissions, task.agent.max_steps) == (None, {}, 50)
     assert (task.agent.timeout, task.agent.permission_timeout) == (None, None)
-    assert task.agent.image == "sandbox-sessions/sandbox:latest"
+    assert (task.agent.harness, task.agent.image) == ("builtin", None)  # the agent's default
     assert (task.upload, task.artifacts) == ([], None)
+
+
+def test_a_harness_is_one_of_the_known_clis(tmp_path: Path) -> None:
+    task = load_task(_write(tmp_path, "agent: {harness: codex, model: openai/gpt-5}\n"
+                                      "steps: [{prompt: go}]\n"))
+    assert (task.agent.harness, task.agent.model) == ("codex", "openai/gpt-5")
+    with pytest.raises(InvalidArgument, match="harness"):
+        load_task(_write(tmp_path, "agent: {harness: aider, model: openai/gpt-5}\n"
+                                   "steps: [{prompt: go}]\n"))
 
 
 def test_a_script_file_is_relative_to_the_task_file(tmp_path: Path) -> None:

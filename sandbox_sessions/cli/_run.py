@@ -28,7 +28,7 @@ from .._taskfile import (
     load_task,
     parse_duration,
 )
-from .._types import DEFAULT_IMAGE
+from .._types import AGENTS_IMAGE, DEFAULT_IMAGE
 from ._app import ExitCode, cli, common, fail, settings
 from ._output import output
 from ._runner import Plan, Runner
@@ -76,6 +76,9 @@ _AGENT_OPTIONS = ("agent_name", "model", "script", "system", "tools", "image", "
                    "prompt.")
 @click.option("--agent", "agent_name", default="run", show_default=True,
               help="The agent's name (sessions are listed by it).")
+@click.option("--harness", type=click.Choice(["builtin", "claude-code", "codex", "opencode"]),
+              default=None, help="What runs the turns: our loop (builtin, the default) or "
+                                 "that agent CLI inside the sandbox.")
 @click.option("--model", default=None,
               help="provider/model (anthropic/…, openai/…), or `scripted` with --script.")
 @click.option("--script", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -83,7 +86,8 @@ _AGENT_OPTIONS = ("agent_name", "model", "script", "system", "tools", "image", "
 @click.option("--system", default=None, help="The system prompt.")
 @click.option("--tools", default=None, metavar="NAMES",
               help="Comma-separated built-in tools (default: the agent's default tools).")
-@click.option("--image", default=None, help=f"The sandbox image (default: {DEFAULT_IMAGE}).")
+@click.option("--image", default=None, help=f"The sandbox image (default: {DEFAULT_IMAGE}, "
+                                           f"or {AGENTS_IMAGE} for a harness).")
 @click.option("--upload", multiple=True, metavar="SRC:DST",
               help="Copy a host folder or file into the container first (repeatable); "
                    ".gitignore is respected.")
@@ -104,7 +108,8 @@ _AGENT_OPTIONS = ("agent_name", "model", "script", "system", "tools", "image", "
               help="Tokens the session may use (exit 6 past it).")
 @click.option("--title", default=None, help="The session's title.")
 @click.option("--keep", is_flag=True, help="Keep the session (and its container) at the end.")
-def run(prompt: str | None, task_path: Path | None, agent_name: str, model: str | None,
+def run(prompt: str | None, task_path: Path | None, agent_name: str, harness: str | None,
+        model: str | None,
         script: Path | None, system: str | None, tools: str | None, image: str | None,
         upload: tuple[str, ...], artifacts_dir: Path | None, permissions: Path | None,
         ask: str | None, timeout: str | None, max_steps: int | None,
@@ -118,7 +123,8 @@ def run(prompt: str | None, task_path: Path | None, agent_name: str, model: str 
     130 interrupted; 2 bad usage, 3 not found, 4 engine down.
     """
     given = {name: value for name, value in {
-        "agent_name": agent_name if agent_name != "run" else None, "model": model,
+        "agent_name": agent_name if agent_name != "run" else None, "harness": harness,
+        "model": model,
         "script": script, "system": system, "tools": tools, "image": image,
         "upload": upload or None, "permissions": permissions, "max_steps": max_steps,
         "token_budget": token_budget, "title": title}.items() if value is not None}
@@ -135,7 +141,8 @@ def run(prompt: str | None, task_path: Path | None, agent_name: str, model: str 
     else:
         if prompt is None:
             fail("give a PROMPT, or --task FILE")
-        task = _prompt_task(prompt, agent_name=agent_name, model=model, script=script,
+        task = _prompt_task(prompt, agent_name=agent_name, harness=harness, model=model,
+                            script=script,
                             system=system, tools=tools, image=image, upload=upload,
                             permissions=permissions, max_steps=max_steps,
                             token_budget=token_budget)
@@ -158,7 +165,8 @@ def _title(prompt: str) -> str:
     return line if len(line) <= 60 else line[:59] + "…"
 
 
-def _prompt_task(prompt: str, *, agent_name: str, model: str | None, script: Path | None,
+def _prompt_task(prompt: str, *, agent_name: str, harness: str | None, model: str | None,
+                 script: Path | None,
                  system: str | None, tools: str | None, image: str | None,
                  upload: tuple[str, ...], permissions: Path | None, max_steps: int | None,
                  token_budget: int | None) -> TaskFile:
@@ -176,7 +184,9 @@ def _prompt_task(prompt: str, *, agent_name: str, model: str | None, script: Pat
             fail(f"no permissions file at {permissions}", ExitCode.NOT_FOUND)
         rules = load_permissions(permissions)
     agent: dict[str, object] = {"name": agent_name, "model": model, "permissions": rules,
-                                "image": image or DEFAULT_IMAGE}
+                                "harness": harness or "builtin"}
+    if image is not None:
+        agent["image"] = image
     if script is not None:
         agent["script"] = Path(os.path.abspath(script))
     if system is not None:

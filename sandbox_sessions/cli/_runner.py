@@ -44,7 +44,7 @@ from .._types import (
     SendResult,
     TurnEndEvent,
 )
-from ..client import AsyncSandboxClient
+from ..client import AsyncSandboxClient, SandboxKwargs
 from ..client._session import AsyncSessionHandle
 from ._app import ExitCode, exit_code
 from ._output import Output, clean, count
@@ -137,10 +137,11 @@ class Runner:
                        ) -> tuple[ExitCode, str]:
         """Make the session and run the steps within the deadline: the outcome."""
         spec = self.plan.task.agent
+        image: SandboxKwargs = {"image": spec.image} if spec.image is not None else {}
         agent = client.agent(
-            spec.name, model=spec.model, system=spec.system, tools=spec.tools,
+            spec.name, harness=spec.harness, model=spec.model, system=spec.system, tools=spec.tools,
             permissions=spec.permissions, max_steps=spec.max_steps,
-            token_budget=spec.token_budget, image=spec.image,
+            token_budget=spec.token_budget, **image,
             script=(str(spec.script) if isinstance(spec.script, Path)
                     else [entry.model_dump(exclude_none=True) for entry in spec.script]
                     if spec.script is not None else None),

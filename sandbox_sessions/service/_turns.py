@@ -167,7 +167,12 @@ class Turns:
     async def summarize(self, session_id: str) -> TurnStarted:
         """Start a compaction in the background: one model call, no tools, whose summary
         message (status `compacting` meanwhile) stands for the history before it once its
-        `compaction` part is stored. `InvalidArgument` when there is nothing to summarize."""
+        `compaction` part is stored. `InvalidArgument` when there is nothing to summarize;
+        `NotSupported` for a harness's session (its CLI compacts its own context)."""
+        info = await self.sessions.get_info(session_id)
+        if info.config.harness != "builtin":
+            raise NotSupported(f"a {info.config.harness} session cannot summarize: its CLI "
+                               "keeps and compacts its own context")
         return await self._start(session_id, None)
 
     async def _closed(self, session_id: str) -> None:
@@ -266,9 +271,6 @@ class Turns:
         prompt included), and the session's last user message's id before it."""
         summarize = user is None
         config = info.config
-        if summarize and config.harness != "builtin":
-            raise NotSupported(f"a {config.harness} session cannot summarize: its CLI "
-                               "keeps and compacts its own context")
         assert info.config.model is not None
         chosen = [self._extra_tools.get(name, name) for name in config.tools]
         tools = {tool.name: tool for tool in resolve_tools(chosen)}
