@@ -48,3 +48,8 @@ fi
 
 echo "setup: building the sandbox image (bootstraps a Debian base the first time, ~1 min)" >&2
 .venv/bin/sandbox-sessions images build >&2
+# The harnesses' image: Claude Code, Codex and opencode installed with npm on the host (their
+# packages carry native binaries) and copied in, still built with --network none; skipped when
+# nothing changed.
+echo "setup: building the agents image (claude-code, codex, opencode; npm the first time)" >&2
+.venv/bin/sandbox-sessions images build --with claude-code,codex,opencode >&2

@@ -14,7 +14,7 @@ import pytest
 from bridge import BridgeServer
 from servers import CannedServer
 
-from sandbox_sessions import DEFAULT_IMAGE, AsyncSandboxClient, SandboxClient
+from sandbox_sessions import AGENTS_IMAGE, DEFAULT_IMAGE, AsyncSandboxClient, SandboxClient
 from sandbox_sessions._exceptions import SandboxUnavailable
 from sandbox_sessions.sandbox._engine import Engine
 
@@ -56,6 +56,17 @@ def image() -> str:
     return IMAGE
 
 
+@pytest.fixture(scope="session")
+def agents_image() -> str:
+    """The image with the agent CLIs (`images build --with claude-code,codex,opencode`,
+    which `scripts/setup.sh` runs)."""
+    labels = Engine().image_labels(AGENTS_IMAGE) if _PROBLEM is None else None
+    if labels is None:
+        pytest.fail(f"image {AGENTS_IMAGE} is missing: run `sandbox-sessions images build "
+                    "--with claude-code,codex,opencode` first")
+    return AGENTS_IMAGE
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -80,6 +91,7 @@ CONFORMANCE = frozenset({
     "test_restarts", "test_deadlines", "test_commands",
     "test_session_records", "test_budgets", "test_questions", "test_export",
     "test_compaction", "test_fork", "test_subtasks", "test_revert", "test_history", "test_transfer",
+    "test_harness_api",
 })
 """The session API suites: each of their tests runs once per transport, in-process and over
 HTTP against a real bridge on a loopback port (the `transport` fixture)."""

@@ -1,0 +1,83 @@
+"""A harness agent through the session API, both transports: what it is made of, and what
+it refuses with `NotSupported` rather than doing nothing (revert, unrevert, summarize).
+The turns of each CLI are tested in `test_harness_<cli>.py`."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox_sessions import (
+    AGENTS_IMAGE,
+    AsyncSandboxClient,
+    InvalidArgument,
+    NotSupported,
+)
+from sandbox_sessions._types import TurnEndEvent
+
+pytestmark = [pytest.mark.docker, pytest.mark.anyio]
+
+
+async def test_a_harness_agent_runs_in_the_agents_image_with_its_cli(
+    client: AsyncSandboxClient, agents_image: str
+) -> None:
+    agent = client.agent("oc", harness="opencode", model="openai/local")
+    assert (agent.config.harness, agent.sandbox.image) == ("opencode", AGENTS_IMAGE)
+    async with await agent.create_session() as session:
+        info = await session.get_info()
+        assert (info.config.harness, info.sandbox.image) == ("opencode", agents_image)
+        found = await session.shell("command -v opencode claude codex")
+        assert found.stdout.split() == ["/usr/local/bin/opencode", "/usr/local/bin/claude",
+                                        "/usr/local/bin/codex"]
+
+
+async def test_an_image_given_is_kept_and_builtin_is_the_default(
+    client: AsyncSandboxClient, image: str
+) -> None:
+    assert client.agent("a", harness="codex", model="openai/m", image=image).sandbox.image \
+        == image
+    plain = client.agent("b", model="scripted", script=[{"text": "hi"}])
+    assert (plain.config.harness, plain.sandbox.image) == ("builtin", image)
+
+
+async def test_an_unknown_harness_or_a_model_the_cli_cannot_use_is_refused(
+    client: AsyncSandboxClient,
+) -> None:
+    with pytest.raises(InvalidArgument, match="harness"):
+        client.agent("x", harness="aider", model="openai/m")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument, match="claude-code"):
+        client.agent("x", harness="claude-code", model="openai/gpt-5")
+    with pytest.raises(InvalidArgument, match="codex"):
+        client.agent("x", harness="codex", model="anthropic/claude-sonnet-4-5")
+    with pytest.raises(InvalidArgument, match="opencode"):
+        client.agent("x", harness="opencode", model="scripted")
+
+
+async def test_revert_unrevert_and_summarize_are_not_supported_and_change_nothing(
+    client: AsyncSandboxClient, agents_image: str
+) -> None:
+    agent = client.agent("cc", harness="claude-code", model="anthropic/claude-sonnet-4-5")
+    async with await agent.create_session() as session:
+        with pytest.raises(NotSupported, match="claude-code session cannot revert"):
+            await session.revert("msg_any")
+        with pytest.raises(NotSupported, match="cannot unrevert"):
+            await session.unrevert()
+        with pytest.raises(NotSupported, match="cannot summarize"):
+            await session.summarize()
+        assert await session.get_messages() == []
+
+
+async def test_a_turn_without_a_key_for_its_model_ends_with_an_error_naming_it(
+    client: AsyncSandboxClient, agents_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    agent = client.agent("cc", harness="claude-code", model="anthropic/claude-sonnet-4-5")
+    async with await agent.create_session() as session:
+        ends = []
+        async for event in session.stream("hello"):
+            if isinstance(event, TurnEndEvent):
+                ends.append(event)
+        assert [(end.reason, end.error) for end in ends] == [
+            ("error", "no API key for 'anthropic': set ANTHROPIC_API_KEY or pass api_key")]
+        (_, answer) = await session.get_messages()
+        assert answer.error == ends[0].error
