@@ -193,9 +193,9 @@ async def test_a_reject_without_a_message_ends_the_turn_rejected(
     assert probe.stdout == "absent\n"
     assert len(http_server.requests) == 1  # the turn stopped: no second model call
     # No Codex process is left behind.
-    left = await scripted.shell(f"grep -l {RUN_MARKER}= /proc/[0-9]*/environ 2>/dev/null "
-                                "| wc -l")
-    assert left.stdout.strip() == "1"  # the grep's own shell only
+    left = await scripted.shell(f"for f in /proc/[0-9]*/environ; do grep -q {RUN_MARKER}= $f "
+                                "2>/dev/null && echo $f; done; pgrep codex; true")
+    assert left.stdout == ""
 
 
 async def test_a_later_send_continues_the_thread_also_from_another_process(
@@ -266,7 +266,7 @@ async def test_abort_during_a_command_kills_codex_and_its_children_and_no_key_is
             group.cancel_scope.cancel()
         left = await session.shell(
             f"for f in /proc/[0-9]*/environ; do grep -q {RUN_MARKER}= $f 2>/dev/null "
-            "&& echo $f; done; pgrep -x sleep; pgrep codex; true")
+            "&& echo $f; done; pgrep -f 'sleep 30[0]'; pgrep codex; true")
         after = await session.shell(
             f"grep -rlI -e '{pattern}' /home/sandbox /workspace /tmp 2>/dev/null; "
             "echo searched", timeout=60)
@@ -274,6 +274,7 @@ async def test_abort_during_a_command_kills_codex_and_its_children_and_no_key_is
     assert "codex" in procs.stdout
     assert "sleep" in procs.stdout
     assert "app-server" in procs.stdout
+    assert "sleep\x00300" in procs.stdout  # the command, a child of Codex
     assert KEY not in procs.stdout
     assert files.stdout == "searched\n"
     assert after.stdout == "searched\n"
