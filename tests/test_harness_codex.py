@@ -40,6 +40,8 @@ def responses_stream(*items: dict[str, Any], rid: str = "resp_1",
         added = dict(item)
         if item["type"] == "message":
             added["content"] = []
+        if item["type"] == "reasoning":
+            added["summary"] = []
         events.append(("response.output_item.added", {
             "type": "response.output_item.added", "output_index": index, "item": added}))
         if item["type"] == "message":
@@ -48,6 +50,15 @@ def responses_stream(*items: dict[str, Any], rid: str = "resp_1",
                 events.append(("response.output_text.delta", {
                     "type": "response.output_text.delta", "item_id": item["id"],
                     "output_index": index, "content_index": 0, "delta": piece}))
+        if item["type"] == "reasoning":
+            events.append(("response.reasoning_summary_part.added", {
+                "type": "response.reasoning_summary_part.added", "item_id": item["id"],
+                "output_index": index, "summary_index": 0,
+                "part": {"type": "summary_text", "text": ""}}))
+            events.append(("response.reasoning_summary_text.delta", {
+                "type": "response.reasoning_summary_text.delta", "item_id": item["id"],
+                "output_index": index, "summary_index": 0,
+                "delta": item["summary"][0]["text"]}))
         events.append(("response.output_item.done", {
             "type": "response.output_item.done", "output_index": index, "item": item}))
     events.append(("response.completed", {"type": "response.completed", "response": {
@@ -57,8 +68,12 @@ def responses_stream(*items: dict[str, Any], rid: str = "resp_1",
     return sse(*events)
 
 
-def text_answer(text: str, rid: str = "resp_text") -> Canned:
+def text_answer(text: str, rid: str = "resp_text", reasoning: str | None = None) -> Canned:
+    thought = [] if reasoning is None else [
+        {"type": "reasoning", "id": f"rs_{rid}", "summary": [
+            {"type": "summary_text", "text": reasoning}]}]
     return Canned(chunks=responses_stream(
+        *thought,
         {"type": "message", "id": f"msg_{rid}", "role": "assistant", "status": "completed",
          "content": [{"type": "output_text", "text": text, "annotations": []}]}, rid=rid))
 
@@ -128,7 +143,8 @@ async def test_a_command_asks_the_broker_and_runs_once_in_the_container(
     scripted: AsyncSessionHandle, http_server: CannedServer
 ) -> None:
     command = "echo ran-by-codex > /workspace/ran.txt"
-    http_server.enqueue(command_answer(command), text_answer("The file is written."))
+    http_server.enqueue(command_answer(command),
+                        text_answer("The file is written.", reasoning="It ran; say so."))
     asked: list[PermissionRequest] = []
 
     def on_permission(request: PermissionRequest) -> str:
@@ -145,6 +161,7 @@ async def test_a_command_asks_the_broker_and_runs_once_in_the_container(
     assert [(p.tool, p.state.status, p.state.metadata.get("exit_code")) for p in ended] == [
         ("bash", "completed", 0)]
     assert ended[0].state.input["command"] == command
+    assert "".join(e.delta for e in events if e.type == "reasoning-delta") == "It ran; say so."
     assert len(ends(events)) == 1
     steps = [e for e in events if e.type == "step-finish"]
     assert [s.part.reason for s in steps] == ["tool_calls", "stop"]
@@ -155,6 +172,36 @@ async def test_a_command_asks_the_broker_and_runs_once_in_the_container(
     # Codex ran the command, and told the model its outcome.
     assert "call_1" in model_input(http_server.requests[1])
     assert "function_call_output" in model_input(http_server.requests[1])
+
+
+async def test_a_patch_asks_as_write_or_edit_with_its_paths_and_is_applied(
+    scripted: AsyncSessionHandle, http_server: CannedServer
+) -> None:
+    await scripted.put_file("/workspace/notes.txt", "old line\n")
+    patch = ("apply_patch <<'EOF'\n*** Begin Patch\n*** Add File: hello.txt\n+hello\n"
+             "*** End Patch\nEOF\n")
+    change = ("apply_patch <<'EOF'\n*** Begin Patch\n*** Update File: notes.txt\n"
+              "@@\n-old line\n+new line\n*** End Patch\nEOF\n")
+    http_server.enqueue(command_answer(patch, "call_add"), command_answer(change, "call_up"),
+                        text_answer("Patched."))
+    asked: list[PermissionRequest] = []
+
+    def on_permission(request: PermissionRequest) -> str:
+        asked.append(request)
+        return "once"
+
+    await scripted.update(permissions={"write": "ask", "edit": "ask"})
+    result, events = await collect(scripted, "patch", on_permission=on_permission)
+
+    assert result.reason == "completed", result.error
+    assert [(r.tool, r.patterns) for r in asked] == [
+        ("write", ["/workspace/hello.txt"]), ("edit", ["/workspace/notes.txt"])]
+    assert (await scripted.get_file("/workspace/hello.txt")) == "hello\n"
+    assert (await scripted.get_file("/workspace/notes.txt")) == "new line\n"
+    ended = [e.part for e in events if e.type == "tool-end"]
+    assert [(p.tool, p.state.status) for p in ended] == [("write", "completed"),
+                                                        ("edit", "completed")]
+    assert len(ends(events)) == 1
 
 
 async def test_a_reject_with_a_message_declines_the_command_and_tells_the_model(
