@@ -245,6 +245,17 @@ async def test_a_reject_without_a_message_ends_the_turn_rejected(
     assert left.stdout == ""
 
 
+async def test_a_failing_model_ends_the_turn_with_its_error(
+    scripted: AsyncSessionHandle, http_server: CannedServer
+) -> None:
+    http_server.enqueue(*[Canned(status=400, body=json.dumps({"error": {
+        "message": "the scripted model refuses", "type": "invalid_request_error"}}))] * 3)
+    result, events = await collect(scripted, "anything")
+    assert result.reason == "error"
+    assert "the scripted model refuses" in (result.error or "")
+    assert [e.reason for e in ends(events)] == ["error"]
+
+
 async def test_a_later_send_continues_the_thread_also_from_another_process(
     scripted: AsyncSessionHandle, http_server: CannedServer, store_path: Path
 ) -> None:
