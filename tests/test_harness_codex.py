@@ -243,6 +243,7 @@ async def test_a_reject_without_a_message_ends_the_turn_rejected(
     left = await scripted.shell(f"for f in /proc/[0-9]*/environ; do grep -q {RUN_MARKER}= $f "
                                 "2>/dev/null && echo $f; done; pgrep codex; true")
     assert left.stdout == ""
+    assert result.tokens.input == 120  # the one model call's, read by the proxy
 
 
 async def test_a_failing_model_ends_the_turn_with_its_error(
@@ -329,6 +330,12 @@ async def test_abort_during_a_command_kills_codex_and_its_children_and_no_key_is
             f"grep -rlI -e '{pattern}' /home/sandbox /workspace /tmp 2>/dev/null; "
             "echo searched", timeout=60)
         threads = await session.shell("ls -R /home/sandbox/.codex/sessions | grep -c jsonl")
+        # The same search finds a planted string of the key's shape: it can fail.
+        control = "sk-test-control-" + secrets.token_hex(16)
+        await session.put_file("/home/sandbox/.codex/control.txt", control)
+        probe = await session.shell(
+            f"grep -rlI -e '{control[:-1]}[{control[-1]}]' /home/sandbox /workspace /tmp "
+            "2>/dev/null", timeout=60)
     assert "codex" in procs.stdout
     assert "sleep" in procs.stdout
     assert "app-server" in procs.stdout
@@ -337,6 +344,7 @@ async def test_abort_during_a_command_kills_codex_and_its_children_and_no_key_is
     assert files.stdout == "searched\n"
     assert after.stdout == "searched\n"
     assert left.stdout == "", left.stdout
+    assert probe.stdout.splitlines() == ["/home/sandbox/.codex/control.txt"]
     assert threads.stdout.strip() == "1"  # the thread file is in the container's CODEX_HOME
     assert [e.reason for e in ends(events)] == ["aborted"]
     assert http_server.requests[0].headers["authorization"] == f"Bearer {KEY}"
