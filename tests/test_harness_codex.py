@@ -257,6 +257,20 @@ async def test_a_failing_model_ends_the_turn_with_its_error(
     assert [e.reason for e in ends(events)] == ["error"]
 
 
+async def test_an_image_without_codex_ends_the_turn_with_its_stderr(
+    keyed_client: AsyncSandboxClient, http_server: CannedServer, image: str
+) -> None:
+    agent = keyed_client.agent("codex", harness="codex", model="openai/scripted", image=image,
+                               config=AgentConfig(base_url=f"{http_server.url}/v1"))
+    async with await agent.create_session() as session:
+        result, events = await collect(session, "anything")
+    assert result.reason == "error"
+    assert "codex ended" in (result.error or ""), result.error
+    assert "not found" in (result.error or "")
+    assert len(ends(events)) == 1
+    assert http_server.requests == []
+
+
 async def test_a_later_send_continues_the_thread_also_from_another_process(
     scripted: AsyncSessionHandle, http_server: CannedServer, store_path: Path
 ) -> None:

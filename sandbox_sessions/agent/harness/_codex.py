@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ..._exceptions import InvalidArgument, ProviderError
+from ..._exceptions import InvalidArgument, ProtocolError, ProviderError, SandboxError
 from ..._types import Todo
 from .._loop import Rejected
 from .._proxy import ProxyProvider
@@ -205,7 +205,14 @@ class Codex:
                         group.cancel_scope.cancel()
                         rpc.incoming.close()
         except BaseExceptionGroup as group_error:
-            raise _single(group_error) from None
+            found = _single(group_error)
+            if type(found) in (SandboxError, ProtocolError):
+                raise ProviderError(str(found)) from found
+            raise found from None
+        except SandboxError as exc:
+            if type(exc) in (SandboxError, ProtocolError):  # it could not start, or spoke
+                raise ProviderError(str(exc)) from exc     # nonsense: the turn's error
+            raise
         if isinstance(failure, ProviderError) and rpc.closed and process.stderr_tail:
             raise ProviderError(f"{failure}: {process.stderr_tail[-2000:]}")
         if failure is not None:
