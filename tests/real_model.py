@@ -135,14 +135,16 @@ def start_server(
     *,
     n_ctx: int = 2048,
     n_threads: int = 1,
+    n_predict: int = -1,
     timeout: float = 60.0,
 ) -> ModelServer:
     """Start the server in a child process, bound to 127.0.0.1 on a port it picks free.
 
+    `n_predict` caps every answer's tokens (-1: no cap), whatever the request asks.
     Returns once `/health` answers 200. Raises `RuntimeError` (with the log's tail) when the
     child exits or stays silent past `timeout`.
     """
-    config = {"gguf": str(gguf), "n_ctx": n_ctx, "n_threads": n_threads}
+    config = {"gguf": str(gguf), "n_ctx": n_ctx, "n_threads": n_threads, "n_predict": n_predict}
     started = time.monotonic()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -223,6 +225,7 @@ def _serve(config_json: str) -> int:
     params.port = 0  # the server binds a free port itself: no race with other processes
     params.n_ctx = config["n_ctx"]
     params.n_parallel = 1
+    params.n_predict = config.get("n_predict", -1)
     params.cpuparams.n_threads = config["n_threads"]
     params.cpuparams_batch.n_threads = config["n_threads"]
     params.n_threads_http = 2
