@@ -8,6 +8,7 @@ import pytest
 
 from sandbox_sessions import (
     AGENTS_IMAGE,
+    AssistantMessage,
     AsyncSandboxClient,
     InvalidArgument,
     NotSupported,
@@ -80,4 +81,5 @@ async def test_a_turn_without_a_key_for_its_model_ends_with_an_error_naming_it(
         assert [(end.reason, end.error) for end in ends] == [
             ("error", "no API key for 'anthropic': set ANTHROPIC_API_KEY or pass api_key")]
         (_, answer) = await session.get_messages()
+        assert isinstance(answer, AssistantMessage)
         assert answer.error == ends[0].error
