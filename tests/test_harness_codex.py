@@ -20,7 +20,7 @@ from real_model import REQUIRE_MODEL, ModelUnavailable, check_installed, start_s
 from servers import Canned, CannedServer, sse
 
 from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, InvalidArgument
-from sandbox_sessions._types import AGENTS_IMAGE, AgentConfig, Event, PermissionRequest
+from sandbox_sessions._types import AgentConfig, Event, PermissionRequest
 from sandbox_sessions.agent.harness import harness
 from sandbox_sessions.agent.harness._process import RUN_MARKER
 
@@ -92,16 +92,6 @@ def model_input(request: Any) -> str:
 
 def ends(events: list[Event]) -> list[Any]:
     return [event for event in events if event.type == "turn-end"]
-
-
-@pytest.fixture(scope="module")
-def agents_image() -> str:
-    from sandbox_sessions.sandbox._engine import Engine
-
-    if Engine().image_labels(AGENTS_IMAGE) is None:
-        pytest.fail(f"{AGENTS_IMAGE} is missing: run `sandbox-sessions images build "
-                    "--with codex` first")
-    return AGENTS_IMAGE
 
 
 @pytest.fixture
