@@ -1,0 +1,564 @@
+"""The Claude Code harness on real containers: the real `claude` CLI of the agents image, its
+model reached through the proxy.
+
+Its model is either SmolLM2 (xllamacpp's `/v1/messages`: a real text turn) or `Scripted`, a
+real loopback HTTP server speaking the Anthropic Messages wire format (SSE), which answers the
+turn's first model call with a `Bash` tool call and the next with text, and records every
+request, so a test can see what reached Claude's model (a refusal's message, the earlier turn
+of a resumed session, the real key).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from agent_support import read_log, settled
+from real_model import (
+    REQUIRE_MODEL,
+    ModelServer,
+    ModelUnavailable,
+    check_installed,
+    stop_process,
+)
+
+from sandbox_sessions import (
+    AGENTS_IMAGE,
+    AgentConfig,
+    AsyncSandboxClient,
+    AsyncSessionHandle,
+    InvalidArgument,
+    PermissionAnswer,
+    PermissionRequest,
+    PermissionRules,
+    ToolPart,
+)
+from sandbox_sessions._types import (
+    TextDeltaEvent,
+    ToolRunningEvent,
+    TurnEndEvent,
+)
+from sandbox_sessions.agent.harness import harness
+from sandbox_sessions.agent.harness._process import RUN_MARKER
+from sandbox_sessions.sandbox._engine import Engine
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+
+KEY = "sk-ant-claude-" + secrets.token_hex(16)
+"""The real key: distinctive, so any trace of it in the container is found."""
+MODEL = "claude-scripted-1"
+ASK: PermissionRules = {"bash": "ask"}
+
+
+@pytest.fixture(scope="module")
+def agents_image() -> str:
+    if Engine().image_labels(AGENTS_IMAGE) is None:
+        pytest.fail(f"image {AGENTS_IMAGE} is missing: run "
+                    "`sandbox-sessions images build --with claude-code` first")
+    return AGENTS_IMAGE
+
+
+@pytest.fixture(autouse=True)
+def _real_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's key, as the service reads it (both transports run in this process)."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+
+
+# --- the scripted model --------------------------------------------------------------------
+
+
+Reply = Callable[[dict[str, Any]], list[dict[str, Any]]]
+"""The content blocks answering one of the turn's model calls (its request body)."""
+
+
+@dataclass(frozen=True)
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+class Scripted:
+    """A loopback Anthropic Messages server: `reply` answers each main model call (one that
+    offers tools); other calls (a title, count_tokens) get a short text or a count."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.seen: list[Seen] = []
+        self._lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length) if length else b"{}"
+                body = json.loads(raw)
+                with owner._lock:
+                    owner.seen.append(Seen(self.path, {k.lower(): v for k, v in
+                                                       self.headers.items()}, body))
+                if self.path.startswith("/v1/messages/count_tokens"):
+                    self._send("application/json", json.dumps({"input_tokens": 42}).encode())
+                    return
+                blocks = owner.reply(body) if body.get("tools") else [text("ok")]
+                if body.get("stream"):
+                    self._send("text/event-stream", stream(blocks, body.get("model", "")))
+                else:
+                    self._send("application/json", json.dumps(message(
+                        blocks, body.get("model", ""))).encode())
+
+            def do_GET(self) -> None:
+                self._send("application/json", json.dumps({"data": [
+                    {"type": "model", "id": MODEL, "display_name": MODEL}]}).encode())
+
+            def _send(self, kind: str, data: bytes) -> None:
+                self.send_response(200)
+                self.send_header("content-type", kind)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> Scripted:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        """The bodies of the main model calls, in order."""
+        return [seen.body for seen in self.seen
+                if seen.path.startswith("/v1/messages?") or seen.path == "/v1/messages"
+                if seen.body.get("tools")]
+
+
+def text(value: str) -> dict[str, Any]:
+    return {"type": "text", "text": value}
+
+
+def bash_call(command: str) -> dict[str, Any]:
+    return {"type": "tool_use", "id": "toolu_" + secrets.token_hex(8), "name": "Bash",
+            "input": {"command": command, "description": "run it"}}
+
+
+USAGE = {"input_tokens": 30, "output_tokens": 7}
+
+
+def message(blocks: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    stop = "tool_use" if any(b["type"] == "tool_use" for b in blocks) else "end_turn"
+    return {"id": "msg_" + secrets.token_hex(8), "type": "message", "role": "assistant",
+            "model": model, "content": blocks, "stop_reason": stop, "usage": USAGE}
+
+
+def stream(blocks: list[dict[str, Any]], model: str) -> bytes:
+    """The SSE body of an answer of `blocks`, in the order the API sends its events."""
+    whole = message(blocks, model)
+    start = {**whole, "content": [], "stop_reason": None,
+             "usage": {"input_tokens": USAGE["input_tokens"], "output_tokens": 1}}
+    events: list[tuple[str, dict[str, Any]]] = [
+        ("message_start", {"type": "message_start", "message": start})]
+    for index, block in enumerate(blocks):
+        if block["type"] == "text":
+            events += [("content_block_start", {"type": "content_block_start", "index": index,
+                                                "content_block": {"type": "text", "text": ""}}),
+                       ("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                "delta": {"type": "text_delta",
+                                                          "text": block["text"]}})]
+        else:
+            events += [("content_block_start", {"type": "content_block_start", "index": index,
+                                                "content_block": {**block, "input": {}}}),
+                       ("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                "delta": {"type": "input_json_delta",
+                                                          "partial_json": json.dumps(
+                                                              block["input"])}})]
+        events.append(("content_block_stop", {"type": "content_block_stop", "index": index}))
+    events += [("message_delta", {"type": "message_delta",
+                                  "delta": {"stop_reason": whole["stop_reason"]},
+                                  "usage": {"output_tokens": USAGE["output_tokens"]}}),
+               ("message_stop", {"type": "message_stop"})]
+    return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n"
+                   for name, data in events).encode()
+
+
+def tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tool results of a request's last (user) message."""
+    content = body["messages"][-1]["content"]
+    return [block for block in content if isinstance(block, dict)
+            and block.get("type") == "tool_result"] if isinstance(content, list) else []
+
+
+def result_text(block: dict[str, Any]) -> str:
+    content = block.get("content")
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content)
+    return str(content)
+
+
+def bash_then_text(command: str, final: str = "All done.") -> Reply:
+    """Bash `command` first; once its result came back, `final`."""
+    def reply(body: dict[str, Any]) -> list[dict[str, Any]]:
+        if tool_results(body):
+            return [text(final)]
+        return [text("Running it."), bash_call(command)]
+    return reply
+
+
+class Answers:
+    """An `on_permission` callback: records each request, gives `answer`."""
+
+    def __init__(self, answer: PermissionAnswer) -> None:
+        self.answer = answer
+        self.requests: list[PermissionRequest] = []
+
+    def __call__(self, request: PermissionRequest) -> PermissionAnswer:
+        self.requests.append(request)
+        return self.answer
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[Reply], Scripted]]:
+    servers: list[Scripted] = []
+
+    def start(reply: Reply) -> Scripted:
+        server = Scripted(reply).__enter__()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+async def claude_session(client: AsyncSandboxClient, image: str, base_url: str, *,
+                         model: str = MODEL, permissions: PermissionRules | None = None,
+                         ) -> AsyncSessionHandle:
+    config = AgentConfig(base_url=base_url)
+    agent = client.agent("claude", harness="claude-code", model=f"anthropic/{model}",
+                         config=config, permissions=permissions, image=image)
+    return await agent.create_session(title="claude code")
+
+
+async def turn_ends(session: AsyncSessionHandle, turns: int) -> list[str]:
+    log = await read_log(session, settled(turns), within=30)
+    return [event.reason for event in log if isinstance(event, TurnEndEvent)]
+
+
+def tools(parts: list[Any]) -> list[ToolPart]:
+    return [part for part in parts if isinstance(part, ToolPart)]
+
+
+FIND_KEY = r"""
+import os, sys
+key = (sys.argv[1] + sys.argv[2]).encode()   # the halves: this command line holds no key
+found = []
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        for name in ("environ", "cmdline"):
+            try:
+                with open("/proc/%s/%s" % (pid, name), "rb") as f:
+                    if key in f.read():
+                        found.append("/proc/%s/%s" % (pid, name))
+            except OSError:
+                pass
+for top in ("/home/sandbox", "/workspace", "/tmp"):
+    for folder, _, files in os.walk(top):
+        for name in files:
+            path = os.path.join(folder, name)
+            try:
+                with open(path, "rb") as f:
+                    if key in f.read():
+                        found.append(path)
+            except OSError:
+                pass
+print("\n".join(found))
+"""
+MARKED = r"""
+import os, sys
+mark = sys.argv[1].encode() + b"="
+count = 0
+for pid in os.listdir("/proc"):
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                if any(v.startswith(mark) for v in f.read().split(b"\0")):
+                    count += 1
+        except OSError:
+            pass
+print(count)
+"""
+
+
+async def key_traces(session: AsyncSessionHandle) -> list[str]:
+    half = len(KEY) // 2
+    result = await session.shell(
+        f"python3 -c '{FIND_KEY}' {KEY[:half]} {KEY[half:]}", timeout=60)
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.split()
+
+
+async def marked_processes(session: AsyncSessionHandle) -> int:
+    result = await session.shell(f"python3 -c '{MARKED}' {RUN_MARKER}", timeout=30)
+    assert result.exit_code == 0, result.stderr
+    return int(result.stdout)
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+def test_check_model_takes_anthropic_models_only() -> None:
+    bridge = harness("claude-code")
+    assert (bridge.name, bridge.provider) == ("claude-code", "anthropic")
+    bridge.check_model("anthropic/claude-sonnet-4-5")
+    for model in ("openai/gpt-4.1", "scripted", "anthropic/"):
+        with pytest.raises(InvalidArgument, match="claude-code"):
+            bridge.check_model(model)
+
+
+async def test_an_agent_with_another_provider_is_refused(
+    embedded_client: AsyncSandboxClient
+) -> None:
+    with pytest.raises(InvalidArgument, match="claude-code"):
+        embedded_client.agent("x", harness="claude-code", model="openai/gpt-4.1")
+
+
+# --- a real model ----------------------------------------------------------------------------
+
+N_PREDICT = 24
+SMOLLM_SERVER = r"""
+import os, sys, xllamacpp
+config = __import__("json").loads(sys.argv[1])
+params = xllamacpp.CommonParams()
+params.model.path = config["gguf"]
+params.model_alias = {"smollm2-135m"}
+params.hostnames = ["127.0.0.1"]
+params.port = 0
+params.n_ctx = config["n_ctx"]
+params.n_predict = config["n_predict"]
+params.n_parallel = 1
+params.cpuparams.n_threads = 1
+params.cpuparams_batch.n_threads = 1
+params.n_threads_http = 2
+params.cache_ram_mib = 0
+params.sampling.temp = 0.0
+params.sampling.top_k = 1
+server = xllamacpp.Server(params)
+sys.stdout.write("REAL_MODEL_LISTENING %s\n" % server.listening_address)
+sys.stdout.flush()
+os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+sys.stdin.buffer.read()
+del server
+"""
+
+
+@pytest.fixture(scope="module")
+def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
+    """SmolLM2 behind llama.cpp's server, its answers capped at `N_PREDICT` tokens (Claude
+    asks for 32000, and a small model may never stop), with room for Claude's long prompt."""
+    from real_model import _read_address, wait_until_answers
+
+    try:
+        gguf = check_installed()
+    except ModelUnavailable as exc:
+        if REQUIRE_MODEL:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    log_path = tmp_path_factory.mktemp("smollm") / "server.log"
+    config = {"gguf": str(gguf), "n_ctx": 32768, "n_predict": N_PREDICT}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-c", SMOLLM_SERVER, json.dumps(config)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+    try:
+        base_url = _read_address(process, anyio_deadline(), log_path)
+        wait_until_answers(base_url, timeout=60)
+        yield ModelServer(base_url, process, log_path, 0.0)
+    finally:
+        stop_process(process)
+
+
+def anyio_deadline() -> float:
+    import time
+
+    return time.monotonic() + 60
+
+
+async def test_a_real_text_turn_against_smollm2_through_the_proxy(
+    embedded_client: AsyncSandboxClient, agents_image: str, smollm: ModelServer
+) -> None:
+    texts: list[str] = []
+    session = await claude_session(embedded_client, agents_image, smollm.base_url,
+                                   model="smollm2-135m")
+    async with session:
+        with anyio.fail_after(150):
+            result = await session.send("Say hello.", on_text=texts.append)
+        ends = await turn_ends(session, 1)
+        log = await read_log(session, settled(1))
+        metrics = await session.get_metrics()
+        info = await session.get_info()
+    assert result.reason == "completed", (result.error, smollm.log_tail())
+    assert ends == ["completed"]
+    deltas = [event for event in log if isinstance(event, TextDeltaEvent)]
+    assert deltas and "".join(texts).strip()
+    assert result.text.strip()
+    assert metrics.tokens.input > 0 and metrics.tokens.output > 0
+    assert result.tokens.output > 0
+    assert info.conversation if hasattr(info, "conversation") else True
+
+
+# --- permissions and tools (the scripted model) ----------------------------------------------
+
+
+async def test_once_runs_the_bash_call_in_the_container(
+    client: AsyncSandboxClient, agents_image: str, scripted: Callable[[Reply], Scripted]
+) -> None:
+    server = scripted(bash_then_text("echo ran > /workspace/ran.txt"))
+    answers = Answers("once")
+    session = await claude_session(client, agents_image, server.url, permissions=ASK)
+    async with session:
+        with anyio.fail_after(90):
+            result = await session.send("Write the file.", on_permission=answers)
+        written = await session.get_file("/workspace/ran.txt")
+        ends = await turn_ends(session, 1)
+        traces = await key_traces(session)
+    assert (result.reason, result.error) == ("completed", None)
+    assert result.text == "All done."
+    assert [(r.tool, r.patterns) for r in answers.requests] == [
+        ("bash", ["echo ran > /workspace/ran.txt"])]
+    assert answers.requests[0].metadata["harness_tool"] == "Bash"
+    [part] = tools(result.parts)
+    assert (part.tool, part.state.status) == ("bash", "completed")
+    assert part.state.input["command"] == "echo ran > /workspace/ran.txt"
+    assert written == "ran\n"
+    assert ends == ["completed"]
+    assert traces == []  # the key is nowhere in the container...
+    keys = {seen.headers.get("x-api-key") for seen in server.seen}
+    assert keys == {KEY}  # ...and every request reached the model with the real one
+    assert len(server.calls) == 2
+    [done] = tool_results(server.calls[1])
+    assert not done.get("is_error")
+
+
+async def test_a_reject_with_a_message_reaches_claude_and_the_turn_goes_on(
+    embedded_client: AsyncSandboxClient, agents_image: str,
+    scripted: Callable[[Reply], Scripted]
+) -> None:
+    server = scripted(bash_then_text("echo ran > /workspace/ran.txt", "I will not."))
+    answers = Answers(("reject", "use printf instead"))
+    session = await claude_session(embedded_client, agents_image, server.url,
+                                   permissions=ASK)
+    async with session:
+        with anyio.fail_after(90):
+            result = await session.send("Write the file.", on_permission=answers)
+        ran = (await session.shell("test -e /workspace/ran.txt")).exit_code == 0
+        ends = await turn_ends(session, 1)
+    assert (result.reason, result.text) == ("completed", "I will not.")
+    assert [r.patterns for r in answers.requests] == [["echo ran > /workspace/ran.txt"]]
+    assert not ran
+    [part] = tools(result.parts)
+    assert part.state.status == "error"
+    assert "use printf instead" in (part.state.error or "")
+    [refused] = tool_results(server.calls[1])
+    assert refused.get("is_error") is True
+    assert "use printf instead" in result_text(refused)
+    assert ends == ["completed"]
+
+
+async def test_a_reject_without_a_message_ends_the_turn_rejected(
+    embedded_client: AsyncSandboxClient, agents_image: str,
+    scripted: Callable[[Reply], Scripted]
+) -> None:
+    server = scripted(bash_then_text("echo ran > /workspace/ran.txt"))
+    answers = Answers("reject")
+    session = await claude_session(embedded_client, agents_image, server.url,
+                                   permissions=ASK)
+    async with session:
+        with anyio.fail_after(90):
+            result = await session.send("Write the file.", on_permission=answers)
+        ran = (await session.shell("test -e /workspace/ran.txt")).exit_code == 0
+        ends = await turn_ends(session, 1)
+    assert result.reason == "rejected"
+    assert len(answers.requests) == 1
+    assert not ran
+    assert ends == ["rejected"]
+    assert len(server.calls) == 1  # Claude stopped: no model call after the refusal
+
+
+# --- the conversation goes on ----------------------------------------------------------------
+
+
+async def test_a_second_send_resumes_the_same_claude_session(
+    embedded_client: AsyncSandboxClient, agents_image: str,
+    scripted: Callable[[Reply], Scripted]
+) -> None:
+    def reply(body: dict[str, Any]) -> list[dict[str, Any]]:
+        return [text(f"answer {len(body['messages'])}")]
+
+    server = scripted(reply)
+    session = await claude_session(embedded_client, agents_image, server.url)
+    async with session:
+        with anyio.fail_after(120):
+            first = await session.send("The password is swordfish.")
+            second = await session.send("What is the password?")
+        ends = await turn_ends(session, 2)
+    assert (first.reason, second.reason) == ("completed", "completed")
+    assert ends == ["completed", "completed"]
+    assert len(server.calls) == 2
+    later = json.dumps(server.calls[1]["messages"])
+    assert "The password is swordfish." in later  # the first turn's prompt...
+    assert first.text in later  # ...and answer are in the second turn's request
+    assert second.text == f"answer {len(server.calls[1]['messages'])}"
+
+
+# --- abort -----------------------------------------------------------------------------------
+
+
+async def test_abort_during_a_long_bash_call_kills_claude_and_the_command(
+    embedded_client: AsyncSandboxClient, agents_image: str,
+    scripted: Callable[[Reply], Scripted]
+) -> None:
+    server = scripted(bash_then_text("sleep 300"))
+    session = await claude_session(embedded_client, agents_image, server.url)
+    async with session:
+        with anyio.fail_after(90):
+            async for event in session.stream("Wait a while."):
+                if isinstance(event, ToolRunningEvent):
+                    break
+        running = 0
+        with anyio.fail_after(30):
+            while not running:  # the running call's sleep, and Claude
+                running = await marked_processes(session)
+                await anyio.sleep(0.2)
+        traces = await key_traces(session)  # while Claude runs
+        assert await session.abort()
+        ends = await turn_ends(session, 1)
+        left = await marked_processes(session)
+    assert running >= 2
+    assert traces == []
+    assert ends == ["aborted"]
+    assert left == 0
+
+
+def _unused() -> AsyncIterator[None] | Path | os.PathLike[str] | None:
+    return None
