@@ -65,6 +65,7 @@ def _anything(data: Mapping[str, Any], workdir: str) -> Sequence[str]:
 
 TOOLS: ToolMap = {
     "Bash": ("bash", command_of("command")),
+    "Monitor": ("bash", command_of("command", "ws")),
     "Read": ("read", path_of("file_path")),
     "Write": ("write", path_of("file_path")),
     "Edit": ("edit", path_of("file_path")),
@@ -78,8 +79,8 @@ TOOLS: ToolMap = {
 """Claude Code's tools -> ours. Its other tools (WebFetch, Task, ...) keep their own names."""
 
 ASKED_TOOLS: tuple[str, ...] = (
-    "Bash", "Read", "Write", "Edit", "MultiEdit", "NotebookEdit", "Glob", "Grep", "LS",
-    "WebFetch", "WebSearch",
+    "Bash", "Monitor", "Read", "Write", "Edit", "MultiEdit", "NotebookEdit", "Glob", "Grep",
+    "LS", "WebFetch", "WebSearch",
 )
 """The tools Claude is told to always ask about (it runs some of them unasked otherwise)."""
 
