@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -581,6 +582,23 @@ async def test_a_second_send_resumes_the_same_claude_session(
     assert "The password is swordfish." in later  # the first turn's prompt...
     assert first.text in later  # ...and answer are in the second turn's request
     assert second.text == f"answer {len(server.calls[1]['messages'])}"
+
+
+async def test_a_new_process_resumes_the_claude_session_from_the_store(
+    embedded_client: AsyncSandboxClient, agents_image: str, store_path: Path,
+    scripted: Callable[[Reply], Scripted]
+) -> None:
+    server = scripted(lambda body: [text(f"answer {len(body['messages'])}")])
+    session = await claude_session(embedded_client, agents_image, server.url)
+    async with session:
+        with anyio.fail_after(120):
+            first = await session.send("Remember the number 4711.")
+            # another client over the same store: a new service, nothing kept in memory
+            async with AsyncSandboxClient(store=store_path, reap_orphans=False) as other:
+                second = await other.session(session.id).send("Which number?")
+    assert (first.reason, second.reason) == ("completed", "completed")
+    assert len(server.calls) == 2
+    assert "Remember the number 4711." in json.dumps(server.calls[1]["messages"])
 
 
 # --- abort -----------------------------------------------------------------------------------
