@@ -45,6 +45,7 @@ from sandbox_sessions import (
     ToolPart,
 )
 from sandbox_sessions._types import (
+    ReasoningDeltaEvent,
     StepFinishEvent,
     TextDeltaEvent,
     ToolRunningEvent,
@@ -185,7 +186,18 @@ def stream(blocks: list[dict[str, Any]], model: str) -> bytes:
     events: list[tuple[str, dict[str, Any]]] = [
         ("message_start", {"type": "message_start", "message": start})]
     for index, block in enumerate(blocks):
-        if block["type"] == "text":
+        if block["type"] == "thinking":
+            events += [("content_block_start", {"type": "content_block_start", "index": index,
+                                                "content_block": {"type": "thinking",
+                                                                  "thinking": "",
+                                                                  "signature": ""}}),
+                       ("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                "delta": {"type": "thinking_delta",
+                                                          "thinking": block["thinking"]}}),
+                       ("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                "delta": {"type": "signature_delta",
+                                                          "signature": block["signature"]}})]
+        elif block["type"] == "text":
             events += [("content_block_start", {"type": "content_block_start", "index": index,
                                                 "content_block": {"type": "text", "text": ""}}),
                        ("content_block_delta", {"type": "content_block_delta", "index": index,
@@ -221,12 +233,16 @@ def result_text(block: dict[str, Any]) -> str:
     return str(content)
 
 
+THINKING = {"type": "thinking", "thinking": "The user wants the command run.",
+            "signature": "c2lnbmF0dXJl"}
+
+
 def bash_then_text(command: str, final: str = "All done.") -> Reply:
-    """Bash `command` first; once its result came back, `final`."""
+    """Bash `command` first (after some thinking); once its result came back, `final`."""
     def reply(body: dict[str, Any]) -> list[dict[str, Any]]:
         if tool_results(body):
             return [text(final)]
-        return [text("Running it."), bash_call(command)]
+        return [THINKING, text("Running it."), bash_call(command)]
     return reply
 
 
@@ -463,6 +479,11 @@ async def test_once_runs_the_bash_call_in_the_container(
         ("tool_calls", 30, 7), ("stop", 30, 7)]
     assert [event.part.call_id for event in log if isinstance(event, ToolRunningEvent)] == [
         part.call_id]
+    thought = [event.delta for event in log if isinstance(event, ReasoningDeltaEvent)]
+    assert thought == [THINKING["thinking"]]
+    said = [(event.part_id, event.delta) for event in log if isinstance(event, TextDeltaEvent)]
+    assert [delta for _, delta in said] == ["Running it.", "All done."]
+    assert said[0][0] != said[1][0]  # a part each
 
 
 async def test_a_reject_with_a_message_reaches_claude_and_the_turn_goes_on(
