@@ -364,6 +364,21 @@ async def test_an_agent_with_another_provider_is_refused(
         embedded_client.agent("x", harness="claude-code", model="openai/gpt-4.1")
 
 
+async def test_an_image_without_claude_ends_the_turn_with_an_error(
+    embedded_client: AsyncSandboxClient, image: str
+) -> None:
+    session = await claude_session(embedded_client, image, "http://127.0.0.1:9")
+    async with session:
+        with anyio.fail_after(90):
+            result = await session.send("Hello?")
+        ends = await turn_ends(session, 1)
+    assert result.reason == "error"
+    # the launcher connects, then cannot exec `claude`: its exit and stderr say so
+    assert "Claude Code ended without a result (exit code 1)" in (result.error or "")
+    assert "No such file or directory" in (result.error or "")
+    assert ends == ["error"]
+
+
 # --- a real model ----------------------------------------------------------------------------
 
 N_PREDICT = 24

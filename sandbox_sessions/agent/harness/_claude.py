@@ -41,7 +41,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ..._exceptions import InvalidArgument
+from ..._exceptions import ContainerGone, InvalidArgument, SandboxError, SandboxUnavailable
 from ..._types import Todo
 from .._loop import Rejected
 from ._base import HarnessTurn, ToolMap, command_of, path_of
@@ -146,10 +146,16 @@ class ClaudeCode:
         model = turn.model_name
         argv = claude_argv(model, turn.resume)
         env = claude_env(turn.proxy.base_url, turn.proxy.placeholder_key, model)
-        async with launch(turn.sandbox, argv, env=env, cwd=turn.workdir,
-                          name="Claude Code") as process:
-            stream = _Stream(turn, process)
-            await stream.run()
+        try:
+            async with launch(turn.sandbox, argv, env=env, cwd=turn.workdir,
+                              name="Claude Code") as process:
+                stream = _Stream(turn, process)
+                await stream.run()
+        except (ContainerGone, SandboxUnavailable):
+            raise  # the service says what became of the container
+        except SandboxError as exc:  # it could not start, or broke the protocol
+            turn.outcome.reason, turn.outcome.error = "error", str(exc)
+            return
         if stream.rejected:
             raise Rejected()
         if stream.failure is not None:
