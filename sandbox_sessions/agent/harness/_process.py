@@ -40,6 +40,9 @@ MAX_LINE = 32 << 20
 """Bytes of one line of a CLI's output (a JSON message); a longer one is a `ProtocolError`."""
 START_TIMEOUT = 60.0
 """Seconds the launcher may take to connect back."""
+EXIT_WAIT = 3.0
+"""Seconds a CLI that closed its stdout may take to exit before the block's end kills it
+(so its exit code and stderr are known)."""
 MAX_STDERR = 64 << 10
 LAUNCHER = """
 import os, socket, sys
@@ -90,6 +93,8 @@ class CliProcess:
         self.result: ShellResult | None = None
         """How the command ended, once it has."""
         self.stderr_tail = ""
+        self.stdout_ended = False
+        """The CLI closed its stdout (it exited, most likely)."""
         self._write_lock = anyio.Lock()
 
     async def lines(self) -> AsyncIterator[bytes]:
@@ -105,6 +110,7 @@ class CliProcess:
                 raise ProtocolError(f"{self.name} wrote a line of over {MAX_LINE} bytes")
             chunk = await self._stream.receive()
             if not chunk:
+                self.stdout_ended = True
                 if self._buffer.strip():
                     yield bytes(self._buffer)
                 self._buffer.clear()
@@ -184,6 +190,7 @@ async def launch(
                     waiting.cancel()
 
                 group.start_soon(watch)
+                found = None  # stays None when the command ends first: `waiting` is cancelled
                 with waiting:
                     found = await _connected(listener, stack, token)
                 if found is None:
@@ -194,6 +201,9 @@ async def launch(
                 try:
                     yield process
                 finally:
+                    if process.stdout_ended:
+                        with anyio.move_on_after(EXIT_WAIT, shield=True):
+                            await ended.wait()
                     process.stderr_tail = _tail(stderr)
                     process.result = holder.get("result")
         finally:
