@@ -373,8 +373,7 @@ async def test_an_image_without_claude_ends_the_turn_with_an_error(
             result = await session.send("Hello?")
         ends = await turn_ends(session, 1)
     assert result.reason == "error"
-    # the launcher connects, then cannot exec `claude`: its exit and stderr say so
-    assert "Claude Code ended without a result (exit code 1)" in (result.error or "")
+    # the launcher cannot exec `claude` (once connected, or before): its stderr says why
     assert "No such file or directory" in (result.error or "")
     assert ends == ["error"]
 
