@@ -636,6 +636,25 @@ async def test_a_new_process_resumes_the_claude_session_from_the_store(
     assert "Remember the number 4711." in json.dumps(server.calls[1]["messages"])
 
 
+async def test_a_conversation_claude_lost_is_started_anew(
+    embedded_client: AsyncSandboxClient, agents_image: str,
+    scripted: Callable[[Reply], Scripted]
+) -> None:
+    server = scripted(lambda body: [text(f"answer {len(body['messages'])}")])
+    session = await claude_session(embedded_client, agents_image, server.url)
+    async with session:
+        with anyio.fail_after(120):
+            first = await session.send("Remember the number 4711.")
+            gone = await session.shell("rm -r /home/sandbox/.claude/projects")
+            second = await session.send("Which number?")
+            third = await session.send("And now?")
+    assert gone.exit_code == 0
+    assert (first.reason, second.reason, third.reason) == ("completed",) * 3
+    assert len(server.calls) == 3
+    assert "4711" not in json.dumps(server.calls[1]["messages"])  # a new conversation...
+    assert "Which number?" in json.dumps(server.calls[2]["messages"])  # ...which goes on
+
+
 # --- abort -----------------------------------------------------------------------------------
 
 

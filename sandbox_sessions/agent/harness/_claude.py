@@ -110,7 +110,6 @@ def claude_env(base_url: str, key: str, model: str) -> dict[str, str]:
         "HOME": HOME,
         "ANTHROPIC_BASE_URL": base_url,
         "ANTHROPIC_API_KEY": key,
-        "CLAUDE_CODE_ENTRYPOINT": "sdk-py",
         "DISABLE_AUTOUPDATER": "1",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_TELEMETRY": "1",
@@ -143,23 +142,37 @@ class ClaudeCode:
                 f"anthropic/<model>, not {model!r}")
 
     async def run(self, turn: HarnessTurn) -> None:
-        model = turn.model_name
-        argv = claude_argv(model, turn.resume)
-        env = claude_env(turn.proxy.base_url, turn.proxy.placeholder_key, model)
-        try:
-            async with launch(turn.sandbox, argv, env=env, cwd=turn.workdir,
-                              name="Claude Code") as process:
-                stream = _Stream(turn, process)
-                await stream.run()
-        except (ContainerGone, SandboxUnavailable):
-            raise  # the service says what became of the container
-        except SandboxError as exc:  # it could not start, or broke the protocol
-            turn.outcome.reason, turn.outcome.error = "error", str(exc)
+        resume = turn.resume
+        while True:
+            stream = await self._run(turn, resume)
+            if stream is None or not stream.lost or resume is None:
+                break
+            # Claude's transcript is gone (the container was made anew): a new conversation
+            log.warning("Claude Code has no conversation %s any more: starting a new one",
+                        resume)
+            resume = None
+        if stream is None:
             return
         if stream.rejected:
             raise Rejected()
         if stream.failure is not None:
             raise stream.failure
+
+    async def _run(self, turn: HarnessTurn, resume: str | None) -> _Stream | None:
+        """One run of Claude; None when it could not run (the outcome says why)."""
+        model = turn.model_name
+        argv = claude_argv(model, resume)
+        env = claude_env(turn.proxy.base_url, turn.proxy.placeholder_key, model)
+        try:
+            async with launch(turn.sandbox, argv, env=env, cwd=turn.workdir,
+                              name="Claude Code") as process:
+                stream = _Stream(turn, process, resumed=resume is not None)
+                await stream.run()
+        except (ContainerGone, SandboxUnavailable):
+            raise  # the service says what became of the container
+        except SandboxError as exc:  # it could not start, or broke the protocol
+            turn.outcome.reason, turn.outcome.error = "error", str(exc)
+            return None
         if not stream.ended:
             code = process.result.exit_code if process.result is not None else None
             turn.outcome.reason = "error"
@@ -167,16 +180,20 @@ class ClaudeCode:
                 "Claude Code ended without a result"
                 + (f" (exit code {code})" if code is not None else "")
                 + (f": {process.stderr_tail}" if process.stderr_tail else ""))
+        return stream
 
 
 class _Stream:
     """One turn's conversation with Claude Code over its stdio."""
 
-    def __init__(self, turn: HarnessTurn, process: CliProcess) -> None:
+    def __init__(self, turn: HarnessTurn, process: CliProcess, *, resumed: bool) -> None:
         self.turn = turn
         self.process = process
+        self.resumed = resumed
         self.ended = False
         """Its `result` was read."""
+        self.lost = False
+        """It was to resume a conversation it has no transcript of, and did nothing."""
         self.rejected = False
         self.failure: BaseException | None = None
         self._scope = anyio.CancelScope()
@@ -292,7 +309,12 @@ class _Stream:
         self.ended = True
         outcome = self.turn.outcome
         if message.get("is_error") and not self.rejected:
-            outcome.reason, outcome.error = "error", _result_error(message)
+            error = _result_error(message)
+            if self.resumed and not message.get("num_turns") \
+                    and error.startswith("No conversation found"):
+                self.lost = True
+                return
+            outcome.reason, outcome.error = "error", error
         elif isinstance(message.get("result"), str) and not outcome.text:
             outcome.text = message["result"]
 
