@@ -274,8 +274,8 @@ def scripted() -> Iterator[Callable[[Reply], Scripted]]:
 
 async def claude_session(client: AsyncSandboxClient, image: str, base_url: str, *,
                          model: str = MODEL, permissions: PermissionRules | None = None,
-                         ) -> AsyncSessionHandle:
-    config = AgentConfig(base_url=base_url)
+                         system: str | None = None) -> AsyncSessionHandle:
+    config = AgentConfig(base_url=base_url, system=system)
     agent = client.agent("claude", harness="claude-code", model=f"anthropic/{model}",
                          config=config, permissions=permissions, image=image)
     return await agent.create_session(title="claude code")
@@ -604,7 +604,8 @@ async def test_a_second_send_resumes_the_same_claude_session(
         return [text(f"answer {len(body['messages'])}")]
 
     server = scripted(reply)
-    session = await claude_session(embedded_client, agents_image, server.url)
+    session = await claude_session(embedded_client, agents_image, server.url,
+                                   system="Answer like a pirate.")
     async with session:
         with anyio.fail_after(120):
             first = await session.send("The password is swordfish.")
@@ -617,6 +618,8 @@ async def test_a_second_send_resumes_the_same_claude_session(
     assert "The password is swordfish." in later  # the first turn's prompt...
     assert first.text in later  # ...and answer are in the second turn's request
     assert second.text == f"answer {len(server.calls[1]['messages'])}"
+    # the agent's system prompt is added to Claude's, in each turn
+    assert all("Answer like a pirate." in json.dumps(call["system"]) for call in server.calls)
 
 
 async def test_a_new_process_resumes_the_claude_session_from_the_store(

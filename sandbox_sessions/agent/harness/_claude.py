@@ -89,8 +89,8 @@ _STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_
 _TODO_STATUS = {"pending", "in_progress", "completed", "cancelled"}
 
 
-def claude_argv(model: str, resume: str | None) -> list[str]:
-    """The command line of one turn."""
+def claude_argv(model: str, resume: str | None, system: str | None = None) -> list[str]:
+    """The command line of one turn; the agent's `system` prompt is added to Claude's."""
     settings = {"permissions": {"ask": list(ASKED_TOOLS)}}
     argv = [CLAUDE, "-p", "--output-format", "stream-json", "--input-format", "stream-json",
             "--verbose", "--include-partial-messages", "--permission-prompt-tool", "stdio",
@@ -98,6 +98,8 @@ def claude_argv(model: str, resume: str | None) -> list[str]:
             "--settings", json.dumps(settings, separators=(",", ":"))]
     if model:
         argv.append(f"--model={model}")
+    if system:
+        argv.append(f"--append-system-prompt={system}")
     if resume:
         argv.append(f"--resume={resume}")  # the `=` form: an id is never read as a flag
     return argv
@@ -161,7 +163,7 @@ class ClaudeCode:
     async def _run(self, turn: HarnessTurn, resume: str | None) -> _Stream | None:
         """One run of Claude; None when it could not run (the outcome says why)."""
         model = turn.model_name
-        argv = claude_argv(model, resume)
+        argv = claude_argv(model, resume, turn.turn.config.system)
         env = claude_env(turn.proxy.base_url, turn.proxy.placeholder_key, model)
         try:
             async with launch(turn.sandbox, argv, env=env, cwd=turn.workdir,
