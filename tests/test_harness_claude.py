@@ -410,7 +410,8 @@ del server
 @pytest.fixture(scope="module")
 def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
     """SmolLM2 behind llama.cpp's server, its answers capped at `N_PREDICT` tokens (Claude
-    asks for 32000, and a small model may never stop), with room for Claude's long prompt."""
+    asks for 32000, and a small model may never stop), with room for Claude's long prompt
+    (about 4,100 tokens: its system prompt and tool schemas)."""
     from real_model import _read_address, wait_until_answers
 
     try:
@@ -420,7 +421,7 @@ def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
             pytest.fail(str(exc))
         pytest.skip(str(exc))
     log_path = tmp_path_factory.mktemp("smollm") / "server.log"
-    config = {"gguf": str(gguf), "n_ctx": 32768, "n_predict": N_PREDICT}
+    config = {"gguf": str(gguf), "n_ctx": 8192, "n_predict": N_PREDICT}
     with log_path.open("wb") as log:
         process = subprocess.Popen([sys.executable, "-c", SMOLLM_SERVER, json.dumps(config)],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
