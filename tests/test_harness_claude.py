@@ -546,6 +546,55 @@ async def test_a_reject_without_a_message_ends_the_turn_rejected(
     assert len(server.calls) == 1  # Claude stopped: no model call after the refusal
 
 
+async def test_always_adds_a_rule_that_allows_the_next_call_unasked(
+    embedded_client: AsyncSandboxClient, agents_image: str,
+    scripted: Callable[[Reply], Scripted]
+) -> None:
+    def reply(body: dict[str, Any]) -> list[dict[str, Any]]:
+        done = len([m for m in body["messages"] if tool_results({"messages": [m]})])
+        if done == 0:
+            return [bash_call("echo a > /workspace/a.txt")]
+        if done == 1:
+            return [bash_call("echo b > /workspace/b.txt")]
+        return [text("Both written.")]
+
+    server = scripted(reply)
+    answers = Answers("always")
+    session = await claude_session(embedded_client, agents_image, server.url, permissions=ASK)
+    async with session:
+        with anyio.fail_after(90):
+            result = await session.send("Write two files.", on_permission=answers)
+        written = [await session.get_file(f"/workspace/{name}.txt") for name in "ab"]
+        rules = (await session.get_info()).config.permissions
+    assert (result.reason, result.text) == ("completed", "Both written.")
+    assert [r.patterns for r in answers.requests] == [["echo a > /workspace/a.txt"]]
+    assert written == ["a\n", "b\n"]
+    assert answers.requests[0].always == ["echo *"]
+    assert rules == {"bash": {"*": "ask", "echo *": "allow"}}  # the session's rule
+    assert [part.state.status for part in tools(result.parts)] == ["completed", "completed"]
+
+
+async def test_a_deny_rule_refuses_without_asking_and_claude_reads_why(
+    embedded_client: AsyncSandboxClient, agents_image: str,
+    scripted: Callable[[Reply], Scripted]
+) -> None:
+    server = scripted(bash_then_text("rm -rf /workspace/src", "Understood."))
+    answers = Answers("once")
+    session = await claude_session(embedded_client, agents_image, server.url,
+                                   permissions={"bash": {"rm *": "deny"}})
+    async with session:
+        await session.shell("mkdir -p /workspace/src")
+        with anyio.fail_after(90):
+            result = await session.send("Clean up.", on_permission=answers)
+        kept = (await session.shell("test -d /workspace/src")).exit_code == 0
+    assert (result.reason, result.text) == ("completed", "Understood.")
+    assert answers.requests == []
+    assert kept
+    [refused] = tool_results(server.calls[1])
+    assert refused.get("is_error") is True
+    assert "denied by the session's permission rules" in result_text(refused)
+
+
 async def test_a_read_claude_would_run_unasked_comes_to_the_session_rules(
     embedded_client: AsyncSandboxClient, agents_image: str,
     scripted: Callable[[Reply], Scripted]
