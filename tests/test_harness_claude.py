@@ -715,7 +715,14 @@ async def test_abort_during_a_long_bash_call_kills_claude_and_the_command(
     embedded_client: AsyncSandboxClient, agents_image: str,
     scripted: Callable[[Reply], Scripted]
 ) -> None:
-    server = scripted(bash_then_text("python3 -c 'import time; time.sleep(300)'"))
+    slow = bash_then_text("python3 -c 'import time; time.sleep(300)'")
+
+    def reply(body: dict[str, Any]) -> list[dict[str, Any]]:
+        if "Now just answer." in json.dumps(body["messages"][-1]):
+            return [text("Answered.")]
+        return slow(body)
+
+    server = scripted(reply)
     session = await claude_session(embedded_client, agents_image, server.url)
     async with session:
         with anyio.fail_after(90):
@@ -731,8 +738,12 @@ async def test_abort_during_a_long_bash_call_kills_claude_and_the_command(
         assert await session.abort()
         ends = await turn_ends(session, 1)
         left = await marked_processes(session)
+        with anyio.fail_after(60):  # the conversation goes on after the abort
+            after = await session.send("Now just answer.")
     assert any(line.startswith("claude ") for line in running), running
     assert traces == []
     assert ends == ["aborted"]
     assert left == []
+    assert (after.reason, after.text) == ("completed", "Answered.")
+    assert "Wait a while." in json.dumps(server.calls[-1]["messages"])
 
