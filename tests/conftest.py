@@ -91,7 +91,7 @@ CONFORMANCE = frozenset({
     "test_restarts", "test_deadlines", "test_commands",
     "test_session_records", "test_budgets", "test_questions", "test_export",
     "test_compaction", "test_fork", "test_subtasks", "test_revert", "test_history", "test_transfer",
-    "test_harness_api",
+    "test_harness_api", "test_harness_claude",
 })
 """The session API suites: each of their tests runs once per transport, in-process and over
 HTTP against a real bridge on a loopback port (the `transport` fixture)."""
