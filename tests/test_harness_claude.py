@@ -373,8 +373,9 @@ async def test_an_image_without_claude_ends_the_turn_with_an_error(
             result = await session.send("Hello?")
         ends = await turn_ends(session, 1)
     assert result.reason == "error"
-    # the launcher cannot exec `claude` (once connected, or before): its stderr says why
-    assert "No such file or directory" in (result.error or "")
+    # the launcher looks for `claude` before it connects: it exits 127 and says why
+    assert result.error == ("Claude Code could not start in the sandbox: it exited with 127: "
+                            "claude: command not found")
     assert ends == ["error"]
 
 
