@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,11 +27,11 @@ from real_model import (
     ModelServer,
     ModelUnavailable,
     check_installed,
+    start_server,
     stop_process,
 )
 
 from sandbox_sessions import (
-    AGENTS_IMAGE,
     AgentConfig,
     AsyncSandboxClient,
     AsyncSessionHandle,
@@ -53,7 +50,6 @@ from sandbox_sessions._types import (
 )
 from sandbox_sessions.agent.harness import harness
 from sandbox_sessions.agent.harness._process import RUN_MARKER
-from sandbox_sessions.sandbox._engine import Engine
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -61,14 +57,6 @@ KEY = "sk-ant-claude-" + secrets.token_hex(16)
 """The real key: distinctive, so any trace of it in the container is found."""
 MODEL = "claude-scripted-1"
 ASK: PermissionRules = {"bash": "ask"}
-
-
-@pytest.fixture(scope="module")
-def agents_image() -> str:
-    if Engine().image_labels(AGENTS_IMAGE) is None:
-        pytest.fail(f"image {AGENTS_IMAGE} is missing: run "
-                    "`sandbox-sessions images build --with claude-code` first")
-    return AGENTS_IMAGE
 
 
 @pytest.fixture(autouse=True)
@@ -382,39 +370,11 @@ async def test_an_image_without_claude_ends_the_turn_with_an_error(
 # --- a real model ----------------------------------------------------------------------------
 
 N_PREDICT = 24
-SMOLLM_SERVER = r"""
-import os, sys, xllamacpp
-config = __import__("json").loads(sys.argv[1])
-params = xllamacpp.CommonParams()
-params.model.path = config["gguf"]
-params.model_alias = {"smollm2-135m"}
-params.hostnames = ["127.0.0.1"]
-params.port = 0
-params.n_ctx = config["n_ctx"]
-params.n_predict = config["n_predict"]
-params.n_parallel = 1
-params.cpuparams.n_threads = 1
-params.cpuparams_batch.n_threads = 1
-params.n_threads_http = 2
-params.cache_ram_mib = 0
-params.sampling.temp = 0.0
-params.sampling.top_k = 1
-server = xllamacpp.Server(params)
-sys.stdout.write("REAL_MODEL_LISTENING %s\n" % server.listening_address)
-sys.stdout.flush()
-os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-sys.stdin.buffer.read()
-del server
-"""
-
-
 @pytest.fixture(scope="module")
 def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
     """SmolLM2 behind llama.cpp's server, its answers capped at `N_PREDICT` tokens (Claude
     asks for 32000, and a small model may never stop), with room for Claude's long prompt
     (about 4,100 tokens: its system prompt and tool schemas)."""
-    from real_model import _read_address, wait_until_answers
-
     try:
         gguf = check_installed()
     except ModelUnavailable as exc:
@@ -422,16 +382,11 @@ def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
             pytest.fail(str(exc))
         pytest.skip(str(exc))
     log_path = tmp_path_factory.mktemp("smollm") / "server.log"
-    config = {"gguf": str(gguf), "n_ctx": 8192, "n_predict": N_PREDICT}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen([sys.executable, "-c", SMOLLM_SERVER, json.dumps(config)],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
+    server = start_server(gguf, log_path, n_ctx=8192, n_predict=N_PREDICT)
     try:
-        base_url = _read_address(process, time.monotonic() + 60, log_path)
-        wait_until_answers(base_url, timeout=60)
-        yield ModelServer(base_url, process, log_path, 0.0)
+        yield server
     finally:
-        stop_process(process)
+        stop_process(server.process)
 
 
 async def test_a_real_text_turn_against_smollm2_through_the_proxy(
