@@ -131,10 +131,21 @@ class OpenCode:
                 f"completions API, through the model proxy), not {model!r}")
 
     async def run(self, turn: HarnessTurn) -> None:
-        async with serve(turn) as client:
-            session_id = await _session(client, turn.resume)
-            turn.outcome.conversation = session_id
-            await _Turn(turn, client, session_id).run()
+        failure: Exception | None = None
+        try:
+            async with serve(turn) as client:
+                try:
+                    session_id = await _session(client, turn.resume)
+                    turn.outcome.conversation = session_id
+                    await _Turn(turn, client, session_id).run()
+                except (Rejected, ProviderError) as exc:
+                    failure = exc  # raised out of the server's task group, not in a group
+                except httpx.HTTPError as exc:
+                    failure = ProviderError(f"opencode's server failed: {exc}")
+        except SandboxError as exc:  # it could not start: the turn's error, with its output
+            failure = ProviderError(str(exc))
+        if failure is not None:
+            raise failure
 
 
 @asynccontextmanager
@@ -172,30 +183,35 @@ async def serve(turn: HarnessTurn) -> AsyncIterator[httpx.AsyncClient]:
             ended.set()
             ready.set()
 
+    failed: SandboxError | None = None
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(run)
             with anyio.move_on_after(START_TIMEOUT):
                 await ready.wait()
-            if not port:
+            if port:
+                transport = TunnelTransport(cast(Connecting, sandbox), port[0])
+                async with httpx.AsyncClient(transport=transport,
+                                             base_url=f"http://127.0.0.1:{port[0]}",
+                                             timeout=REQUEST_TIMEOUT) as client:
+                    try:
+                        yield client
+                    finally:
+                        group.cancel_scope.cancel()
+            else:
                 tail = bytes(output[-4000:]).decode(errors="replace").strip()
                 result, error = holder.get("result"), holder.get("error")
                 why = (f"it exited with {result.exit_code}" if result is not None else
                        str(error) if error is not None else
                        f"it did not listen within {START_TIMEOUT:.0f} s")
-                raise SandboxError(f"opencode could not start in the sandbox: {why}"
-                                   + (f": {tail}" if tail else ""))
-            transport = TunnelTransport(cast(Connecting, sandbox), port[0])
-            async with httpx.AsyncClient(transport=transport,
-                                         base_url=f"http://127.0.0.1:{port[0]}",
-                                         timeout=REQUEST_TIMEOUT) as client:
-                try:
-                    yield client
-                finally:
-                    group.cancel_scope.cancel()
+                failed = SandboxError(f"opencode could not start in the sandbox: {why}"
+                                      + (f": {tail}" if tail else ""))
+                group.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             await kill_marked(sandbox, token)
+    if failed is not None:
+        raise failed  # out of the task group: not wrapped in an exception group
 
 
 async def _session(client: httpx.AsyncClient, resume: str | None) -> str:
@@ -259,6 +275,8 @@ class _Turn:
                 with anyio.CancelScope(shield=True):
                     await self._abort()
                 raise
+            except (httpx.HTTPError, ProviderError) as exc:
+                self.error = self.error or str(exc)
             group.cancel_scope.cancel()
         if self.rejected:
             raise Rejected()
