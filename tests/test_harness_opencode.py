@@ -42,10 +42,20 @@ def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
                                               "finish_reason": finish}]}
 
 
-def text_answer(text: str) -> list[dict[str, Any]]:
+def text_answer(text: str, reasoning: str | None = None) -> list[dict[str, Any]]:
     half = len(text) // 2
-    return [chunk({"role": "assistant", "content": ""}), chunk({"content": text[:half]}),
-            chunk({"content": text[half:]}), chunk({}, "stop")]
+    thought = [] if reasoning is None else [chunk({"reasoning_content": reasoning})]
+    return [chunk({"role": "assistant", "content": ""}), *thought,
+            chunk({"content": text[:half]}), chunk({"content": text[half:]}),
+            chunk({}, "stop")]
+
+
+def tool_answer(name: str, arguments: dict[str, Any], call_id: str) -> list[dict[str, Any]]:
+    return [chunk({"role": "assistant", "content": ""}),
+            chunk({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                                   "function": {"name": name,
+                                                "arguments": json.dumps(arguments)}}]}),
+            chunk({}, "tool_calls")]
 
 
 def bash_answer(command: str, call_id: str = "call_1") -> list[dict[str, Any]]:
@@ -63,7 +73,8 @@ class ChatServer:
     headers included (names in lower case)."""
 
     def __init__(self) -> None:
-        self.answers: deque[list[dict[str, Any]]] = deque()
+        self.answers: deque[list[dict[str, Any]] | int] = deque()
+        """Each a list of chunks, or an HTTP status to fail with."""
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
         self.lock = threading.Lock()
         owner = self
@@ -80,12 +91,14 @@ class ChatServer:
                 with owner.lock:
                     owner.requests.append((headers, body))
                     if not body.get("tools"):
-                        answer: list[dict[str, Any]] | None = text_answer("A title")
+                        answer: list[dict[str, Any]] | int = text_answer("A title")
                     else:
-                        answer = owner.answers.popleft() if owner.answers else None
-                if answer is None:
-                    data = b'{"error": {"message": "no scripted answer left"}}'
-                    self.send_response(500)
+                        answer = owner.answers.popleft() if owner.answers else 500
+                if isinstance(answer, int):
+                    data = json.dumps({"error": {
+                        "message": f"the scripted model fails with {answer}",
+                        "type": "invalid_request_error"}}).encode()
+                    self.send_response(answer)
                     self.send_header("content-type", "application/json")
                     self.send_header("content-length", str(len(data)))
                     self.end_headers()
@@ -214,6 +227,50 @@ async def test_a_command_asks_the_broker_and_runs_once_in_the_container(
     bodies = chat.tool_requests()
     assert len(bodies) == 2
     assert "call_1" in tool_messages(bodies[1])
+
+
+async def test_write_asks_with_its_path_todos_and_reasoning_become_our_events(
+    scripted: AsyncSessionHandle, chat: ChatServer
+) -> None:
+    todos = [{"content": "Write the file", "status": "completed", "priority": "high"},
+             {"content": "Report", "status": "in_progress", "priority": "low"}]
+    chat.answers.extend([
+        tool_answer("write", {"filePath": "/workspace/new.txt", "content": "written\n"},
+                    "call_write"),
+        tool_answer("todowrite", {"todos": todos}, "call_todo"),
+        text_answer("All done.", reasoning="The file is there; report it.")])
+    asked: list[PermissionRequest] = []
+
+    def on_permission(request: PermissionRequest) -> str:
+        asked.append(request)
+        return "once"
+
+    await scripted.update(permissions={"write": "ask"})
+    result, events = await collect(scripted, "write and plan", on_permission=on_permission)
+
+    assert result.reason == "completed", result.error
+    assert [(r.tool, r.patterns) for r in asked] == [("write", ["/workspace/new.txt"])]
+    assert (await scripted.get_file("/workspace/new.txt")) == "written\n"
+    ended = [e.part for e in events if e.type == "tool-end"]
+    assert [(p.tool, p.call_id, p.state.status) for p in ended] == [
+        ("write", "call_write", "completed"), ("todowrite", "call_todo", "completed")]
+    [updated] = [e for e in events if e.type == "todo-updated"]
+    assert [(t.content, t.status, t.priority) for t in updated.todos] == [
+        ("Write the file", "completed", "high"), ("Report", "in_progress", "low")]
+    reasoning = "".join(e.delta for e in events if e.type == "reasoning-delta")
+    assert reasoning == "The file is there; report it."
+    assert result.text == "All done."
+    assert len(ends(events)) == 1
+
+
+async def test_a_failing_model_ends_the_turn_with_its_error(
+    scripted: AsyncSessionHandle, chat: ChatServer
+) -> None:
+    chat.answers.extend([400, 400, 400])
+    result, events = await collect(scripted, "anything")
+    assert result.reason == "error"
+    assert "the scripted model fails with 400" in (result.error or ""), result.error
+    assert [e.reason for e in ends(events)] == ["error"]
 
 
 async def test_a_reject_with_a_message_reaches_opencode_and_the_turn_goes_on(
