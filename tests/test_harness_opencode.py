@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from real_model import REQUIRE_MODEL, ModelUnavailable, check_installed, start_server
 
@@ -28,6 +29,8 @@ from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, InvalidArgu
 from sandbox_sessions._types import AGENTS_IMAGE, AgentConfig, Event, PermissionRequest
 from sandbox_sessions.agent.harness import harness
 from sandbox_sessions.agent.harness._process import RUN_MARKER
+from sandbox_sessions.agent.harness._tunnel_http import TunnelTransport
+from sandbox_sessions.sandbox._container import DockerSandbox
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -183,6 +186,40 @@ async def collect(session: AsyncSessionHandle, prompt: str, **callbacks: Any
 def tool_messages(body: dict[str, Any]) -> str:
     """What the model was told of tool results, as JSON text."""
     return json.dumps([m for m in body["messages"] if m.get("role") == "tool"])
+
+
+async def test_the_tunnel_transport_reaches_a_server_in_the_container_and_streams_it(
+    embedded_client: AsyncSandboxClient, image: str
+) -> None:
+    async with await embedded_client.agent("t", image=image).create_session() as session:
+        payload = secrets.token_bytes(3 << 20)
+        await session.put_file("/workspace/big.bin", payload)
+        await session.shell("setsid nohup python3 -m http.server --bind 127.0.0.1 8765 "
+                            "-d /workspace >/dev/null 2>&1 &")
+        sandbox = await embedded_client.service.sandbox(session.id)
+        assert isinstance(sandbox, DockerSandbox)
+        async with httpx.AsyncClient(transport=TunnelTransport(sandbox, 8765),
+                                     base_url="http://127.0.0.1:8765") as client:
+            for _ in range(100):
+                try:
+                    missing = await client.get("/missing.txt")
+                    break
+                except httpx.ConnectError:
+                    await anyio.sleep(0.1)
+            else:
+                pytest.fail("the server in the container never listened")
+            assert missing.status_code == 404
+            pieces: list[bytes] = []
+            async with client.stream("GET", "/big.bin") as response:
+                assert response.status_code == 200
+                assert response.headers["content-length"] == str(len(payload))
+                async for piece in response.aiter_raw():
+                    pieces.append(piece)
+            assert b"".join(pieces) == payload
+            assert len(pieces) > 1  # streamed as it came, not read whole first
+        nothing = httpx.AsyncClient(transport=TunnelTransport(sandbox, 8766))
+        with pytest.raises(httpx.ConnectError, match="8766"):
+            await nothing.get("http://127.0.0.1:8766/")
 
 
 async def test_check_model_takes_openai_models_only() -> None:
