@@ -217,9 +217,9 @@ async def test_the_tunnel_transport_reaches_a_server_in_the_container_and_stream
                     pieces.append(piece)
             assert b"".join(pieces) == payload
             assert len(pieces) > 1  # streamed as it came, not read whole first
-        nothing = httpx.AsyncClient(transport=TunnelTransport(sandbox, 8766))
-        with pytest.raises(httpx.ConnectError, match="8766"):
-            await nothing.get("http://127.0.0.1:8766/")
+        async with httpx.AsyncClient(transport=TunnelTransport(sandbox, 8766)) as nothing:
+            with pytest.raises(httpx.ConnectError, match="8766"):
+                await nothing.get("http://127.0.0.1:8766/")
 
 
 async def test_check_model_takes_openai_models_only() -> None:

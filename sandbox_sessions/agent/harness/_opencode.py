@@ -402,7 +402,13 @@ class _Turn:
         call = _dict(props.get("tool"))
         call_id = str(call.get("callID") or request_id)
         metadata = _dict(props.get("metadata"))
-        name, data = self.calls.get(call_id, (str(props.get("permission")), metadata))
+        known = self.calls.get(call_id)
+        if known is None:  # not seen running yet: opencode's permission and its metadata
+            data = dict(metadata)
+            if isinstance(metadata.get("filepath"), str):
+                data.setdefault("filePath", metadata["filepath"])
+            known = (str(props.get("permission")), data)
+        name, data = known
         try:
             refusal = await self.turn.permit(call_id, name, data)
         except Rejected:
