@@ -7,15 +7,18 @@ container (network `none`, the model reached through the proxy), against the sam
 settings, timed from its start to the first line of its output carrying the answer's text and
 to its exit. The model is `_wire_upstream.Upstream`: a loopback server that answers at once,
 so the figures are the CLIs' own cost and ours, not a model's. Each run is a fresh
-conversation on both sides (a new session in the box, created before the clock starts).
+conversation on both sides (a new session in the box, created before the clock starts). The
+container gets `--cpus` cores (2 by default, as the host's CLI has; sessions default to 1,
+which slows a CLI whose start is CPU-bound, such as opencode's).
 
     .venv/bin/python benchmarks/bench_harness.py [--runs 5] [--only claude-code,codex]
-                                                 [--json out]
+                                                 [--cpus 2] [--json out]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -30,6 +33,8 @@ from _wire_upstream import TEXT, Upstream
 from sandbox_sessions import AgentConfig, AsyncSandboxClient
 from sandbox_sessions._types import Event
 from sandbox_sessions.agent.harness._claude import claude_env
+from sandbox_sessions.agent.harness._opencode import ENV as OPENCODE_ENV
+from sandbox_sessions.agent.harness._opencode import opencode_config
 from sandbox_sessions.sandbox._agent_images import AGENT_CLIS, default_cache_dir
 
 PROMPT = "Say hello."
@@ -65,9 +70,9 @@ def host_command(name: str, upstream: str, home: Path) -> tuple[list[str], dict[
                 "-c", 'model_provider="up"', "-c", f"model_providers.up={provider}",
                 "-c", 'sandbox_mode="danger-full-access"', PROMPT], \
             {**base, "CODEX_HOME": str(home / ".codex"), "BENCH_KEY": KEY}
-    from sandbox_sessions.agent.harness._opencode import host_command as opencode_command
-
-    return opencode_command(binary, f"{upstream}/v1", KEY, model, PROMPT, home, base)
+    config = opencode_config(AgentConfig(), model, f"{upstream}/v1", KEY)
+    return [binary, "run", "--format", "json", PROMPT], \
+        {**base, **OPENCODE_ENV, "OPENCODE_CONFIG_CONTENT": json.dumps(config)}
 
 
 def median(rows: list[tuple[float, float]], index: int) -> float:
@@ -97,12 +102,13 @@ def run_on_host(name: str, upstream: str) -> tuple[float, float]:
     return first, ended
 
 
-async def run_in_box(client: AsyncSandboxClient, name: str, upstream: str
+async def run_in_box(client: AsyncSandboxClient, name: str, upstream: str, cpus: float
                      ) -> tuple[float, float]:
     """Seconds from `send()` to the first text delta, and to the turn's end."""
     base_url = upstream if name == "claude-code" else f"{upstream}/v1"
     agent = client.agent(f"bench-{name}", harness=name,  # type: ignore[arg-type]
-                         model=MODELS[name], config=AgentConfig(base_url=base_url))
+                         model=MODELS[name], config=AgentConfig(base_url=base_url),
+                         cpus=cpus)
     async with await agent.create_session() as session:
         first: list[float] = []
         started = time.perf_counter()
@@ -118,7 +124,7 @@ async def run_in_box(client: AsyncSandboxClient, name: str, upstream: str
     return first[0], ended
 
 
-async def measure(names: list[str], runs: int) -> dict[str, float]:
+async def measure(names: list[str], runs: int, cpus: float) -> dict[str, float]:
     upstream = Upstream()
     figures: dict[str, float] = {}
     try:
@@ -129,7 +135,8 @@ async def measure(names: list[str], runs: int) -> dict[str, float]:
                 for name in names:
                     host = [await anyio.to_thread.run_sync(run_on_host, name, upstream.url)
                             for _ in range(runs)]
-                    box = [await run_in_box(client, name, upstream.url) for _ in range(runs)]
+                    box = [await run_in_box(client, name, upstream.url, cpus)
+                           for _ in range(runs)]
                     figures.update({
                         f"{name}_host_first_text_ms": median(host, 0),
                         f"{name}_box_first_text_ms": median(box, 0),
@@ -147,10 +154,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", default="claude-code,codex,opencode")
+    parser.add_argument("--cpus", type=float, default=2.0,
+                        help="the container's CPU limit (the sessions' default is 1; the "
+                             "host's CLI may use both cores of this machine)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     names = [name.strip() for name in args.only.split(",") if name.strip()]
-    report(anyio.run(measure, names, args.runs), args.json, digits=2)
+    report(anyio.run(measure, names, args.runs, args.cpus), args.json, digits=2)
 
 
 if __name__ == "__main__":

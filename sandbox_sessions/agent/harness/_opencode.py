@@ -37,7 +37,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from ..._exceptions import InvalidArgument, ProviderError, SandboxError
-from ..._types import Todo
+from ..._types import AgentConfig, Todo
 from ...sandbox.base import ShellRequest
 from .._loop import Rejected
 from ._base import HarnessTurn, ToolMap, command_of, path_of
@@ -85,10 +85,11 @@ ENV = {
 """Nothing opencode does may try the network (the sandbox has none: it would only wait)."""
 
 
-def opencode_config(turn: HarnessTurn) -> dict[str, Any]:
-    """The configuration opencode is started with (`OPENCODE_CONFIG_CONTENT`)."""
-    config = turn.turn.config
-    model: dict[str, Any] = {"name": turn.model_name}
+def opencode_config(config: AgentConfig, model_name: str, base_url: str, key: str
+                    ) -> dict[str, Any]:
+    """The configuration opencode is started with (`OPENCODE_CONFIG_CONTENT`): the model
+    `model_name` at `base_url` (the proxy's) with `key` (the placeholder)."""
+    model: dict[str, Any] = {"name": model_name}
     options = dict(config.options)
     if options:
         model["options"] = options  # the openai-compatible provider adds them to the body
@@ -103,14 +104,12 @@ def opencode_config(turn: HarnessTurn) -> dict[str, Any]:
         "provider": {PROVIDER_ID: {
             "npm": "@ai-sdk/openai-compatible",
             "name": "sandbox-sessions model proxy",
-            "options": {"baseURL": turn.proxy.base_url,
-                        "apiKey": turn.proxy.placeholder_key,
-                        "includeUsage": True},
-            "models": {turn.model_name: model},
+            "options": {"baseURL": base_url, "apiKey": key, "includeUsage": True},
+            "models": {model_name: model},
         }},
         "enabled_providers": [PROVIDER_ID],
-        "model": f"{PROVIDER_ID}/{turn.model_name}",
-        "small_model": f"{PROVIDER_ID}/{turn.model_name}",
+        "model": f"{PROVIDER_ID}/{model_name}",
+        "small_model": f"{PROVIDER_ID}/{model_name}",
         "permission": {"*": "ask", "question": "deny", "external_directory": "allow",
                        "doom_loop": "allow"},
     }
@@ -155,7 +154,9 @@ async def serve(turn: HarnessTurn) -> AsyncIterator[httpx.AsyncClient]:
     sandbox = turn.sandbox
     token = secrets.token_hex(16)
     env = {**ENV, RUN_MARKER: token,
-           "OPENCODE_CONFIG_CONTENT": json.dumps(opencode_config(turn))}
+           "OPENCODE_CONFIG_CONTENT": json.dumps(opencode_config(
+               turn.turn.config, turn.model_name, turn.proxy.base_url,
+               turn.proxy.placeholder_key))}
     command = "exec " + shlex.join(["opencode", "serve", "--hostname", "127.0.0.1",
                                     "--port", "0"])
     output = bytearray()
