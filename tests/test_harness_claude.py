@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import pytest
 from agent_support import read_log, settled
+from harness_support import files_holding, processes
 from real_model import (
     REQUIRE_MODEL,
     ModelServer,
@@ -278,31 +279,6 @@ def tools(parts: list[Any]) -> list[ToolPart]:
     return [part for part in parts if isinstance(part, ToolPart)]
 
 
-FIND_KEY = r"""
-import os, sys
-key = (sys.argv[1] + sys.argv[2]).encode()   # the halves: this command line holds no key
-found = []
-for pid in os.listdir("/proc"):
-    if pid.isdigit():
-        for name in ("environ", "cmdline"):
-            try:
-                with open("/proc/%s/%s" % (pid, name), "rb") as f:
-                    if key in f.read():
-                        found.append("/proc/%s/%s" % (pid, name))
-            except OSError:
-                pass
-for top in ("/home/sandbox", "/workspace", "/tmp"):
-    for folder, _, files in os.walk(top):
-        for name in files:
-            path = os.path.join(folder, name)
-            try:
-                with open(path, "rb") as f:
-                    if key in f.read():
-                        found.append(path)
-            except OSError:
-                pass
-print("\n".join(found))
-"""
 MARKED = r"""
 import os, sys
 mark = sys.argv[1].encode() + b"="
@@ -319,11 +295,9 @@ for pid in os.listdir("/proc"):
 
 
 async def key_traces(session: AsyncSessionHandle) -> list[str]:
-    half = len(KEY) // 2
-    result = await session.shell(
-        f"python3 -c '{FIND_KEY}' {KEY[:half]} {KEY[half:]}", timeout=60)
-    assert result.exit_code == 0, result.stderr
-    return result.stdout.split()
+    """Where the key is in the container: files, or a process's environment or argv."""
+    found = await files_holding(session, KEY)
+    return found + (["a process"] if KEY in await processes(session) else [])
 
 
 async def marked_processes(session: AsyncSessionHandle) -> list[str]:

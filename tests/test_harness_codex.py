@@ -16,13 +16,20 @@ from typing import Any
 
 import anyio
 import pytest
+from harness_support import (
+    STARTED,
+    abort_while_running,
+    collect,
+    ends,
+    left_behind,
+    search_finds_a_planted_key,
+)
 from real_model import REQUIRE_MODEL, ModelUnavailable, check_installed, start_server
 from servers import Canned, CannedServer, sse
 
 from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, InvalidArgument
 from sandbox_sessions._types import AgentConfig, Event, PermissionRequest
 from sandbox_sessions.agent.harness import harness
-from sandbox_sessions.agent.harness._process import RUN_MARKER
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -90,10 +97,6 @@ def model_input(request: Any) -> str:
     return json.dumps(request.json["input"])
 
 
-def ends(events: list[Event]) -> list[Any]:
-    return [event for event in events if event.type == "turn-end"]
-
-
 @pytest.fixture
 async def keyed_client(store_path: Path) -> AsyncIterator[AsyncSandboxClient]:
     async with AsyncSandboxClient(store=store_path, api_keys={"openai": KEY}) as opened:
@@ -109,14 +112,6 @@ async def scripted(keyed_client: AsyncSandboxClient, http_server: CannedServer,
                                permissions={"bash": {"*": "ask"}})
     async with await agent.create_session() as session:
         yield session
-
-
-async def collect(session: AsyncSessionHandle, prompt: str, **callbacks: Any
-                  ) -> tuple[Any, list[Event]]:
-    events: list[Event] = []
-    with anyio.fail_after(120):
-        result = await session.send(prompt, on_event=events.append, **callbacks)
-    return result, events
 
 
 async def test_check_model_takes_openai_responses_models_only() -> None:
@@ -230,9 +225,7 @@ async def test_a_reject_without_a_message_ends_the_turn_rejected(
     assert probe.stdout == "absent\n"
     assert len(http_server.requests) == 1  # the turn stopped: no second model call
     # No Codex process is left behind.
-    left = await scripted.shell(f"for f in /proc/[0-9]*/environ; do grep -q {RUN_MARKER}= $f "
-                                "2>/dev/null && echo $f; done; pgrep codex; true")
-    assert left.stdout == ""
+    assert await left_behind(scripted, "codex") == ""
     assert result.tokens.input == 120  # the one model call's, read by the proxy
 
 
@@ -295,60 +288,23 @@ async def test_a_later_send_continues_the_thread_also_from_another_process(
 async def test_abort_during_a_command_kills_codex_and_its_children_and_no_key_is_inside(
     keyed_client: AsyncSandboxClient, http_server: CannedServer, agents_image: str
 ) -> None:
-    command = "echo started > /workspace/started.txt; sleep 300"
+    command = f"{STARTED}; sleep 300"
     http_server.enqueue(command_answer(command), text_answer("never"))
     agent = keyed_client.agent("codex", harness="codex", model="openai/scripted",
                                config=AgentConfig(base_url=f"{http_server.url}/v1"))
-    events: list[Event] = []
     async with await agent.create_session() as session:
-
-        async def run() -> None:
-            async for event in session.stream("sleep a while"):
-                events.append(event)
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(run)
-            for _ in range(450):  # 90 s
-                started = await session.shell("cat /workspace/started.txt 2>/dev/null")
-                if started.stdout == "started\n":
-                    break
-                await anyio.sleep(0.2)
-            else:
-                pytest.fail(f"the command never started: {events}")
-            # While Codex and its command run: read every process's env and argv (on the
-            # host: a search in the container would carry the key in its own argv) and
-            # search the files Codex may have written.
-            procs = await session.shell(
-                "for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do cat $f; echo; done "
-                "2>/dev/null", timeout=60)
-            pattern = KEY[:-1] + f"[{KEY[-1]}]"
-            files = await session.shell(
-                f"grep -rlI -e '{pattern}' /home/sandbox /workspace /tmp 2>/dev/null; "
-                "echo searched", timeout=60)
-            assert await session.abort()
-            group.cancel_scope.cancel()
-        left = await session.shell(
-            f"for f in /proc/[0-9]*/environ; do grep -q {RUN_MARKER}= $f 2>/dev/null "
-            "&& echo $f; done; pgrep -f 'sleep 30[0]'; pgrep codex; true")
-        after = await session.shell(
-            f"grep -rlI -e '{pattern}' /home/sandbox /workspace /tmp 2>/dev/null; "
-            "echo searched", timeout=60)
+        seen = await abort_while_running(session, KEY, "codex")
+        procs, events = seen.processes, seen.events
         threads = await session.shell("ls -R /home/sandbox/.codex/sessions | grep -c jsonl")
-        # The same search finds a planted string of the key's shape: it can fail.
-        control = "sk-test-control-" + secrets.token_hex(16)
-        await session.put_file("/home/sandbox/.codex/control.txt", control)
-        probe = await session.shell(
-            f"grep -rlI -e '{control[:-1]}[{control[-1]}]' /home/sandbox /workspace /tmp "
-            "2>/dev/null", timeout=60)
-    assert "codex" in procs.stdout
-    assert "sleep" in procs.stdout
-    assert "app-server" in procs.stdout
-    assert "sleep\x00300" in procs.stdout  # the command, a child of Codex
-    assert KEY not in procs.stdout
-    assert files.stdout == "searched\n"
-    assert after.stdout == "searched\n"
-    assert left.stdout == "", left.stdout
-    assert probe.stdout.splitlines() == ["/home/sandbox/.codex/control.txt"]
+        probe = await search_finds_a_planted_key(session, "/home/sandbox/.codex/control.txt")
+    assert "codex" in procs
+    assert "sleep" in procs
+    assert "app-server" in procs
+    assert "sleep\x00300" in procs  # the command, a child of Codex
+    assert KEY not in procs
+    assert (seen.files, seen.files_after) == ([], [])
+    assert seen.left == ""
+    assert probe == ["/home/sandbox/.codex/control.txt"]
     assert threads.stdout.strip() == "1"  # the thread file is in the container's CODEX_HOME
     assert [e.reason for e in ends(events)] == ["aborted"]
     assert http_server.requests[0].headers["authorization"] == f"Bearer {KEY}"

@@ -23,12 +23,19 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from harness_support import (
+    STARTED,
+    abort_while_running,
+    collect,
+    ends,
+    left_behind,
+    search_finds_a_planted_key,
+)
 from real_model import REQUIRE_MODEL, ModelUnavailable, check_installed, start_server
 
 from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, InvalidArgument
 from sandbox_sessions._types import AGENTS_IMAGE, AgentConfig, Event, PermissionRequest
 from sandbox_sessions.agent.harness import harness
-from sandbox_sessions.agent.harness._process import RUN_MARKER
 from sandbox_sessions.agent.harness._tunnel_http import TunnelTransport
 from sandbox_sessions.sandbox._container import DockerSandbox
 
@@ -169,18 +176,6 @@ async def scripted(keyed_client: AsyncSandboxClient, chat: ChatServer, agents_im
                                permissions={"bash": {"*": "ask"}})
     async with await agent.create_session() as session:
         yield session
-
-
-def ends(events: list[Event]) -> list[Any]:
-    return [event for event in events if event.type == "turn-end"]
-
-
-async def collect(session: AsyncSessionHandle, prompt: str, **callbacks: Any
-                  ) -> tuple[Any, list[Event]]:
-    events: list[Event] = []
-    with anyio.fail_after(120):
-        result = await session.send(prompt, on_event=events.append, **callbacks)
-    return result, events
 
 
 def tool_messages(body: dict[str, Any]) -> str:
@@ -344,9 +339,7 @@ async def test_a_reject_without_a_message_ends_the_turn_rejected(
     probe = await scripted.shell("test -e /workspace/refused.txt && echo there || echo absent")
     assert probe.stdout == "absent\n"
     assert len(chat.tool_requests()) == 1  # the turn stopped: no second model call
-    left = await scripted.shell(f"for f in /proc/[0-9]*/environ; do grep -q {RUN_MARKER}= $f "
-                                "2>/dev/null && echo $f; done; pgrep opencode; true")
-    assert left.stdout == ""
+    assert await left_behind(scripted, "opencode") == ""
 
 
 async def test_an_image_without_opencode_ends_the_turn_with_its_output(
@@ -397,60 +390,24 @@ async def test_a_later_send_continues_the_session_also_from_another_process(
 async def test_abort_during_a_command_kills_opencode_and_its_children_and_no_key_is_inside(
     keyed_client: AsyncSandboxClient, chat: ChatServer, agents_image: str
 ) -> None:
-    command = "echo started > /workspace/started.txt; sleep 300"
+    command = f"{STARTED}; sleep 300"
     chat.answers.extend([bash_answer(command), text_answer("never")])
     agent = keyed_client.agent("oc", harness="opencode", model="openai/scripted",
                                config=AgentConfig(base_url=chat.url))
-    events: list[Event] = []
     async with await agent.create_session() as session:
-
-        async def run() -> None:
-            async for event in session.stream("sleep a while"):
-                events.append(event)
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(run)
-            for _ in range(450):  # 90 s
-                started = await session.shell("cat /workspace/started.txt 2>/dev/null")
-                if started.stdout == "started\n":
-                    break
-                await anyio.sleep(0.2)
-            else:
-                pytest.fail(f"the command never started: {events}")
-            # While opencode and its command run: read every process's env and argv (on the
-            # host: a search in the container would carry the key in its own argv) and
-            # search the files opencode may have written.
-            procs = await session.shell(
-                "for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do cat $f; echo; done "
-                "2>/dev/null", timeout=60)
-            pattern = KEY[:-1] + f"[{KEY[-1]}]"
-            files = await session.shell(
-                f"grep -rlI -e '{pattern}' /home/sandbox /workspace /tmp 2>/dev/null; "
-                "echo searched", timeout=60)
-            assert await session.abort()
-            group.cancel_scope.cancel()
-        left = await session.shell(
-            f"for f in /proc/[0-9]*/environ; do grep -q {RUN_MARKER}= $f 2>/dev/null "
-            "&& echo $f; done; pgrep -f 'sleep 30[0]'; pgrep opencode; true")
-        after = await session.shell(
-            f"grep -rlI -e '{pattern}' /home/sandbox /workspace /tmp 2>/dev/null; "
-            "echo searched", timeout=60)
+        seen = await abort_while_running(session, KEY, "opencode")
+        procs, events = seen.processes, seen.events
         data = await session.shell("ls /home/sandbox/.local/share/opencode")
-        # The same search finds a planted string of the key's shape: it can fail.
-        control = "sk-test-control-" + secrets.token_hex(16)
-        await session.put_file("/home/sandbox/.local/share/opencode/control.txt", control)
-        probe = await session.shell(
-            f"grep -rlI -e '{control[:-1]}[{control[-1]}]' /home/sandbox /workspace /tmp "
-            "2>/dev/null", timeout=60)
-    assert "opencode\x00serve" in procs.stdout
-    assert "sleep\x00300" in procs.stdout  # the command, a child of opencode
-    assert "OPENCODE_CONFIG_CONTENT" in procs.stdout  # the environments were read
-    assert KEY not in procs.stdout
-    assert files.stdout == "searched\n"
-    assert after.stdout == "searched\n"
-    assert left.stdout == "", left.stdout
+        probe = await search_finds_a_planted_key(
+            session, "/home/sandbox/.local/share/opencode/control.txt")
+    assert "opencode\x00serve" in procs
+    assert "sleep\x00300" in procs  # the command, a child of opencode
+    assert "OPENCODE_CONFIG_CONTENT" in procs  # the environments were read
+    assert KEY not in procs
+    assert (seen.files, seen.files_after) == ([], [])
+    assert seen.left == ""
     assert data.stdout.strip()  # opencode's data stays in the container
-    assert probe.stdout.splitlines() == ["/home/sandbox/.local/share/opencode/control.txt"]
+    assert probe == ["/home/sandbox/.local/share/opencode/control.txt"]
     assert [e.reason for e in ends(events)] == ["aborted"]
     assert chat.requests[0][0]["authorization"] == f"Bearer {KEY}"
 

@@ -1,0 +1,115 @@
+"""What the harness tests share: waiting for a CLI's command to run, and searching the
+container for the model key and for processes a run left behind."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pytest
+
+from sandbox_sessions import AsyncSessionHandle, SendResult
+from sandbox_sessions._types import Event, TurnEndEvent
+from sandbox_sessions.agent.harness._process import RUN_MARKER
+
+STARTED = "echo started > /workspace/started.txt"
+"""What a scripted command runs first, so a test knows it is running."""
+SEARCHED = ("/home/sandbox", "/workspace", "/tmp")
+"""Where a CLI may write files: searched for the key."""
+
+
+async def wait_started(session: AsyncSessionHandle, seen: Sequence[object]) -> None:
+    """Wait (90 s at most) until the scripted command wrote `/workspace/started.txt`."""
+    for _ in range(450):
+        started = await session.shell("cat /workspace/started.txt 2>/dev/null")
+        if started.stdout == "started\n":
+            return
+        await anyio.sleep(0.2)
+    pytest.fail(f"the command never started: {list(seen)}")
+
+
+async def processes(session: AsyncSessionHandle) -> str:
+    """Every process's environment and argv (NUL-separated), read on the host: a search run
+    in the container would carry what it looks for in its own argv."""
+    found = await session.shell("for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do "
+                                "cat $f; echo; done 2>/dev/null", timeout=60)
+    return found.stdout
+
+
+async def files_holding(session: AsyncSessionHandle, secret: str) -> list[str]:
+    """The files under `SEARCHED` that hold `secret` (the pattern `ab[c]` finds `abc` and
+    not itself, so the search's own argv does not count)."""
+    pattern = secret[:-1] + f"[{secret[-1]}]"
+    found = await session.shell(f"grep -rlI -e '{pattern}' {' '.join(SEARCHED)} "
+                                "2>/dev/null; true", timeout=60)
+    return found.stdout.splitlines()
+
+
+async def search_finds_a_planted_key(session: AsyncSessionHandle, path: str) -> list[str]:
+    """Plant a string of the key's shape at `path` and search for it as for the key: the
+    search can fail."""
+    control = "sk-test-control-" + secrets.token_hex(16)
+    await session.put_file(path, control)
+    return await files_holding(session, control)
+
+
+async def left_behind(session: AsyncSessionHandle, *names: str) -> str:
+    """The processes still carrying a run's marker, the scripted `sleep 300`, and any of
+    `names` (the CLI's)."""
+    pgreps = "".join(f"pgrep {name}; " for name in names)
+    left = await session.shell(
+        f"for f in /proc/[0-9]*/environ; do grep -q {RUN_MARKER}= $f 2>/dev/null "
+        f"&& echo $f; done; pgrep -f 'sleep 30[0]'; {pgreps}true")
+    return left.stdout
+
+
+def ends(events: Sequence[Event]) -> list[TurnEndEvent]:
+    """The turn-end events among `events`."""
+    return [event for event in events if isinstance(event, TurnEndEvent)]
+
+
+async def collect(session: AsyncSessionHandle, prompt: str, **callbacks: Any
+                  ) -> tuple[SendResult, list[Event]]:
+    """Send `prompt` (two minutes at most): the result and every event of the turn."""
+    events: list[Event] = []
+    with anyio.fail_after(120):
+        result = await session.send(prompt, on_event=events.append, **callbacks)
+    return result, events
+
+
+@dataclass
+class Aborted:
+    """What `abort_while_running` saw."""
+
+    events: list[Event] = field(default_factory=list)
+    processes: str = ""
+    """Every process's environment and argv while the command ran."""
+    files: list[str] = field(default_factory=list)
+    """The files holding the key while the command ran."""
+    left: str = ""
+    """What `left_behind` found after the abort."""
+    files_after: list[str] = field(default_factory=list)
+
+
+async def abort_while_running(session: AsyncSessionHandle, key: str, cli: str) -> Aborted:
+    """Stream a turn whose scripted command starts with `STARTED` and then sleeps; once it
+    runs, look for the key in the processes and files, abort, and look again."""
+    seen = Aborted()
+
+    async def run() -> None:
+        async for event in session.stream("sleep a while"):
+            seen.events.append(event)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(run)
+        await wait_started(session, seen.events)
+        seen.processes = await processes(session)
+        seen.files = await files_holding(session, key)
+        assert await session.abort()
+        group.cancel_scope.cancel()
+    seen.left = await left_behind(session, cli)
+    seen.files_after = await files_holding(session, key)
+    return seen
