@@ -6,13 +6,15 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from real_model import REQUIRE_MODEL, ModelUnavailable, check_installed, start_server
 
-from sandbox_sessions import AsyncSessionHandle, SendResult
-from sandbox_sessions._types import Event, TurnEndEvent
+from sandbox_sessions import AgentConfig, AsyncSandboxClient, AsyncSessionHandle, SendResult
+from sandbox_sessions._types import Event, HarnessName, TextDeltaEvent, TurnEndEvent
 from sandbox_sessions.agent.harness._process import RUN_MARKER
 
 STARTED = "echo started > /workspace/started.txt"
@@ -73,9 +75,9 @@ def ends(events: Sequence[Event]) -> list[TurnEndEvent]:
 
 async def collect(session: AsyncSessionHandle, prompt: str, **callbacks: Any
                   ) -> tuple[SendResult, list[Event]]:
-    """Send `prompt` (two minutes at most): the result and every event of the turn."""
+    """Send `prompt` (four minutes at most): the result and every event of the turn."""
     events: list[Event] = []
-    with anyio.fail_after(120):
+    with anyio.fail_after(240):
         result = await session.send(prompt, on_event=events.append, **callbacks)
     return result, events
 
@@ -113,3 +115,39 @@ async def abort_while_running(session: AsyncSessionHandle, key: str, cli: str) -
     seen.left = await left_behind(session, cli)
     seen.files_after = await files_holding(session, key)
     return seen
+
+
+async def real_text_turn(store: Path, log: Path, harness: HarnessName, model: str, *,
+                         n_ctx: int, n_predict: int = -1, base: str = "openai",
+                         config: AgentConfig | None = None) -> None:
+    """One text turn of `harness` in the agents image against SmolLM2 (xllamacpp, its
+    answers capped at `n_predict` tokens), through the model proxy; checks that it completed
+    with streamed text, exactly one turn-end, and the proxy's tokens in the metrics. The
+    CLI's prompt is thousands of tokens: `n_ctx` must hold it."""
+    try:
+        gguf = check_installed()
+    except ModelUnavailable as exc:
+        if REQUIRE_MODEL:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+    server = start_server(gguf, log, n_ctx=n_ctx, n_predict=n_predict)
+    base_url = server.openai_base_url if base == "openai" else server.base_url
+    try:
+        async with AsyncSandboxClient(store=store, api_keys={base: "sk-none"}) as client:
+            agent = client.agent(harness, harness=harness, model=model, config=(
+                config or AgentConfig()).model_copy(update={"base_url": base_url}))
+            async with await agent.create_session() as session:
+                result, events = await collect(session, "Say hello in one short sentence.")
+                metrics = await session.get_metrics()
+    finally:
+        server.stop()
+    assert result.reason == "completed", (result.error, server.log_tail())
+    deltas = [e.delta for e in events if isinstance(e, TextDeltaEvent)]
+    assert deltas
+    assert result.text.strip()
+    assert "".join(deltas).endswith(result.text)
+    assert [end.reason for end in ends(events)] == ["completed"]
+    assert result.tokens.input > 1000  # as the proxy read them from the model's answers
+    assert result.tokens.output > 0
+    assert (metrics.tokens.input, metrics.tokens.output) == (result.tokens.input,
+                                                             result.tokens.output)

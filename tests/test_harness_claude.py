@@ -22,15 +22,7 @@ from typing import Any
 import anyio
 import pytest
 from agent_support import read_log, settled
-from harness_support import files_holding, processes
-from real_model import (
-    REQUIRE_MODEL,
-    ModelServer,
-    ModelUnavailable,
-    check_installed,
-    start_server,
-    stop_process,
-)
+from harness_support import files_holding, processes, real_text_turn
 
 from sandbox_sessions import (
     AgentConfig,
@@ -343,47 +335,15 @@ async def test_an_image_without_claude_ends_the_turn_with_an_error(
 
 # --- a real model ----------------------------------------------------------------------------
 
-N_PREDICT = 24
-@pytest.fixture(scope="module")
-def smollm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServer]:
-    """SmolLM2 behind llama.cpp's server, its answers capped at `N_PREDICT` tokens (Claude
-    asks for 32000, and a small model may never stop), with room for Claude's long prompt
-    (about 4,100 tokens: its system prompt and tool schemas)."""
-    try:
-        gguf = check_installed()
-    except ModelUnavailable as exc:
-        if REQUIRE_MODEL:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    log_path = tmp_path_factory.mktemp("smollm") / "server.log"
-    server = start_server(gguf, log_path, n_ctx=8192, n_predict=N_PREDICT)
-    try:
-        yield server
-    finally:
-        stop_process(server.process)
 
-
+@pytest.mark.model
 async def test_a_real_text_turn_against_smollm2_through_the_proxy(
-    embedded_client: AsyncSandboxClient, agents_image: str, smollm: ModelServer
+    store_path: Path, tmp_path: Path, agents_image: str
 ) -> None:
-    texts: list[str] = []
-    session = await claude_session(embedded_client, agents_image, smollm.base_url,
-                                   model="smollm2-135m")
-    async with session:
-        with anyio.fail_after(150):
-            result = await session.send("Say hello.", on_text=texts.append)
-        ends = await turn_ends(session, 1)
-        log = await read_log(session, settled(1))
-        metrics = await session.get_metrics()
-    assert result.reason == "completed", (result.error, smollm.log_tail())
-    assert ends == ["completed"]
-    deltas = [event for event in log if isinstance(event, TextDeltaEvent)]
-    assert deltas
-    assert "".join(texts).strip()
-    assert result.text.strip()
-    assert metrics.tokens.input > 0  # as the proxy read them from the model's answers
-    assert metrics.tokens.output > 0
-    assert result.tokens.output > 0
+    # Claude asks for 32000 tokens and a small model may never stop: answers are capped.
+    # Its prompt (system prompt and tool schemas) is about 4,100 tokens.
+    await real_text_turn(store_path, tmp_path / "llama.log", "claude-code",
+                         "anthropic/smollm2-135m", n_ctx=8192, n_predict=24, base="anthropic")
 
 
 # --- permissions and tools (the scripted model) ----------------------------------------------

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 from harness_support import (
     STARTED,
@@ -22,13 +21,13 @@ from harness_support import (
     collect,
     ends,
     left_behind,
+    real_text_turn,
     search_finds_a_planted_key,
 )
-from real_model import REQUIRE_MODEL, ModelUnavailable, check_installed, start_server
 from servers import Canned, CannedServer, sse
 
 from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, InvalidArgument
-from sandbox_sessions._types import AgentConfig, Event, PermissionRequest
+from sandbox_sessions._types import AgentConfig, PermissionRequest
 from sandbox_sessions.agent.harness import harness
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -314,32 +313,6 @@ async def test_abort_during_a_command_kills_codex_and_its_children_and_no_key_is
 async def test_a_real_text_turn_against_smollm2(
     store_path: Path, tmp_path: Path, agents_image: str
 ) -> None:
-    try:
-        gguf = check_installed()
-    except ModelUnavailable as exc:
-        if REQUIRE_MODEL:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    server = start_server(gguf, tmp_path / "llama.log", n_ctx=16384, n_predict=48)
-    try:
-        async with AsyncSandboxClient(store=store_path, api_keys={"openai": "sk-none"}
-                                      ) as client:
-            agent = client.agent("codex", harness="codex", model="openai/smollm2-135m",
-                                 config=AgentConfig(base_url=server.openai_base_url))
-            async with await agent.create_session() as session:
-                events: list[Event] = []
-                with anyio.fail_after(240):
-                    result = await session.send("Say hello in one short sentence.",
-                                                on_event=events.append)
-                metrics = await session.get_metrics()
-    finally:
-        server.stop()
-    assert result.reason == "completed", (result.error, server.log_tail())
-    deltas = [e.delta for e in events if e.type == "text-delta"]
-    assert deltas
-    assert result.text.strip()
-    assert "".join(deltas).endswith(result.text)
-    assert len(ends(events)) == 1
-    assert result.tokens.input > 1000  # Codex's prompt is thousands of tokens
-    assert result.tokens.output > 0
-    assert metrics.tokens.input == result.tokens.input
+    # Codex's prompt alone is about 4,500 tokens.
+    await real_text_turn(store_path, tmp_path / "llama.log", "codex", "openai/smollm2-135m",
+                         n_ctx=16384, n_predict=48)

@@ -29,12 +29,12 @@ from harness_support import (
     collect,
     ends,
     left_behind,
+    real_text_turn,
     search_finds_a_planted_key,
 )
-from real_model import REQUIRE_MODEL, ModelUnavailable, check_installed, start_server
 
 from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, InvalidArgument
-from sandbox_sessions._types import AGENTS_IMAGE, AgentConfig, Event, PermissionRequest
+from sandbox_sessions._types import AGENTS_IMAGE, AgentConfig, PermissionRequest
 from sandbox_sessions.agent.harness import harness
 from sandbox_sessions.agent.harness._tunnel_http import TunnelTransport
 from sandbox_sessions.sandbox._container import DockerSandbox
@@ -416,35 +416,8 @@ async def test_abort_during_a_command_kills_opencode_and_its_children_and_no_key
 async def test_a_real_text_turn_against_smollm2(
     store_path: Path, tmp_path: Path, agents_image: str
 ) -> None:
-    try:
-        gguf = check_installed()
-    except ModelUnavailable as exc:
-        if REQUIRE_MODEL:
-            pytest.fail(str(exc))
-        pytest.skip(str(exc))
-    server = start_server(gguf, tmp_path / "llama.log", n_ctx=8192)
-    try:
-        async with AsyncSandboxClient(store=store_path, api_keys={"openai": "sk-none"}
-                                      ) as client:
-            # opencode asks for up to 32000 tokens; its model's options cap every answer.
-            agent = client.agent("oc", harness="opencode", model="openai/smollm2-135m",
-                                 config=AgentConfig(base_url=server.openai_base_url,
-                                                    context_limit=8192,
-                                                    options={"max_tokens": 24}))
-            async with await agent.create_session() as session:
-                events: list[Event] = []
-                with anyio.fail_after(240):
-                    result = await session.send("Say hello in one short sentence.",
-                                                on_event=events.append)
-                metrics = await session.get_metrics()
-    finally:
-        server.stop()
-    assert result.reason == "completed", (result.error, server.log_tail())
-    deltas = [e.delta for e in events if e.type == "text-delta"]
-    assert deltas
-    assert result.text.strip()
-    assert "".join(deltas).endswith(result.text)
-    assert len(ends(events)) == 1
-    assert result.tokens.input > 1000  # opencode's prompt is thousands of tokens
-    assert result.tokens.output > 0
-    assert metrics.tokens.input == result.tokens.input
+    # opencode asks for up to 32000 tokens, which llama.cpp's n_predict does not cap: its
+    # model's options do.
+    await real_text_turn(store_path, tmp_path / "llama.log", "opencode",
+                         "openai/smollm2-135m", n_ctx=8192,
+                         config=AgentConfig(context_limit=8192, options={"max_tokens": 24}))
