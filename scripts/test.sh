@@ -5,7 +5,8 @@
 #
 # The whole suite runs as two pytest processes at once, each with a temp folder of its own:
 # the files that mostly wait (fifty sessions made and ended twenty times, deadlines of wedged
-# helpers, the real model, the CLI's subprocesses, the model proxy) beside everything else,
+# helpers, the real model, the CLI's subprocesses, the model proxy, the agent CLIs in their
+# containers) beside everything else,
 # which keeps the run well under half an hour on two cores. The library is built for that: processes sharing one engine (and even
 # one store) is what parallel CI jobs do. With arguments, one pytest runs them as given.
 set -euo pipefail
@@ -23,7 +24,8 @@ if [ $# -gt 0 ]; then
 fi
 
 waiting=(tests/test_concurrency.py tests/test_deadlines.py tests/test_real_model.py
-         tests/test_cli.py tests/test_cli_run.py tests/test_model_proxy.py)
+         tests/test_cli.py tests/test_cli_run.py tests/test_model_proxy.py
+         tests/test_harness_claude.py tests/test_harness_codex.py tests/test_harness_opencode.py)
 mkdir -p .state
 log=.state/pytest-waiting.log
 echo "test: pytest, in two processes: ${waiting[*]} (output in $log, shown at the end), and the rest" >&2
