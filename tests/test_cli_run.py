@@ -322,6 +322,9 @@ def test_an_unknown_command_template_exits_not_found(tmp_path: Path, image: str)
     (["run", "hi", "--script", "model.yaml", "--permissions", "bad.yaml"], 2,
      "bad.yaml:2: bash: "),
     (["run", "hi", "--script", "model.yaml", "--image", "no-such/image:1"], 3, "no-such/image"),
+    (["run", "hi", "--harness", "claude-code", "--model", "openai/gpt-5"], 2,
+     "the claude-code harness"),
+    (["run", "hi", "--harness", "aider", "--model", "openai/gpt-5"], 2, "'aider' is not one of"),
 ])
 def test_bad_usage_is_one_line_and_its_code(tmp_path: Path, image: str, args: list[str],
                                             code: int, words: str) -> None:
@@ -458,6 +461,32 @@ def test_run_drives_a_real_provider_wire_format_and_the_key_stays_on_the_host(
                if isinstance(block, dict) and block.get("type") == "tool_result"]
     assert "from-the-box" in json.dumps(results)
     assert result_line(done.stdout)["exit_code"] == 0
+
+
+def test_run_with_a_harness_drives_codex_in_the_box_and_downloads_its_artifact(
+        tmp_path: Path, agents_image: str, http_server: CannedServer) -> None:
+    """`run --harness codex`: Codex runs in the agents image, its command is asked (the
+    permissions file says so) and answered by `--ask once`, and its artifact comes home."""
+    from test_harness_codex import command_answer, text_answer
+
+    key = "sk-test-" + "c" * 24
+    command = "mkdir -p /artifacts && echo from-codex > /artifacts/made.txt"
+    http_server.enqueue(command_answer(command), text_answer("Made it."))
+    (tmp_path / "ask.yaml").write_text("bash: ask\n")
+    env = cli_env(tmp_path / "sessions.db", OPENAI_BASE_URL=f"{http_server.url}/v1",
+                  OPENAI_API_KEY=key)
+    done = cli(tmp_path, "--json", "run", "Make the artifact", "--harness", "codex",
+               "--model", "openai/scripted", "--permissions", "ask.yaml", "--ask", "once",
+               "--artifacts", "out", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = json_lines(done.stdout)
+    asked = [line["request"] for line in lines if line["type"] == "permission-asked"]
+    assert [(r["tool"], r["patterns"]) for r in asked] == [("bash", [command])]
+    assert (result_line(done.stdout)["status"], result_line(done.stdout)["exit_code"]) == (
+        "passed", 0)
+    assert [line["reason"] for line in lines if line["type"] == "turn-end"] == ["completed"]
+    assert (tmp_path / "out" / "made.txt").read_text() == "from-codex\n"
+    assert all(r.headers["authorization"] == f"Bearer {key}" for r in http_server.requests)
 
 
 # --- answers from another process -------------------------------------------------------------
