@@ -90,15 +90,22 @@ class Aborted:
     processes: str = ""
     """Every process's environment and argv while the command ran."""
     files: list[str] = field(default_factory=list)
-    """The files holding the key while the command ran."""
+    """The files holding the key (or what else was hidden) while the command ran."""
     left: str = ""
     """What `left_behind` found after the abort."""
     files_after: list[str] = field(default_factory=list)
 
 
-async def abort_while_running(session: AsyncSessionHandle, key: str, cli: str) -> Aborted:
+def host_address(url: str) -> str:
+    """`127.0.0.1:<port>` of a loopback URL on the host (the upstream's address)."""
+    return url.split("://", 1)[1].split("/", 1)[0]
+
+
+async def abort_while_running(session: AsyncSessionHandle, key: str, cli: str,
+                              hidden: Sequence[str] = ()) -> Aborted:
     """Stream a turn whose scripted command starts with `STARTED` and then sleeps; once it
-    runs, look for the key in the processes and files, abort, and look again."""
+    runs, look for the key (and anything else the test hides) in the processes and files,
+    abort, and look again."""
     seen = Aborted()
 
     async def run() -> None:
@@ -109,11 +116,13 @@ async def abort_while_running(session: AsyncSessionHandle, key: str, cli: str) -
         group.start_soon(run)
         await wait_started(session, seen.events)
         seen.processes = await processes(session)
-        seen.files = await files_holding(session, key)
+        seen.files = [path for secret in (key, *hidden)
+                      for path in await files_holding(session, secret)]
         assert await session.abort()
         group.cancel_scope.cancel()
     seen.left = await left_behind(session, cli)
-    seen.files_after = await files_holding(session, key)
+    seen.files_after = [path for secret in (key, *hidden)
+                        for path in await files_holding(session, secret)]
     return seen
 
 

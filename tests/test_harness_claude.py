@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import pytest
 from agent_support import read_log, settled
-from harness_support import files_holding, processes, real_text_turn
+from harness_support import files_holding, host_address, processes, real_text_turn
 
 from sandbox_sessions import (
     AgentConfig,
@@ -286,10 +286,15 @@ for pid in os.listdir("/proc"):
 """
 
 
-async def key_traces(session: AsyncSessionHandle) -> list[str]:
-    """Where the key is in the container: files, or a process's environment or argv."""
-    found = await files_holding(session, KEY)
-    return found + (["a process"] if KEY in await processes(session) else [])
+async def key_traces(session: AsyncSessionHandle, upstream: str) -> list[str]:
+    """Where the key, or the upstream's address on the host, is in the container: files, or
+    a process's environment or argv."""
+    running = await processes(session)
+    found = []
+    for secret in (KEY, host_address(upstream)):
+        found += await files_holding(session, secret)
+        found += [f"a process holds {secret}"] if secret in running else []
+    return found
 
 
 async def marked_processes(session: AsyncSessionHandle) -> list[str]:
@@ -361,7 +366,7 @@ async def test_once_runs_the_bash_call_in_the_container(
         written = await session.get_file("/workspace/ran.txt")
         ends = await turn_ends(session, 1)
         log = await read_log(session, settled(1))
-        traces = await key_traces(session)
+        traces = await key_traces(session, server.url)
     assert (result.reason, result.error) == ("completed", None)
     assert result.text == "All done."
     assert [(r.tool, r.patterns) for r in answers.requests] == [
@@ -624,7 +629,7 @@ async def test_abort_during_a_long_bash_call_kills_claude_and_the_command(
             while not any("time.sleep(300)" in line for line in running):
                 running = await marked_processes(session)
                 await anyio.sleep(0.2)
-        traces = await key_traces(session)  # while Claude runs
+        traces = await key_traces(session, server.url)  # while Claude runs
         assert await session.abort()
         ends = await turn_ends(session, 1)
         left = await marked_processes(session)

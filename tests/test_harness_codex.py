@@ -20,6 +20,7 @@ from harness_support import (
     abort_while_running,
     collect,
     ends,
+    host_address,
     left_behind,
     real_text_turn,
     search_finds_a_planted_key,
@@ -292,7 +293,9 @@ async def test_abort_during_a_command_kills_codex_and_its_children_and_no_key_is
     agent = keyed_client.agent("codex", harness="codex", model="openai/scripted",
                                config=AgentConfig(base_url=f"{http_server.url}/v1"))
     async with await agent.create_session() as session:
-        seen = await abort_while_running(session, KEY, "codex")
+        # the host's address is not in the container either
+        upstream = host_address(http_server.url)
+        seen = await abort_while_running(session, KEY, "codex", hidden=[upstream])
         procs, events = seen.processes, seen.events
         threads = await session.shell("ls -R /home/sandbox/.codex/sessions | grep -c jsonl")
         probe = await search_finds_a_planted_key(session, "/home/sandbox/.codex/control.txt")
@@ -301,6 +304,7 @@ async def test_abort_during_a_command_kills_codex_and_its_children_and_no_key_is
     assert "app-server" in procs
     assert "sleep\x00300" in procs  # the command, a child of Codex
     assert KEY not in procs
+    assert upstream not in procs
     assert (seen.files, seen.files_after) == ([], [])
     assert seen.left == ""
     assert probe == ["/home/sandbox/.codex/control.txt"]

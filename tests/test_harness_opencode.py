@@ -28,6 +28,7 @@ from harness_support import (
     abort_while_running,
     collect,
     ends,
+    host_address,
     left_behind,
     real_text_turn,
     search_finds_a_planted_key,
@@ -395,7 +396,9 @@ async def test_abort_during_a_command_kills_opencode_and_its_children_and_no_key
     agent = keyed_client.agent("oc", harness="opencode", model="openai/scripted",
                                config=AgentConfig(base_url=chat.url))
     async with await agent.create_session() as session:
-        seen = await abort_while_running(session, KEY, "opencode")
+        # the host's address is not in the container either
+        upstream = host_address(chat.url)
+        seen = await abort_while_running(session, KEY, "opencode", hidden=[upstream])
         procs, events = seen.processes, seen.events
         data = await session.shell("ls /home/sandbox/.local/share/opencode")
         probe = await search_finds_a_planted_key(
@@ -404,6 +407,7 @@ async def test_abort_during_a_command_kills_opencode_and_its_children_and_no_key
     assert "sleep\x00300" in procs  # the command, a child of opencode
     assert "OPENCODE_CONFIG_CONTENT" in procs  # the environments were read
     assert KEY not in procs
+    assert upstream not in procs
     assert (seen.files, seen.files_after) == ([], [])
     assert seen.left == ""
     assert data.stdout.strip()  # opencode's data stays in the container
