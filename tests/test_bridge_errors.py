@@ -62,6 +62,24 @@ def test_sandbox_options_the_engine_refuses_are_invalid_arguments(
     assert response.json()["error"]["code"] == "invalid_argument"
 
 
+@pytest.mark.parametrize("config", [
+    {"harness": "claude-code", "model": "openai/gpt-5"},
+    {"harness": "codex", "model": "anthropic/claude-sonnet-4-5"},
+    {"harness": "opencode", "model": "scripted"},
+    {"harness": "aider", "model": "openai/gpt-5"},
+], ids=repr)
+def test_a_harness_with_a_model_its_cli_cannot_use_is_an_invalid_argument(
+    served: tuple[httpx.Client, str], image: str, config: dict[str, Any]
+) -> None:
+    """A raw request is checked by the service, as `agent()` checks it in the client."""
+    http, _ = served
+    response = http.post("/sessions", json={"agent": "a", "sandbox": {"image": image},
+                                            "config": config})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_argument"
+    assert "harness" in response.json()["error"]["message"]
+
+
 def test_messages_after_any_seq_and_out_of_range_seqs(served: tuple[httpx.Client, str]) -> None:
     http, session_id = served
     assert len(http.get(f"/sessions/{session_id}/messages").json()) >= 2

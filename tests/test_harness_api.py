@@ -53,6 +53,19 @@ async def test_an_unknown_harness_or_a_model_the_cli_cannot_use_is_refused(
         client.agent("x", harness="opencode", model="scripted")
 
 
+async def test_a_turn_on_a_model_the_cli_cannot_use_is_refused_before_it_starts(
+    client: AsyncSandboxClient, agents_image: str
+) -> None:
+    """A command template's `model` runs that turn on it: one the CLI cannot use is refused
+    by the service, before anything is stored."""
+    client.add_command("ask-claude", "hello", model="anthropic/claude-sonnet-4-5")
+    agent = client.agent("cx", harness="codex", model="openai/gpt-5")
+    async with await agent.create_session() as session:
+        with pytest.raises(InvalidArgument, match="codex harness"):
+            await session.run_command("ask-claude")
+        assert await session.get_messages() == []
+
+
 async def test_revert_unrevert_and_summarize_are_not_supported_and_change_nothing(
     client: AsyncSandboxClient, agents_image: str
 ) -> None:

@@ -35,6 +35,7 @@ from .._types import (
 )
 from .._validation import check_text
 from ..agent.base import Tool
+from ..agent.harness import check_harness_model
 from ..sandbox.base import Sandbox, SandboxBackend
 from ..store.base import Store
 from ._allevents import Cursor, subscribe_all
@@ -96,6 +97,7 @@ class SessionService:
             check_text(request.title, "title")
         if request.parent_id is not None:
             await self._sessions.get_info(check_text(request.parent_id, "parent id"))
+        check_harness_model(request.config)  # a raw HTTP request is not checked by agent()
         return await self._sessions.create_session(
             agent=request.agent, title=request.title, options=request.sandbox,
             config=request.config, metadata=request.metadata, parent_id=request.parent_id)

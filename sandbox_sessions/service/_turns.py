@@ -81,7 +81,7 @@ from ..agent._questions import QuestionBroker, check_answer
 from ..agent._snapshots import Snapshots
 from ..agent._tools import TaskTool, check_rule_keys, resolve_tools
 from ..agent.base import Tool, ToolError
-from ..agent.harness import run_harness
+from ..agent.harness import check_harness_model, run_harness
 from ..providers import resolve_provider
 from ..providers._scripted import ScriptedProvider
 from ..providers.base import ModelMessage, Provider, TextContent
@@ -159,6 +159,7 @@ class Turns:
         check_text(prompt, "prompt")
         if model is not None:
             check_text(model, "model", empty=False)
+            check_harness_model((await self.sessions.get_info(session_id)).config, model)
         if command is not None and command.subtask is not None:
             await self._check_subtask(session_id, command.subtask)
         await self._compact_if_needed(session_id)
@@ -634,6 +635,7 @@ class Turns:
             check_text(title, "title")
         info = await self.sessions.get_info(session_id)
         new_config = config or info.config
+        check_harness_model(new_config)
         if permissions is not None:
             validate_rules(permissions)
             check_rule_keys(permissions, new_config.tools)

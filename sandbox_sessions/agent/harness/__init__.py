@@ -14,12 +14,13 @@ from collections.abc import Mapping
 import httpx
 
 from ..._exceptions import InvalidArgument, ProviderError
+from ..._types import AgentConfig
 from .._loop import Outcome, Rejected, Turn
 from .._pricing import cost_of
 from .._proxy import ModelProxy
 from ._base import Harness, HarnessTurn
 
-__all__ = ["HARNESSES", "harness", "run_harness"]
+__all__ = ["HARNESSES", "check_harness_model", "harness", "run_harness"]
 
 HARNESSES: Mapping[str, tuple[str, str]] = {
     "claude-code": ("._claude", "ClaudeCode"),
@@ -38,6 +39,13 @@ def harness(name: str) -> Harness:
     module = importlib.import_module(found[0], __package__)
     made: Harness = getattr(module, found[1])()
     return made
+
+
+def check_harness_model(config: AgentConfig, model: str | None = None) -> None:
+    """`InvalidArgument` when `config`'s harness cannot use `model` (by default its own)."""
+    chosen = model if model is not None else config.model
+    if config.harness != "builtin" and chosen is not None:
+        harness(config.harness).check_model(chosen)
 
 
 async def run_harness(turn: Turn, outcome: Outcome, *, api_keys: Mapping[str, str],
