@@ -447,8 +447,11 @@ def doctor_checks(cli: Cli, *args: str, env: dict[str, str] | None = None
 def test_doctor(cli: Cli, world: World) -> None:
     code, checks = doctor_checks(cli)
     assert code == 0, checks
-    assert {"engine", "image", "store", "extra cli", "extra server"} <= set(checks)
+    assert {"engine", "image", "agents", "store", "extra cli", "extra server"} <= set(checks)
     assert all(check["status"] in ("ok", "skip") for check in checks.values())
+    # the agents image is built by setup.sh: its CLIs and their versions are named
+    assert checks["agents"]["detail"] == ("sandbox-sessions/agents:latest: claude 2.1.332, "
+                                          "codex 0.171.0, opencode 1.18.33")
     if cli.url:
         assert checks["server"]["status"] == checks["token"]["status"] == "ok"
     else:
@@ -464,7 +467,7 @@ def test_doctor_names_the_failure_and_the_fix(world: World, tmp_path: Path) -> N
     assert code == 4
     assert checks["engine"]["status"] == "fail"
     assert "ensure-docker.sh" in checks["engine"]["fix"]
-    assert checks["image"]["status"] == "skip"
+    assert checks["image"]["status"] == checks["agents"]["status"] == "skip"
     code, checks = doctor_checks(cli, "--image", "sandbox-sessions/none:missing")
     assert code == 3
     assert checks["image"]["fix"] == "sandbox-sessions images build --tag " \
@@ -472,6 +475,20 @@ def test_doctor_names_the_failure_and_the_fix(world: World, tmp_path: Path) -> N
     plain = cli("doctor", "--image", "sandbox-sessions/none:missing")
     assert plain.returncode == 3
     assert "fix: sandbox-sessions images build" in plain.stdout
+
+
+def test_doctor_says_how_to_build_a_missing_agents_image() -> None:
+    from sandbox_sessions.cli._doctor import check_agents
+    from sandbox_sessions.sandbox._engine import Engine
+
+    engine = Engine()
+    try:
+        check = check_agents(engine, "sandbox-sessions/none:missing")
+    finally:
+        engine.close()
+    assert (check.status, check.fix) == (
+        "skip", "sandbox-sessions images build --with claude-code,codex,opencode")
+    assert check.detail == "no image sandbox-sessions/none:missing (harness agents need it)"
 
 
 def test_doctor_against_a_server(world: World, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ answer, 3 for a missing image, 1 for the rest.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ import click
 
 from .._exceptions import SandboxSessionsError, SandboxUnavailable
 from .._tokens import default_token_path
-from .._types import DEFAULT_IMAGE
+from .._types import AGENTS_IMAGE, DEFAULT_IMAGE
 from ..client import SandboxClient
 from ._app import ExitCode, cli, common, settings
 from ._basic import images
@@ -94,6 +95,29 @@ def check_image(engine: Any, image: str) -> Check:
     return _ok("image", f"{image} ({image_id[:19]})")
 
 
+def check_agents(engine: Any, image: str = AGENTS_IMAGE) -> Check:
+    """The agents image (for harness agents) and the CLIs in it. Optional: a missing one is
+    a skip with its fix, not a failure."""
+    from ..sandbox._agent_images import AGENTS_LABEL
+
+    if engine is None:
+        return _skipped("agents", "the engine does not answer")
+    try:
+        labels = engine.image_labels(image)
+    except SandboxSessionsError as exc:
+        return _failed("agents", f"cannot look up {image}: {exc}",
+                       "check the engine (`docker info`)")
+    if labels is None:
+        return Check("agents", "skip", f"no image {image} (harness agents need it)",
+                     "sandbox-sessions images build --with claude-code,codex,opencode")
+    try:
+        agents = json.loads(labels.get(AGENTS_LABEL, "[]"))
+        listed = ", ".join(f"{agent['command']} {agent['version']}" for agent in agents)
+    except (ValueError, TypeError, KeyError):
+        listed = "its agents label is unreadable"
+    return _ok("agents", f"{image}: {listed or 'no agent CLI'}")
+
+
 def check_store(path: Path) -> Check:
     """The store file opens (made if missing) and can be written."""
     from ..store._sqlite import SQLiteStore
@@ -156,7 +180,7 @@ def _checks(image: str) -> list[Check]:
     opts = settings()
     url = opts.url or os.environ.get("SANDBOX_SESSIONS_URL") or None
     engine_check, engine = check_engine()
-    checks = [engine_check, check_image(engine, image)]
+    checks = [engine_check, check_image(engine, image), check_agents(engine)]
     if url is None:
         from ..store._sqlite import default_store_path
 
@@ -186,7 +210,8 @@ def _show(out: Output, check: Check) -> None:
 @click.option("--image", default=DEFAULT_IMAGE, show_default=True,
               help="The sandbox image to look for.")
 def doctor(image: str) -> int:
-    """Check the engine, the image, the store, the extras and the server; say the fix.
+    """Check the engine, the image, the agents image, the store, the extras and the server;
+    say the fix.
 
     Exits 0 when every check passes, else with the first failure's code: 4 engine or server
     down, 3 image missing, 1 anything else.
