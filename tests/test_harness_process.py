@@ -174,3 +174,53 @@ async def test_connect_to_a_port_nobody_listens_on_is_a_sandbox_error(
     with anyio.fail_after(30), pytest.raises(SandboxError, match=refused):
         async with sandbox.connect(9):
             pytest.fail("connected to a closed port")
+
+
+async def test_only_the_connection_that_presents_the_token_is_taken(
+    session: AsyncSessionHandle, sandbox: DockerSandbox
+) -> None:
+    """Another process in the container that connects first, to stand in for the CLI, is
+    closed: the launcher's connection is the one that presents the run's token."""
+    from contextlib import AsyncExitStack
+
+    from sandbox_sessions.agent.harness._process import _connected
+
+    clients = ("import socket, sys, time\n"
+               "port = int(sys.argv[1])\n"
+               "bad = socket.create_connection(('127.0.0.1', port))\n"
+               "bad.sendall(b'not-the-token\\nfrom the imposter\\n')\n"
+               "time.sleep(0.5)\n"
+               "good = socket.create_connection(('127.0.0.1', port))\n"
+               "good.sendall(b'the-token\\nfrom the launcher\\n')\n"
+               "time.sleep(5)\n")
+    with anyio.fail_after(60):
+        async with sandbox.listen(0) as listener, AsyncExitStack() as stack, \
+                anyio.create_task_group() as group:
+            group.start_soon(session.shell,
+                             shlex.join(["python3", "-c", clients, str(listener.port)]))
+            found = await _connected(listener, stack, "the-token")
+            assert found is not None
+            stream, rest = found
+            while not rest.endswith(b"\n"):
+                rest += await stream.receive()
+            group.cancel_scope.cancel()
+    assert rest == b"from the launcher\n"
+
+
+async def test_a_line_past_the_cap_is_a_protocol_error_not_a_host_buffer(
+    sandbox: DockerSandbox,
+) -> None:
+    """A CLI (or what took its place) that writes without a newline is cut at `MAX_LINE`."""
+    from sandbox_sessions import ProtocolError
+    from sandbox_sessions.agent.harness._process import MAX_LINE
+
+    flood = ("import sys\n"
+             f"chunk = b'x' * (1 << 20)\n"
+             f"for _ in range({MAX_LINE >> 20} + 4):\n"
+             "    sys.stdout.buffer.write(chunk)\n"
+             "sys.stdout.buffer.flush()\n")
+    with anyio.fail_after(120), pytest.raises(ProtocolError, match="a line of over"):
+        async with launch(sandbox, ["python3", "-c", flood], env={}, cwd="/tmp",
+                          name="flood") as process:
+            async for _ in process.lines():
+                pytest.fail("a line came out of the flood")
