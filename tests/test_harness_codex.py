@@ -29,11 +29,14 @@ from servers import Canned, CannedServer, sse
 
 from sandbox_sessions import AsyncSandboxClient, AsyncSessionHandle, InvalidArgument
 from sandbox_sessions._types import AgentConfig, PermissionRequest
+from sandbox_sessions.agent._pricing import Price
 from sandbox_sessions.agent.harness import harness
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 KEY = "sk-test-secret-" + secrets.token_hex(16)
+PRICE = Price(input=2.0, output=8.0)
+"""Dollars per million tokens of the scripted model, as a client's price table gives it."""
 """The real (upstream) key: distinctive, so any trace of it in the container is found."""
 
 
@@ -99,7 +102,8 @@ def model_input(request: Any) -> str:
 
 @pytest.fixture
 async def keyed_client(store_path: Path) -> AsyncIterator[AsyncSandboxClient]:
-    async with AsyncSandboxClient(store=store_path, api_keys={"openai": KEY}) as opened:
+    async with AsyncSandboxClient(store=store_path, api_keys={"openai": KEY},
+                                  prices={"openai/scripted": PRICE}) as opened:
         yield opened
 
 
@@ -151,6 +155,11 @@ async def test_a_command_asks_the_broker_and_runs_once_in_the_container(
     steps = [e for e in events if e.type == "step-finish"]
     assert [s.part.reason for s in steps] == ["tool_calls", "stop"]
     assert all(s.part.tokens.input == 120 and s.part.tokens.output == 7 for s in steps)
+    # Tokens and cost are the proxy's, priced with the client's table, in the metrics.
+    assert all(s.part.cost == pytest.approx((120 * 2.0 + 7 * 8.0) / 1e6) for s in steps)
+    metrics = await scripted.get_metrics()
+    assert (metrics.tokens.input, metrics.tokens.output) == (240, 14)
+    assert metrics.cost == pytest.approx(result.cost) == pytest.approx(2 * (240 + 56) / 1e6)
     # The proxy added the real key on the host; Codex itself only had the placeholder.
     assert len(http_server.requests) == 2
     assert all(r.headers["authorization"] == f"Bearer {KEY}" for r in http_server.requests)
