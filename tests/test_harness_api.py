@@ -14,6 +14,7 @@ from sandbox_sessions import (
     NotSupported,
 )
 from sandbox_sessions._types import TurnEndEvent
+from sandbox_sessions.agent.harness import harness
 
 pytestmark = [pytest.mark.docker, pytest.mark.anyio]
 
@@ -38,6 +39,26 @@ async def test_an_image_given_is_kept_and_builtin_is_the_default(
         == image
     plain = client.agent("b", model="scripted", script=[{"text": "hi"}])
     assert (plain.config.harness, plain.sandbox.image) == ("builtin", image)
+
+
+@pytest.mark.parametrize(("name", "provider", "accepted", "refused"), [
+    ("claude-code", "anthropic", ["anthropic/claude-sonnet-4-5"],
+     ["openai/gpt-4.1", "scripted", "anthropic/"]),
+    ("codex", "openai", ["openai/gpt-5", "openai-responses/gpt-5"],
+     ["anthropic/claude-sonnet-4-5", "scripted", "openai/", "gpt-5"]),
+    ("opencode", "openai", ["openai/gpt-5"],
+     ["anthropic/claude-sonnet-4-5", "scripted", "openai/", "gpt-5"]),
+])
+def test_each_cli_takes_the_models_of_its_wire_format_only(
+    name: str, provider: str, accepted: list[str], refused: list[str]
+) -> None:
+    bridge = harness(name)
+    assert (bridge.name, bridge.provider) == (name, provider)
+    for model in accepted:
+        bridge.check_model(model)
+    for model in refused:
+        with pytest.raises(InvalidArgument, match=name):
+            bridge.check_model(model)
 
 
 async def test_an_unknown_harness_or_a_model_the_cli_cannot_use_is_refused(

@@ -28,7 +28,6 @@ from sandbox_sessions import (
     AgentConfig,
     AsyncSandboxClient,
     AsyncSessionHandle,
-    InvalidArgument,
     PermissionAnswer,
     PermissionRequest,
     PermissionRules,
@@ -41,7 +40,6 @@ from sandbox_sessions._types import (
     ToolRunningEvent,
     TurnEndEvent,
 )
-from sandbox_sessions.agent.harness import harness
 from sandbox_sessions.agent.harness._process import RUN_MARKER
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -305,22 +303,6 @@ async def marked_processes(session: AsyncSessionHandle) -> list[str]:
 
 
 # --- the model -------------------------------------------------------------------------------
-
-
-def test_check_model_takes_anthropic_models_only() -> None:
-    bridge = harness("claude-code")
-    assert (bridge.name, bridge.provider) == ("claude-code", "anthropic")
-    bridge.check_model("anthropic/claude-sonnet-4-5")
-    for model in ("openai/gpt-4.1", "scripted", "anthropic/"):
-        with pytest.raises(InvalidArgument, match="claude-code"):
-            bridge.check_model(model)
-
-
-async def test_an_agent_with_another_provider_is_refused(
-    embedded_client: AsyncSandboxClient
-) -> None:
-    with pytest.raises(InvalidArgument, match="claude-code"):
-        embedded_client.agent("x", harness="claude-code", model="openai/gpt-4.1")
 
 
 async def test_an_image_without_claude_ends_the_turn_with_an_error(
