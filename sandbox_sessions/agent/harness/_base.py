@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -44,7 +45,7 @@ from .._pricing import cost_of
 from .._proxy import ModelProxy, ProxyProvider
 from ._process import StdioSandbox
 
-__all__ = ["Harness", "HarnessTurn", "ToolMap", "command_of", "path_of"]
+__all__ = ["Harness", "HarnessTurn", "ToolMap", "absolute", "command_of", "path_of"]
 
 log: logging.Logger = logging.getLogger("sandbox_sessions.harness")
 
@@ -68,6 +69,11 @@ def command_of(*keys: str) -> Patterns:
     return patterns
 
 
+def absolute(path: str, workdir: str) -> str:
+    """`path` made absolute from the workdir and normalized, as file tools' patterns are."""
+    return posixpath.normpath(posixpath.join(workdir, path))
+
+
 def path_of(*keys: str) -> Patterns:
     """Patterns of a file tool: the path (the first of `keys` the input has), made absolute
     from the workdir and normalized; the workdir itself when the input names none."""
@@ -75,15 +81,13 @@ def path_of(*keys: str) -> Patterns:
         for key in keys:
             value = data.get(key)
             if isinstance(value, str) and value:
-                return [posixpath.normpath(posixpath.join(workdir, value))]
+                return [absolute(value, workdir)]
         return [workdir]
     return patterns
 
 
 def _shell_line(argv: Sequence[str]) -> str:
     """`bash -lc "<line>"` is the line itself; other argument lists are quoted and joined."""
-    import shlex
-
     if len(argv) == 3 and posixpath.basename(argv[0]) in ("bash", "sh", "zsh") \
             and argv[1] in ("-c", "-lc"):
         return argv[2]

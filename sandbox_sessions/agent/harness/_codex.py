@@ -32,7 +32,7 @@ from ..._exceptions import InvalidArgument, ProtocolError, ProviderError, Sandbo
 from ..._types import Todo
 from .._loop import Rejected
 from .._proxy import ProxyProvider
-from ._base import HarnessTurn, ToolMap, command_of
+from ._base import HarnessTurn, ToolMap, absolute, command_of
 from ._process import CliProcess, launch
 
 __all__ = ["CODEX_HOME", "Codex"]
@@ -57,15 +57,13 @@ and bubblewrap cannot make namespaces there (no capabilities, no-new-privileges)
 
 def _changed_paths(data: Mapping[str, Any], workdir: str) -> Sequence[str]:
     """The paths a patch changes (a move's target too), absolute."""
-    import posixpath
-
     paths: list[str] = []
     for change in data.get("changes") or ():
         if not isinstance(change, Mapping):
             continue
         for path in (change.get("path"), (change.get("kind") or {}).get("move_path")):
             if isinstance(path, str) and path:
-                paths.append(posixpath.normpath(posixpath.join(workdir, path)))
+                paths.append(absolute(path, workdir))
     return list(dict.fromkeys(paths)) or [workdir]
 
 

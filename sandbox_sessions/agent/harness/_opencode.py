@@ -41,7 +41,7 @@ from ..._types import AgentConfig, Todo
 from ...sandbox.base import ShellRequest
 from .._loop import Rejected
 from ._base import HarnessTurn, ToolMap, command_of, path_of
-from ._process import RUN_MARKER, kill_marked
+from ._process import RUN_MARKER, Background, kill_marked
 from ._tunnel_http import Connecting, TunnelTransport
 
 __all__ = ["OpenCode"]
@@ -159,16 +159,16 @@ async def serve(turn: HarnessTurn) -> AsyncIterator[httpx.AsyncClient]:
                turn.proxy.placeholder_key))}
     command = "exec " + shlex.join(["opencode", "serve", "--hostname", "127.0.0.1",
                                     "--port", "0"])
-    output = bytearray()
+    server = Background()
     port: list[int] = []
-    ready, ended = anyio.Event(), anyio.Event()
-    holder: dict[str, Any] = {}
+    ready = anyio.Event()
 
     def on_output(text: str) -> None:
-        output.extend(text.encode(errors="replace"))
-        del output[:-MAX_OUTPUT]
-        found = _LISTENING.search(output.decode(errors="replace"))
-        if found and not port:
+        server.on_output(text)
+        if port:
+            return
+        found = _LISTENING.search(server.output.decode(errors="replace"))
+        if found:
             port.append(int(found.group(1)))
             ready.set()
 
@@ -177,11 +177,8 @@ async def serve(turn: HarnessTurn) -> AsyncIterator[httpx.AsyncClient]:
                                max_output=MAX_OUTPUT, on_stdout=on_output,
                                on_stderr=on_output)
         try:
-            holder["result"] = await sandbox.shell(request)
-        except SandboxError as exc:
-            holder["error"] = exc
+            await server.run(sandbox, request)
         finally:
-            ended.set()
             ready.set()
 
     failed: SandboxError | None = None
@@ -200,11 +197,8 @@ async def serve(turn: HarnessTurn) -> AsyncIterator[httpx.AsyncClient]:
                     finally:
                         group.cancel_scope.cancel()
             else:
-                tail = bytes(output[-4000:]).decode(errors="replace").strip()
-                result, error = holder.get("result"), holder.get("error")
-                why = (f"it exited with {result.exit_code}" if result is not None else
-                       str(error) if error is not None else
-                       f"it did not listen within {START_TIMEOUT:.0f} s")
+                tail = server.tail()
+                why = server.why() or f"it did not listen within {START_TIMEOUT:.0f} s"
                 failed = SandboxError(f"opencode could not start in the sandbox: {why}"
                                       + (f": {tail}" if tail else ""))
                 group.cancel_scope.cancel()

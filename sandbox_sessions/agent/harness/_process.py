@@ -31,7 +31,8 @@ from ..._types import ShellResult
 from ...sandbox._tunnel import Listener, Listening, TunnelStream
 from ...sandbox.base import Sandbox, ShellRequest
 
-__all__ = ["MAX_LINE", "RUN_MARKER", "CliProcess", "StdioSandbox", "kill_marked", "launch"]
+__all__ = ["MAX_LINE", "RUN_MARKER", "Background", "CliProcess", "StdioSandbox", "kill_marked",
+           "launch"]
 
 log: logging.Logger = logging.getLogger("sandbox_sessions.harness")
 
@@ -155,6 +156,40 @@ async def kill_marked(sandbox: Sandbox, token: str) -> None:
         log.debug("processes of run %s not looked for: %s", token[:8], exc)
 
 
+class Background:
+    """A shell command run in the background: its end, how it ended, the tail of its output
+    (`on_output` for stdout and stderr, kept to `MAX_STDERR` bytes)."""
+
+    def __init__(self) -> None:
+        self.ended = anyio.Event()
+        self.result: ShellResult | None = None
+        self.error: SandboxError | None = None
+        self.output = bytearray()
+
+    def on_output(self, text: str) -> None:
+        self.output.extend(text.encode(errors="replace"))
+        del self.output[:-MAX_STDERR]
+
+    def tail(self) -> str:
+        """The last lines of its output."""
+        return bytes(self.output[-4000:]).decode(errors="replace").strip()
+
+    async def run(self, sandbox: Sandbox, request: ShellRequest) -> None:
+        """Run `request` to its end (or until cancelled: the helper kills its group)."""
+        try:
+            self.result = await sandbox.shell(request)
+        except SandboxError as exc:
+            self.error = exc
+        finally:
+            self.ended.set()
+
+    def why(self) -> str | None:
+        """Why it ended, once it has."""
+        if self.result is not None:
+            return f"it exited with {self.result.exit_code}"
+        return None if self.error is None else str(self.error)
+
+
 @asynccontextmanager
 async def launch(
     sandbox: StdioSandbox, argv: Sequence[str], *, env: Mapping[str, str], cwd: str,
@@ -164,36 +199,23 @@ async def launch(
     Leaving kills it and every process it started. `SandboxError` (with its stderr) when it
     cannot start."""
     token = secrets.token_hex(16)
-    ended = anyio.Event()
-    holder: dict[str, Any] = {}
-    stderr = bytearray()
-
-    def on_stderr(text: str) -> None:
-        stderr.extend(text.encode(errors="replace"))
-        del stderr[:-MAX_STDERR]
-
-    async def run(port: int) -> None:
-        command = "exec " + shlex.join(["python3", "-c", LAUNCHER, str(port), token, *argv])
-        request = ShellRequest(command=command, cwd=cwd, env={**env, RUN_MARKER: token},
-                               timeout=None, max_output=MAX_STDERR, on_stderr=on_stderr)
-        try:
-            holder["result"] = await sandbox.shell(request)
-        except SandboxError as exc:
-            holder["error"] = exc
-        finally:
-            ended.set()
+    command = Background()
 
     # What the block raised is raised again outside the task group, as it was: a bridge's
     # `Rejected` or `ContainerGone` must not come out wrapped in an exception group.
     failure: BaseException | None = None
     async with sandbox.listen(0) as listener, anyio.create_task_group() as group:
-        group.start_soon(run, listener.port)
+        line = "exec " + shlex.join(["python3", "-c", LAUNCHER, str(listener.port), token,
+                                     *argv])
+        group.start_soon(command.run, sandbox, ShellRequest(
+            command=line, cwd=cwd, env={**env, RUN_MARKER: token}, timeout=None,
+            max_output=MAX_STDERR, on_stderr=command.on_output))
         try:
             async with AsyncExitStack() as stack:
                 waiting = anyio.CancelScope(deadline=anyio.current_time() + START_TIMEOUT)
 
                 async def watch() -> None:
-                    await ended.wait()
+                    await command.ended.wait()
                     # a CLI that exits at once may have connected: its stream is read first
                     waiting.deadline = min(waiting.deadline, anyio.current_time() + EXIT_GRACE)
 
@@ -202,8 +224,12 @@ async def launch(
                 with waiting:
                     found = await _connected(listener, stack, token)
                 if found is None:
-                    raise _not_started(name, holder, _tail(stderr), waiting.cancel_called
-                                       and not ended.is_set())
+                    slow = waiting.cancel_called and not command.ended.is_set()
+                    why = (f"it did not connect within {START_TIMEOUT:.0f} s" if slow
+                           else command.why() or "it did not connect")
+                    tail = command.tail()
+                    raise SandboxError(f"{name} could not start in the sandbox: {why}"
+                                       + (f": {tail}" if tail else ""))
                 stream, rest = found
                 process = CliProcess(stream, name, rest)
                 try:
@@ -211,9 +237,9 @@ async def launch(
                 finally:
                     if process.ended:  # it is exiting: its status and stderr are near
                         with anyio.CancelScope(shield=True), anyio.move_on_after(EXIT_GRACE):
-                            await ended.wait()
-                    process.stderr_tail = _tail(stderr)
-                    process.result = holder.get("result")
+                            await command.ended.wait()
+                    process.stderr_tail = command.tail()
+                    process.result = command.result
         except BaseException as exc:
             failure = exc
         finally:
@@ -222,10 +248,6 @@ async def launch(
                 await kill_marked(sandbox, token)
     if failure is not None:
         raise failure
-
-
-def _tail(stderr: bytearray) -> str:
-    return bytes(stderr[-4000:]).decode(errors="replace").strip()
 
 
 async def _connected(listener: Listener, stack: AsyncExitStack, token: str
@@ -255,13 +277,3 @@ async def _connected(listener: Listener, stack: AsyncExitStack, token: str
             return stream, rest
         with anyio.CancelScope(shield=True):
             await candidate.aclose()
-
-
-def _not_started(name: str, holder: Mapping[str, Any], stderr: str, slow: bool
-                 ) -> SandboxError:
-    error, result = holder.get("error"), holder.get("result")
-    why = (f"it did not connect within {START_TIMEOUT:.0f} s" if slow else
-           f"it exited with {result.exit_code}" if result is not None else
-           str(error) if error is not None else "it did not connect")
-    return SandboxError(f"{name} could not start in the sandbox: {why}"
-                        + (f": {stderr}" if stderr else ""))
