@@ -14,9 +14,16 @@ import pytest
 from bridge import BridgeServer
 from servers import CannedServer
 
-from sandbox_sessions import AGENTS_IMAGE, DEFAULT_IMAGE, AsyncSandboxClient, SandboxClient
+from sandbox_sessions import (
+    AGENTS_IMAGE,
+    DEFAULT_IMAGE,
+    AsyncSandboxClient,
+    AsyncSessionHandle,
+    SandboxClient,
+)
 from sandbox_sessions._exceptions import SandboxUnavailable
 from sandbox_sessions.sandbox._engine import Engine
+from sandbox_sessions.sandbox.docker import DockerSandbox
 
 REQUIRE_DOCKER = os.environ.get("SANDBOX_SESSIONS_REQUIRE_DOCKER") == "1"
 IMAGE = os.environ.get("SANDBOX_SESSIONS_TEST_IMAGE", DEFAULT_IMAGE)
@@ -141,3 +148,12 @@ async def embedded_client(store_path: Path) -> AsyncIterator[AsyncSandboxClient]
     """An in-process client, for tests that look behind the API (the service, the backend)."""
     async with AsyncSandboxClient(store=store_path) as opened:
         yield opened
+
+
+@pytest.fixture
+async def sandbox(embedded_client: AsyncSandboxClient, session: AsyncSessionHandle
+                  ) -> DockerSandbox:
+    """The Docker sandbox behind the module's `session` fixture (an embedded client's)."""
+    found = await embedded_client.service.sandbox(session.id)
+    assert isinstance(found, DockerSandbox)
+    return found

@@ -19,10 +19,12 @@ from sandbox_sessions import (
     AsyncSandboxClient,
     AsyncSessionHandle,
     FileTooLarge,
+    SandboxError,
     SandboxFileNotFound,
 )
 from sandbox_sessions.sandbox._exec_runtime import EXEC_GRACE
 from sandbox_sessions.sandbox._images import DEFAULT_BASE_IMAGE
+from sandbox_sessions.sandbox.docker import DockerSandbox
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -228,3 +230,18 @@ async def test_a_killed_container_restarts_with_its_files(session: AsyncSessionH
     assert await session.get_file("kept.txt") == "kept"  # no call was running: none fails
     assert (await session.shell("echo back")).stdout == "back\n"
     assert await restarts(session) == ["exited with code 137 (killed)"]
+
+
+async def test_loopback_listeners_and_connections_need_the_helper(
+    client: AsyncSandboxClient, session: AsyncSessionHandle
+) -> None:
+    """The model proxy and the harnesses tunnel through the helper: without python3 there
+    is none, and they say so rather than hang."""
+    sandbox = await client.service.sandbox(session.id)
+    assert isinstance(sandbox, DockerSandbox)
+    with pytest.raises(SandboxError, match="a loopback listener needs the sandbox helper"):
+        async with sandbox.listen(0):
+            pytest.fail("listening without the helper")
+    with pytest.raises(SandboxError, match="a loopback connection needs the sandbox helper"):
+        async with sandbox.connect(8080):
+            pytest.fail("connected without the helper")

@@ -47,14 +47,6 @@ async def session(embedded_client: AsyncSandboxClient, image: str
         yield handle
 
 
-@pytest.fixture
-async def sandbox(embedded_client: AsyncSandboxClient, session: AsyncSessionHandle
-                  ) -> DockerSandbox:
-    found = await embedded_client.service.sandbox(session.id)
-    assert isinstance(found, DockerSandbox)
-    return found
-
-
 async def marked(session: AsyncSessionHandle) -> str:
     result = await session.shell(shlex.join(["python3", "-c", FIND_MARKED]))
     assert result.exit_code == 0, result.stderr

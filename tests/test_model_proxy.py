@@ -144,14 +144,6 @@ async def session(embedded_client: AsyncSandboxClient, image: str
         yield handle
 
 
-@pytest.fixture
-async def sandbox(embedded_client: AsyncSandboxClient, session: AsyncSessionHandle
-                  ) -> DockerSandbox:
-    found = await embedded_client.service.sandbox(session.id)
-    assert isinstance(found, DockerSandbox)
-    return found
-
-
 async def run_client(session: AsyncSessionHandle, spec: dict[str, Any]) -> dict[str, Any]:
     result = await session.shell(f"python3 {CLIENT_PATH} '{json.dumps(spec)}'", timeout=120)
     assert result.exit_code == 0, result.stderr

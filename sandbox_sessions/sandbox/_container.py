@@ -19,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, suppress
 from functools import partial
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -44,6 +44,8 @@ from ._exec_runtime import ExecRuntime
 from ._runtime import CANCEL_SETTLE, DONE_WAIT, CommandStalled, HelperRuntime
 from ._tunnel import Listener, TunnelStream
 from .base import FileEntry, RestartCallback, ShellRequest
+
+T = TypeVar("T")
 
 __all__ = ["DockerSandbox", "death_of", "open_channel", "start_attached"]
 
@@ -330,29 +332,28 @@ class DockerSandbox:
             return await runtime.walk(root)
 
     @asynccontextmanager
-    async def listen(self, port: int = 0) -> AsyncIterator[Listener]:
+    async def _through_helper(self, what: str, opened: Callable[[HelperRuntime],
+                              AbstractAsyncContextManager[T]]) -> AsyncIterator[T]:
+        """`opened(runtime)` entered for the block (`what` names it in the error of an image
+        without the helper); the guard covers opening it, not the block."""
+        async with AsyncExitStack() as stack:
+            async with self._guard() as runtime:
+                if not isinstance(runtime, HelperRuntime):
+                    raise SandboxError(f"a loopback {what} needs the sandbox helper, which "
+                                       "needs python3 in the image")
+                entered = await stack.enter_async_context(opened(runtime))
+            yield entered
+
+    def listen(self, port: int = 0) -> AbstractAsyncContextManager[Listener]:
         """Listen on 127.0.0.1:`port` inside the container (0: any free port) for the block;
         each connection made there reaches the host through the helper (`_tunnel`). Leaving
         closes the listener and its connections. Needs the helper (python3 in the image)."""
-        async with AsyncExitStack() as stack:
-            async with self._guard() as runtime:
-                if not isinstance(runtime, HelperRuntime):
-                    raise SandboxError("a loopback listener needs the sandbox helper, which "
-                                       "needs python3 in the image")
-                listener = await stack.enter_async_context(runtime.listen(port))
-            yield listener
+        return self._through_helper("listener", lambda runtime: runtime.listen(port))
 
-    @asynccontextmanager
-    async def connect(self, port: int) -> AsyncIterator[TunnelStream]:
+    def connect(self, port: int) -> AbstractAsyncContextManager[TunnelStream]:
         """A connection to a server listening on 127.0.0.1:`port` inside the container, for
         the block, tunnelled through the helper (`_tunnel.connect`)."""
-        async with AsyncExitStack() as stack:
-            async with self._guard() as runtime:
-                if not isinstance(runtime, HelperRuntime):
-                    raise SandboxError("a loopback connection needs the sandbox helper, which "
-                                       "needs python3 in the image")
-                stream = await stack.enter_async_context(runtime.connect(port))
-            yield stream
+        return self._through_helper("connection", lambda runtime: runtime.connect(port))
 
     async def _close_runtime(self) -> None:
         runtime, self._runtime = self._runtime, None
